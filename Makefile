@@ -1,0 +1,28 @@
+# `make demo`: set up .venv, then segment the bundled examples with the default model.
+# `make test`: set up .venv with the dev extras, then run the test suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.attnseg-installed
+
+.PHONY: setup demo test clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned: here it is a local CPU build; unpinned, pip may pull a multi-GB CUDA build
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/attnseg predict examples/ --out demo_out
+	@echo "outputs in demo_out/ (NAME.png label maps with a palette, NAME_overlay.jpg blends)"
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) demo_out outputs

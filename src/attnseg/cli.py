@@ -1,0 +1,172 @@
+"""`attnseg <verb>`: the command-line interface."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+class CLIError(Exception):
+    """An error the user can fix; printed as one line, no traceback."""
+
+
+def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--model", required=required, default=None,
+                   help="shipped model name, checkpoint file/dir, or hub id (org/name)")
+    p.add_argument("--arch", default=None,
+                   help="architecture for checkpoints that do not record it (official .pth), e.g. segformer-b2")
+
+
+def _load(args):
+    import attnseg
+
+    try:
+        return attnseg.load_model(args.model, model=args.arch, device=getattr(args, "device", "cpu"))
+    except (ValueError, OSError) as e:
+        raise CLIError(str(e)) from None
+
+
+def cmd_models(args) -> int:
+    from .hub import list_pretrained
+    from .models import MODELS, create_model
+
+    print(f"{'name':<20} {'params (M)':>10}  description")
+    for name in sorted(MODELS):
+        if args.filter and args.filter not in name:
+            continue
+        kw = {"num_classes": args.num_classes} if "num_classes" in MODELS[name]["config_class"].__dataclass_fields__ else {}
+        m = create_model(name, **kw)
+        n = sum(p.numel() for p in m.parameters()) / 1e6
+        print(f"{name:<20} {n:>10.2f}  {MODELS[name]['description']}")
+    shipped = list_pretrained()
+    print(f"\nshipped trained weights: {', '.join(shipped) if shipped else 'none yet'}")
+    return 0
+
+
+def _collect_inputs(inputs: list[str]) -> list[Path]:
+    from .io import IMAGE_EXTENSIONS
+
+    files = []
+    for s in inputs:
+        p = Path(s)
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+        elif p.exists():
+            files.append(p)
+        else:
+            raise CLIError(f"input not found: {s}")
+    if not files:
+        raise CLIError(f"no images found in {', '.join(inputs)} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    return files
+
+
+def default_model_source() -> str | None:
+    from .hub import list_pretrained
+
+    shipped = list_pretrained()
+    for name in ("sanet-effnet-lite0-camvid", "lseg-effnet-lite0-camvid"):
+        if name in shipped:
+            return name
+    return shipped[0] if shipped else None
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    import attnseg
+    from .engine.inference import InferenceConfig
+    from .io import ImageReadError, atomic_save, label_png, overlay, read_image
+
+    files = _collect_inputs(args.inputs)
+    if args.model is None:
+        args.model = default_model_source()
+        if args.model is None:
+            print("note: no trained default model is shipped yet; running segformer-b0 with RANDOM weights "
+                  "(the outputs show the pipeline, not a segmentation). Pass --model CHECKPOINT for real results.",
+                  file=sys.stderr)
+            model = attnseg.create_model("segformer-b0", num_classes=11)
+    if args.model is not None:
+        model = _load(args)
+    inference = InferenceConfig(mode=args.mode, crop=args.crop, stride=args.stride)
+    seg = attnseg.Segmenter(model, size=args.size, inference=inference, device=args.device)
+    out = Path(args.out)
+    failed = []
+    bar = tqdm(files, unit="img", disable=len(files) < 2 or not sys.stderr.isatty())
+    for f in bar:
+        try:
+            rgb = read_image(f)
+        except ImageReadError as e:
+            failed.append(f)
+            tqdm.write(f"error: {e}; skipped", file=sys.stderr)
+            continue
+        label = seg.predict(rgb)
+        atomic_save(label_png(label, seg.palette), out / f"{f.stem}.png")
+        atomic_save(overlay(rgb, label, seg.palette, args.alpha), out / f"{f.stem}_overlay.jpg", quality=90)
+        if not bar.disable:
+            continue
+        counts = np.bincount(label.ravel(), minlength=1)
+        top = counts.argsort()[::-1][:3]
+        names = seg.class_names or []
+        desc = ", ".join(f"{names[i] if i < len(names) else i} {100 * counts[i] / label.size:.0f}%" for i in top
+                         if counts[i])
+        print(f"{f} -> {out / (f.stem + '.png')} ({desc})")
+    ok = len(files) - len(failed)
+    print(f"wrote {ok} label map(s) and overlay(s) to {out}" + (f"; {len(failed)} failed: "
+                                                                 + ", ".join(map(str, failed)) if failed else ""))
+    return 1 if failed else 0
+
+
+def _pair(s: str) -> tuple[int, int]:
+    parts = s.lower().replace("x", ",").split(",")
+    try:
+        v = tuple(int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or HxW, got {s!r}") from None
+    return (v[0], v[0]) if len(v) == 1 else v[:2]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    ap = argparse.ArgumentParser(prog="attnseg", description="Attention-based semantic segmentation.")
+    ap.add_argument("--version", action="version", version=f"attnseg {__version__}")
+    sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list model variants with parameter counts")
+    p.add_argument("--filter", default=None, help="only names containing this")
+    p.add_argument("--num-classes", type=int, default=150, help="classes for the parameter count (default 150)")
+    p.set_defaults(fn=cmd_models)
+
+    p = sub.add_parser("predict", help="segment images; writes NAME.png label maps and NAME_overlay.jpg")
+    p.add_argument("inputs", nargs="+", help="image files or folders")
+    _add_model_args(p, required=False)
+    p.add_argument("--out", default="outputs", help="output folder (default: outputs)")
+    p.add_argument("--size", type=int, default=None, help="resize the short side to this before inference")
+    p.add_argument("--mode", choices=["whole", "slide"], default="whole")
+    p.add_argument("--crop", type=_pair, default=(512, 512), help="slide window, N or HxW")
+    p.add_argument("--stride", type=_pair, default=(341, 341), help="slide stride, N or HxW")
+    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(fn=cmd_predict)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if not getattr(args, "fn", None):
+        ap.print_help()
+        return 2
+    try:
+        return args.fn(args)
+    except CLIError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""Loading and saving models: `load_model(source)` and `save_model(model, path)`.
+
+`source` may be
+  * a shipped pretrained name (`attnseg.list_pretrained()`), loaded offline from the package;
+  * a local file (`.safetensors`, `.pth`, `.pt`, `.bin`, `.ckpt`) or directory;
+  * a Hugging Face hub id (`nvidia/segformer-b0-finetuned-ade-512-512`), downloaded when online.
+The format is detected from the keys: attnseg's own files (safetensors with a JSON config in the
+metadata), official releases (NVlabs/SegFormer, EDAFormer: mmseg-0.x `{'state_dict', 'meta'}`),
+transformers checkpoints (a directory with config.json) and mmsegmentation 1.x checkpoints.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .convert import segformer as conv_segformer
+from .convert.keymap import ConversionError, check_against
+from .models import MODELS, create_model, unknown_model_error
+from .models.mit import MIT_CONFIGS
+
+IMAGENET_MEAN = [123.675, 116.28, 103.53]
+IMAGENET_STD = [58.395, 57.12, 57.375]
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+# shipped weights: name -> file under attnseg/pretrained (added as models are trained)
+PRETRAINED: dict[str, str] = {}
+
+
+class ModelLoadError(ValueError):
+    pass
+
+
+def list_pretrained() -> list[str]:
+    """Names of trained weights shipped inside the package (load offline with load_model(name))."""
+    return sorted(n for n, f in PRETRAINED.items() if (PRETRAINED_DIR / f).is_file())
+
+
+def default_meta(num_classes: int | None = None) -> dict:
+    return {"class_names": None, "palette": None, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+
+
+def _family(name: str) -> str:
+    return name.split("-")[0]
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_model(model: nn.Module, path: str | os.PathLike, class_names: list[str] | None = None,
+               palette: list[list[int]] | None = None, mean: list[float] | None = None,
+               std: list[float] | None = None, dtype: torch.dtype | None = None, extra: dict | None = None) -> Path:
+    """Write `model` as one .safetensors file with its config and label metadata (atomically)."""
+    from safetensors.torch import save_file
+
+    if not hasattr(model, "variant"):
+        raise ValueError("save_model needs a model made by attnseg.create_model/load_model (it records the variant)")
+    meta = dict(getattr(model, "meta", None) or default_meta())
+    for k, v in (("class_names", class_names), ("palette", palette), ("mean", mean), ("std", std)):
+        if v is not None:
+            meta[k] = list(v)
+    num_classes = model.config.get("num_classes")
+    if meta.get("class_names") and num_classes and len(meta["class_names"]) != num_classes:
+        raise ValueError(f"{len(meta['class_names'])} class names for a model with {num_classes} classes")
+    info = {"format": "attnseg", "version": 1, "model": model.variant, "config": model.config, **meta,
+            **(extra or {})}
+    sd = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu()
+        if dtype is not None and v.is_floating_point():
+            v = v.to(dtype)
+        sd[k] = v.contiguous()
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path / "model.safetensors" if path.is_dir() or not path.suffix else path.with_suffix(".safetensors")
+    _atomic_write(path, lambda tmp: save_file(sd, tmp, metadata={"attnseg": json.dumps(info)}))
+    return path
+
+
+def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """Read tensors (and attnseg metadata if present) from a checkpoint file."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                sd = {k: f.get_tensor(k) for k in f.keys()}
+            return sd, json.loads(meta["attnseg"]) if "attnseg" in meta else None
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError, EOFError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}. Is the file complete "
+                             "(not truncated by an interrupted download) and a PyTorch/safetensors checkpoint?") from e
+    except Exception as e:  # pickle errors from weights_only loading of arbitrary objects
+        raise ModelLoadError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "module"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelLoadError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    return dict(obj), None
+
+
+def _detect_format(sd: dict[str, torch.Tensor]) -> str:
+    keys = list(sd)
+    if any(k.startswith(("segformer.encoder.", "encoder.patch_embeddings.", "segformer.stages.", "stages.0."))
+           for k in keys):
+        return "transformers"
+    if any(re.match(r"(backbone\.)?layers\.\d+\.0\.projection\.weight", k) for k in keys):
+        return "mmseg"
+    if any(re.match(r"(backbone\.)?patch_embed1\.proj\.weight", k) for k in keys):
+        return "official"
+    sample = ", ".join(keys[:5])
+    raise ModelLoadError(f"unrecognised checkpoint layout (first keys: {sample}). Supported: attnseg, official "
+                         "NVlabs/EDAFormer releases, transformers Segformer, mmsegmentation 1.x SegFormer.")
+
+
+def _variant_for_hf(hf_config: dict) -> str:
+    has_head = "SegformerForSemanticSegmentation" in (hf_config.get("architectures") or [])
+    for k, v in MIT_CONFIGS.items():
+        if list(hf_config["hidden_sizes"]) == v["embed_dims"] and list(hf_config["depths"]) == v["depths"]:
+            return f"{'segformer' if has_head else 'mit'}-{k}"
+    return "segformer-b0" if has_head else "mit-b0"
+
+
+def _load_hf_dir(path: Path) -> tuple[dict, dict, str, dict]:
+    hf_config = json.loads((path / "config.json").read_text())
+    if hf_config.get("model_type") != "segformer":
+        raise ModelLoadError(f"{path}/config.json is a {hf_config.get('model_type')!r} model; attnseg loads "
+                             "transformers checkpoints of model_type 'segformer'")
+    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
+    if not files:
+        raise ModelLoadError(f"{path} has config.json but no model.safetensors / pytorch_model.bin")
+    sd = {}
+    for f in files:
+        sd.update(_read_state_dict(f)[0])
+    meta = default_meta()
+    id2label = hf_config.get("id2label")
+    if id2label and not all(re.fullmatch(r"LABEL_\d+", str(v)) for v in id2label.values()):
+        meta["class_names"] = [id2label[str(i)] if str(i) in id2label else id2label[i]
+                               for i in range(len(id2label))]
+    return sd, hf_config, _variant_for_hf(hf_config), meta
+
+
+def _from_hub(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as e:  # pragma: no cover - transformers depends on it
+        raise ModelLoadError("loading from the Hugging Face hub needs `pip install huggingface_hub`") from e
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.bin"], etag_timeout=10))
+    except Exception as e:
+        raise ModelLoadError(
+            f"could not fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__}: {str(e).splitlines()[0]}). "
+            "The hub is unreachable or the id is wrong. Download the checkpoint on a machine with internet "
+            f"(e.g. `huggingface-cli download {repo_id} --local-dir DIR`) and pass the local directory or file: "
+            "attnseg.load_model('DIR') / --model DIR.") from e
+
+
+def load_model(source: str | os.PathLike, model: str | None = None, num_classes: int | None = None,
+               device: str | torch.device = "cpu", **overrides) -> nn.Module:
+    """Load trained weights into the right architecture; returns the model in eval mode.
+
+    `model=` names the architecture where the checkpoint does not say it (official `.pth` files);
+    where it does (attnseg files, transformers config.json) it is optional and checked.
+    `num_classes` is inferred from the classifier weight when not given.
+    """
+    if model is not None and model not in MODELS:
+        raise unknown_model_error(model)
+    src = str(source)
+    meta = default_meta()
+    variant = None
+    if src in PRETRAINED:
+        path = PRETRAINED_DIR / PRETRAINED[src]
+        if not path.is_file():
+            raise ModelLoadError(f"pretrained weights {src!r} are registered but {path} is missing from the "
+                                 "installation; reinstall attnseg")
+    elif os.path.exists(src):
+        path = Path(src)
+    elif src in MODELS:
+        raise ModelLoadError(f"{src!r} is an architecture with no shipped weights. Use attnseg.create_model("
+                             f"{src!r}) for random weights, or pass a checkpoint: load_model(PATH, model={src!r}). "
+                             f"Shipped weights: {', '.join(list_pretrained()) or 'none'}")
+    elif re.fullmatch(r"[\w.-]+/[\w.-]+", src) and not src.startswith((".", "/")):
+        path = _from_hub(src)
+    else:
+        raise ModelLoadError(f"{src!r} is not a file, a directory, a shipped model name "
+                             f"({', '.join(list_pretrained()) or 'none shipped'}) or a hub id (org/name)")
+
+    cfg_over: dict = {}
+    hf_config = None
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            sd, hf_config, variant, meta = _load_hf_dir(path)
+            fmt = "transformers"
+        else:
+            cands = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.pth")) + sorted(path.glob("*.pt"))
+            if not cands:
+                raise ModelLoadError(f"directory {path} holds no checkpoint (*.safetensors, *.pth, config.json)")
+            path = cands[0]
+    if not path.is_dir():
+        sd, info = _read_state_dict(path)
+        if info is not None:
+            fmt, variant = "attnseg", info["model"]
+            cfg_over = dict(info["config"])
+            meta = {k: info.get(k, meta.get(k)) for k in ("class_names", "palette", "mean", "std")}
+        else:
+            fmt = _detect_format(sd)
+    if variant is not None and model is not None and _family(model) != _family(variant):
+        raise ModelLoadError(f"{path} holds a {variant} model, but model={model!r} was given")
+    variant = variant if (model is None or fmt == "attnseg") else model
+    if variant is None:
+        raise ModelLoadError(f"{path} is a {fmt} checkpoint that does not record its architecture; name it, e.g. "
+                             "load_model(path, model='segformer-b2') or --arch segformer-b2 "
+                             f"(architectures: {', '.join(n for n in MODELS if not n.endswith('tiny'))})")
+    if variant not in MODELS:
+        raise unknown_model_error(variant)
+    if fmt != "attnseg":
+        sd, cfg_over = _convert(sd, fmt, variant, hf_config)
+        inferred = _infer_num_classes(sd)
+        if inferred is not None:
+            cfg_over["num_classes"] = inferred
+    if num_classes is not None and cfg_over.get("num_classes", num_classes) != num_classes:
+        raise ModelLoadError(f"{path} has {cfg_over['num_classes']} classes, but num_classes={num_classes} "
+                             "was given; fine-tune from it with --set model.num_classes instead")
+    cfg_over.update(overrides)
+    net = create_model(variant, **cfg_over)
+    try:
+        check_against(sd, net.state_dict(), f"{fmt} checkpoint {path}")
+    except ConversionError as e:
+        raise ModelLoadError(str(e)) from None
+    net.load_state_dict(sd, strict=True)
+    if meta.get("class_names") and "num_classes" in net.config and len(meta["class_names"]) != net.config["num_classes"]:
+        meta["class_names"] = None
+    net.meta = meta
+    net.source = str(source)
+    return net.to(device).eval()
+
+
+def _convert(sd: dict, fmt: str, variant: str, hf_config: dict | None = None) -> tuple[dict, dict]:
+    """Foreign state dict -> (our names, config overrides the format implies)."""
+    family = _family(variant)
+    if family in ("segformer", "mit"):
+        try:
+            if fmt == "transformers":
+                out, cfg, has_head = conv_segformer.from_transformers(sd, hf_config)
+            elif fmt == "mmseg":
+                out, cfg, has_head = conv_segformer.from_mmseg(sd)
+            else:
+                out, cfg, has_head = conv_segformer.from_official(sd)
+        except ConversionError as e:
+            raise ModelLoadError(str(e)) from None
+        if family == "mit" and has_head:
+            out = {k: v for k, v in out.items() if k.startswith("backbone.")}
+        elif family == "segformer" and not any(k.startswith("backbone.") for k in out):
+            raise ModelLoadError(f"checkpoint is an encoder only (no decode head); load it with model='mit-...' "
+                                 f"or train a {variant} from it")
+        if family == "mit":
+            out = {k[len("backbone."):] if k.startswith("backbone.") else k: v for k, v in out.items()}
+            cfg.pop("decoder_dim", None)
+        return out, cfg
+    raise ModelLoadError(f"no {fmt} converter for {variant} models")
+
+
+def _infer_num_classes(sd: dict) -> int | None:
+    w = sd.get("decode_head.linear_pred.weight")
+    return int(w.shape[0]) if w is not None else None

@@ -1,0 +1,60 @@
+"""The model registry: a plain dict of variants merged from each model file's VARIANTS.
+
+Each entry: {"build": fn(config_dict) -> nn.Module, "config_class": dataclass, "config": defaults,
+"description": str}. Nothing registers itself on import; the list below is the whole registry.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+
+from torch import nn
+
+from . import mit, segformer
+
+MODELS: dict[str, dict] = {}
+for _module in (mit, segformer):
+    for _name, _entry in _module.VARIANTS.items():
+        if _name in MODELS:
+            raise RuntimeError(f"model name {_name!r} registered twice")
+        MODELS[_name] = _entry
+
+
+def list_models() -> list[str]:
+    """Registered model names (architectures; see attnseg.list_pretrained() for trained weights)."""
+    return sorted(MODELS)
+
+
+def unknown_model_error(name: str) -> ValueError:
+    close = difflib.get_close_matches(name, list(MODELS), n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return ValueError(f"unknown model {name!r}.{hint} Valid names: {', '.join(list_models())}")
+
+
+def model_config(name: str, num_classes: int | None = None, **overrides) -> dict:
+    """The full config dict `create_model(name, num_classes, **overrides)` would build from."""
+    if name not in MODELS:
+        raise unknown_model_error(name)
+    entry = MODELS[name]
+    valid = {f.name for f in dataclasses.fields(entry["config_class"])}
+    if num_classes is not None:
+        if "num_classes" not in valid:
+            raise ValueError(f"{name} is a backbone without a classifier; do not pass num_classes")
+        overrides["num_classes"] = int(num_classes)
+    bad = sorted(set(overrides) - valid)
+    if bad:
+        raise ValueError(f"unknown option(s) {bad} for model {name!r}; valid options: {', '.join(sorted(valid))}")
+    cfg = dataclasses.asdict(entry["config_class"](**{**entry["config"], **overrides}))
+    return cfg
+
+
+def create_model(name: str, num_classes: int | None = None, **overrides) -> nn.Module:
+    """Build a registered model with random weights: `create_model("segformer-b0", num_classes=19)`.
+
+    Keyword overrides set fields of the model's config dataclass (e.g. `drop_path_rate=0.0`).
+    """
+    cfg = model_config(name, num_classes, **overrides)
+    model = MODELS[name]["build"](cfg)
+    model.variant = name
+    model.config = cfg
+    return model

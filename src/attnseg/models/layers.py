@@ -1,0 +1,75 @@
+"""Layers shared by two or more models: stochastic depth, conv-BN-act, resizing.
+
+Only what is really shared lives here; a layer used by one paper stays in that paper's file.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016): drop the whole residual branch per sample."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class ConvBNAct(nn.Module):
+    """Conv2d (no bias) -> BatchNorm2d -> activation. Keys `conv`, `bn` as in mmseg's ConvModule."""
+
+    def __init__(self, cin: int, cout: int, kernel_size: int = 1, stride: int = 1, padding: int | None = None,
+                 dilation: int = 1, groups: int = 1, act: type[nn.Module] | None = nn.ReLU):
+        super().__init__()
+        if padding is None:
+            padding = dilation * (kernel_size - 1) // 2
+        self.conv = nn.Conv2d(cin, cout, kernel_size, stride, padding, dilation=dilation, groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+        self.act = act() if act is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+def resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """Bilinear resize with align_corners=False (the convention of every model here); no-op at same size."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if mode == "nearest":
+        return F.interpolate(x, size=size, mode="nearest")
+    return F.interpolate(x, size=size, mode=mode, align_corners=False)
+
+
+def tokens_to_map(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(B, N, C) tokens -> (B, C, H, W) view in channels-last memory layout, without a copy."""
+    return x.unflatten(1, (h, w)).permute(0, 3, 1, 2)
+
+
+def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, N, C); free when x is channels-last (as convs here return it)."""
+    return x.permute(0, 2, 3, 1).flatten(1, 2)
+
+
+def check_images(x: torch.Tensor, channels: int = 3) -> None:
+    """Validate a model's public input: a float tensor (B, C, H, W)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor of shape (B, {channels}, H, W), got {type(x).__name__}")
+    if x.ndim != 4 or x.shape[1] != channels:
+        raise ValueError(
+            f"images must have shape (B, {channels}, H, W) (a batch of normalised RGB images); got shape "
+            f"{tuple(x.shape)}. For one image use x.unsqueeze(0); for HWC arrays permute to CHW first."
+        )
+    if not x.is_floating_point():
+        raise ValueError(f"images must be a float tensor (normalised), got dtype {x.dtype}")

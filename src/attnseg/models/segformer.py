@@ -1,0 +1,148 @@
+"""SegFormer: Mix Transformer encoder + lightweight All-MLP decoder.
+
+Xie et al., "SegFormer: Simple and Efficient Design for Semantic Segmentation with
+Transformers", NeurIPS 2021, Section 3.2. The All-MLP decoder (Eq. 4):
+
+    F_i_hat = Linear(C_i, C)(F_i)                       for each stage i      (`linear_c{i}.proj`)
+    F_i_hat = Upsample(H/4 x W/4)(F_i_hat)
+    F       = Linear(4C, C)(Concat(F_4_hat, F_3_hat, F_2_hat, F_1_hat))       (`linear_fuse` conv+BN+ReLU)
+    M       = Linear(C, N_cls)(F)                                             (`linear_pred`)
+
+Logits come out at 1/4 of the input. C = 256 for B0/B1, 768 for B2..B5.
+
+Fast inference path (eval mode, same numbers within float rounding): the fuse is a per-pixel
+linear map and bilinear upsampling is a per-channel convex combination, so they commute:
+    W_fuse . Concat(Up(A_i f_i + b_i)) = sum_i Up((W_i A_i) f_i) + sum_i W_i b_i
+and the eval-mode BatchNorm folds into the same product. Each stage is therefore projected
+straight to C channels at its own resolution and only C-channel maps are upsampled and summed:
+no 4C-channel concat at 1/4 resolution, and the fuse runs on 1/16..1/1024 of the pixels.
+Official weights load unchanged; training uses the literal path above.
+
+`head_style="mmseg"` builds the head as mmsegmentation 1.x trains it (each branch a
+ConvModule conv+BN+ReLU instead of a plain linear), so its checkpoints load exactly.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+from .layers import ConvBNAct, check_images, resize, tokens_to_map
+from .mit import MIT_CONFIGS, MiTConfig, MixVisionTransformer
+
+
+@dataclass
+class SegFormerConfig(MiTConfig):
+    num_classes: int = 150
+    decoder_dim: int = 256
+    dropout: float = 0.1
+    head_style: str = "official"  # "official" (NVlabs/transformers) or "mmseg" (mmsegmentation 1.x)
+
+
+class MLP(nn.Module):
+    """Per-stage linear embedding (`linear_c{i}.proj`) applied to (B, N, C_i) tokens."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.proj = nn.Linear(cin, cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+class SegFormerHead(nn.Module):
+    def __init__(self, in_channels: list[int], dim: int, num_classes: int, dropout: float, style: str = "official"):
+        super().__init__()
+        if style not in ("official", "mmseg"):
+            raise ValueError(f"head_style must be 'official' or 'mmseg', got {style!r}")
+        self.style = style
+        self.num_stages = len(in_channels)
+        for i, c in enumerate(in_channels):
+            branch = MLP(c, dim) if style == "official" else ConvBNAct(c, dim, 1)
+            setattr(self, f"linear_c{i + 1}", branch)
+        self.linear_fuse = ConvBNAct(dim * self.num_stages, dim, 1)
+        self.dropout = nn.Dropout2d(dropout)
+        self.linear_pred = nn.Conv2d(dim, num_classes, 1)
+        self.fused = True  # use the equivalent fast path in eval mode (see module docstring)
+
+    def forward(self, feats: list[tuple[torch.Tensor, int, int]]) -> torch.Tensor:
+        if self.style == "official" and self.fused and not self.training:
+            return self._forward_fused(feats)
+        size = (feats[0][1], feats[0][2])
+        outs = []
+        for i, (t, h, w) in enumerate(feats):
+            branch = getattr(self, f"linear_c{i + 1}")
+            if self.style == "official":
+                y = tokens_to_map(branch(t), h, w)  # (B, C, h, w)
+            else:
+                y = branch(tokens_to_map(t, h, w))
+            outs.append(resize(y, size))
+        # the official/transformers head concatenates [c4, c3, c2, c1]; mmseg 1.x [c1, ..., c4]
+        x = torch.cat(outs[::-1] if self.style == "official" else outs, dim=1)
+        x = self.dropout(self.linear_fuse(x))
+        return self.linear_pred(x)
+
+    def fused_params(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per-stage (C, C_i) matrices with linear_fuse and eval BatchNorm folded in, and one bias."""
+        bn = self.linear_fuse.bn
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (C,)
+        shift = bn.bias - bn.running_mean * scale
+        w_fuse = self.linear_fuse.conv.weight.flatten(1)  # (C, 4C), blocks ordered [c4, c3, c2, c1]
+        dim = w_fuse.shape[0]
+        mats, bias = [], shift
+        for i in range(self.num_stages):
+            blk = w_fuse[:, (self.num_stages - 1 - i) * dim:(self.num_stages - i) * dim] * scale[:, None]
+            proj = getattr(self, f"linear_c{i + 1}").proj
+            mats.append(blk @ proj.weight)  # (C, C_i)
+            bias = bias + blk @ proj.bias
+        return mats, bias
+
+    def _forward_fused(self, feats: list[tuple[torch.Tensor, int, int]]) -> torch.Tensor:
+        mats, bias = self.fused_params()
+        t1, h1, w1 = feats[0]
+        x = torch.addmm(bias, t1.flatten(0, 1), mats[0].t()).view(t1.shape[0], h1 * w1, -1)
+        x = tokens_to_map(x, h1, w1)  # (B, C, H/4, W/4), channels-last
+        for (t, h, w), m in zip(feats[1:], mats[1:]):
+            x = x + resize(tokens_to_map(t @ m.t(), h, w), (h1, w1))
+        return self.linear_pred(torch.relu_(x))
+
+
+class SegFormer(nn.Module):
+    """SegFormer = MiT encoder (`backbone`) + All-MLP decoder (`decode_head`). Logits at 1/4 resolution."""
+
+    output_stride = 4
+
+    def __init__(self, cfg: SegFormerConfig | None = None):
+        super().__init__()
+        cfg = cfg or SegFormerConfig()
+        self.cfg = cfg
+        enc = MiTConfig(**{f.name: getattr(cfg, f.name) for f in fields(MiTConfig)})
+        self.backbone = MixVisionTransformer(enc)
+        self.decode_head = SegFormerHead(self.backbone.out_channels, cfg.decoder_dim, cfg.num_classes, cfg.dropout,
+                                         cfg.head_style)
+        self.num_classes = cfg.num_classes
+
+    def set_isr(self, encoder: list[int] | None = None, decoder: list[int] | None = None) -> None:
+        """Inference Spatial Reduction on the MiT encoder (the All-MLP decoder has no attention)."""
+        if decoder is not None and any(int(f) != 1 for f in decoder):
+            raise ValueError("SegFormer's All-MLP decoder has no spatial-reduction attention: "
+                             f"ISR decoder factors must be omitted or all 1, got {decoder}")
+        self.backbone.set_isr(encoder)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        check_images(images, self.cfg.in_chans)
+        return self.decode_head(self.backbone.forward_tokens(images))
+
+
+def build_segformer(config: dict) -> SegFormer:
+    return SegFormer(SegFormerConfig(**config))
+
+
+_DECODER_DIM = {"b0": 256, "b1": 256, "b2": 768, "b3": 768, "b4": 768, "b5": 768, "tiny": 16}
+VARIANTS = {
+    f"segformer-{k}": dict(build=build_segformer, config_class=SegFormerConfig,
+                           config=dict(v, decoder_dim=_DECODER_DIM[k]),
+                           description=f"SegFormer-{k.upper()} (MiT-{k.upper()} + All-MLP decoder)")
+    for k, v in MIT_CONFIGS.items()
+}

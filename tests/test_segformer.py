@@ -1,0 +1,93 @@
+"""SegFormer / MiT: every variant trains, shapes, parameter counts, input validation."""
+import pytest
+import torch
+
+import attnseg
+from attnseg.models import MODELS
+
+
+def n_params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+def small(name):
+    """Real variant, reduced depth for the largest ones so the test stays fast."""
+    kw = {"num_classes": 7} if name.startswith("segformer") else {}
+    if name.split("-")[1] in ("b2", "b3", "b4", "b5"):
+        kw["depths"] = [1, 1, 1, 1]
+    return attnseg.create_model(name, **kw)
+
+
+@pytest.mark.parametrize("name", [n for n in MODELS if n.startswith(("segformer", "mit"))])
+def test_forward_backward_every_param_gets_grad(name):
+    torch.manual_seed(0)
+    m = small(name).train()
+    x = torch.randn(2, 3, 97, 131)
+    out = m(x)
+    if name.startswith("segformer"):
+        assert out.shape == (2, 7, 25, 33)  # 1/4 of the input, rounded up by the padded convs
+        loss = out.float().square().mean()
+    else:
+        assert [o.shape[-2:] for o in out] == [(25, 33), (13, 17), (7, 9), (4, 5)]
+        loss = sum(o.float().square().mean() for o in out)
+    loss.backward()
+    missing = [n for n, p in m.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, missing
+
+
+def test_parameter_counts_match_paper():
+    # paper: B0 3.8M, B2 27.5M (150 classes)
+    assert 3.7e6 <= n_params(attnseg.create_model("segformer-b0", num_classes=150)) <= 3.8e6
+    assert 27.3e6 <= n_params(attnseg.create_model("segformer-b2", num_classes=150)) <= 27.6e6
+
+
+def test_official_dims():
+    cfg = attnseg.create_model("segformer-b5", num_classes=19).config
+    assert cfg["embed_dims"] == [64, 128, 320, 512] and cfg["depths"] == [3, 6, 40, 3]
+    assert cfg["num_heads"] == [1, 2, 5, 8] and cfg["sr_ratios"] == [8, 4, 2, 1] and cfg["decoder_dim"] == 768
+    assert attnseg.create_model("segformer-b1").config["decoder_dim"] == 256
+
+
+def test_fused_eval_head_equals_literal_head():
+    from tests.conftest import randomize_bn
+
+    torch.manual_seed(0)
+    m = attnseg.create_model("segformer-b0", num_classes=19).eval()
+    randomize_bn(m)
+    x = torch.randn(1, 3, 130, 170)
+    with torch.no_grad():
+        fast = m(x)
+        m.decode_head.fused = False
+        ref = m(x)
+    assert torch.allclose(fast, ref, atol=1e-5, rtol=1e-5), (fast - ref).abs().max()
+
+
+def test_bad_input_raises_clear_errors():
+    m = attnseg.create_model("segformer-tiny", num_classes=3)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        m(torch.randn(3, 64, 64))
+    with pytest.raises(ValueError, match="got shape"):
+        m(torch.randn(1, 4, 64, 64))
+    with pytest.raises(ValueError, match="float"):
+        m(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+
+
+def test_unknown_model_and_option_errors_list_valid_choices():
+    with pytest.raises(ValueError, match="segformer-b0"):
+        attnseg.create_model("segformer-b9")
+    with pytest.raises(ValueError, match="valid options"):
+        attnseg.create_model("segformer-b0", not_an_option=1)
+    assert "segformer-b2" in attnseg.list_models() and "mit-b5" in attnseg.list_models()
+
+
+def test_isr_reset_is_bit_identical():
+    torch.manual_seed(0)
+    m = attnseg.create_model("segformer-tiny", num_classes=4).eval()
+    x = torch.randn(1, 3, 96, 120)
+    with torch.no_grad():
+        a = m(x)
+        m.set_isr(encoder=[2, 2, 1, 1])
+        b = m(x)
+        m.set_isr(encoder=[1, 1, 1, 1])
+        c = m(x)
+    assert not torch.equal(a, b) and torch.equal(a, c)
