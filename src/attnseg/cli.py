@@ -88,6 +88,8 @@ def cmd_predict(args) -> int:
             model = attnseg.create_model("segformer-b0", num_classes=11)
     if args.model is not None:
         model = _load(args)
+    if args.isr:
+        model.set_isr(**parse_isr(args.isr))
     inference = InferenceConfig(mode=args.mode, crop=args.crop, stride=args.stride)
     seg = attnseg.Segmenter(model, size=args.size, inference=inference, device=args.device)
     out = Path(args.out)
@@ -126,6 +128,86 @@ def _pair(s: str) -> tuple[int, int]:
     return (v[0], v[0]) if len(v) == 1 else v[:2]
 
 
+def cmd_train(args) -> int:
+    from .data import DatasetError
+    from .engine.config import ConfigError, load_config
+    from .engine.train import TrainingError, train
+    from .io import ImageReadError
+
+    try:
+        cfg = load_config(args.config, args.set)
+        if args.work_dir:
+            cfg.train.work_dir = args.work_dir
+        result = train(cfg, resume=args.resume)
+    except (ConfigError, DatasetError, ImageReadError, TrainingError, FileNotFoundError) as e:
+        raise CLIError(str(e)) from None
+    print(f"done at iteration {result['iter']}; best val mIoU {100 * result['best']['mIoU']:.2f} "
+          f"at iteration {result['best']['iter']}; outputs in {cfg.train.work_dir}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import json
+
+    import torch
+
+    from .data import DatasetError, EvalTransform, build_dataset
+    from .engine.distributed import cleanup, init_distributed, is_main
+    from .engine.evaluate import evaluate
+    from .engine.inference import InferenceConfig
+    from .engine.metrics import format_table
+    from .io import ImageReadError, atomic_write_text
+
+    model = _load(args)
+    rank, world, _ = init_distributed(torch.device(args.device).type)
+    try:
+        ds = build_dataset(args.dataset, args.data_root, args.split,
+                           EvalTransform(tuple(args.scale) if args.scale else None))
+        if args.limit:
+            ds.samples = ds.samples[: args.limit]
+        k = getattr(model, "num_classes", None)
+        if k is not None and k != ds.num_classes:
+            raise CLIError(f"model has {k} classes but dataset {args.dataset} has {ds.num_classes}")
+        inference = InferenceConfig(args.mode, args.crop, args.stride, scales=args.scales, flip=args.flip)
+        meta = getattr(model, "meta", {}) or {}
+        if args.isr:
+            model.set_isr(**parse_isr(args.isr))
+        m = evaluate(model, ds, inference, meta.get("mean"), meta.get("std"), args.device, ds.num_classes,
+                     rank, world, background=args.fb_background)
+    except (DatasetError, ImageReadError, ValueError) as e:
+        raise CLIError(str(e)) from None
+    finally:
+        cleanup()
+    if is_main():
+        print(format_table(m, ds.class_names))
+        if args.out:
+            atomic_write_text(args.out, json.dumps({"model": str(args.model), "dataset": args.dataset,
+                                                    "split": args.split, "mode": args.mode, "scales": args.scales,
+                                                    "flip": args.flip, "class_names": ds.class_names, **m},
+                                                   indent=2))
+            print(f"wrote {args.out}")
+    return 0
+
+
+def parse_isr(s: str) -> dict:
+    """"2,2,1,1:2,2,2" -> {"encoder": [2,2,1,1], "decoder": [2,2,2]}."""
+    enc, _, dec = s.partition(":")
+    try:
+        out = {"encoder": [int(v) for v in enc.split(",")] if enc else None}
+        if dec:
+            out["decoder"] = [int(v) for v in dec.split(",")]
+    except ValueError:
+        raise CLIError(f"--isr expects ENC[:DEC] comma-separated integers, e.g. 2,2,1,1:2,2,2; got {s!r}") from None
+    return out
+
+
+def _floats(s: str) -> list[float]:
+    try:
+        return [float(v) for v in s.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -148,7 +230,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=_pair, default=(341, 341), help="slide stride, N or HxW")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--isr", default=None, help="inference spatial reduction ENC[:DEC], e.g. 2,2,1,1:2,2,2")
     p.set_defaults(fn=cmd_predict)
+
+    p = sub.add_parser("train", help="train a model from a YAML config (torchrun for multi-process)")
+    p.add_argument("--config", default=None, help="YAML file of overrides (see configs/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.iters=1000 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue from WORK_DIR/latest.pth")
+    p.add_argument("--work-dir", default=None, help="output folder (overrides train.work_dir)")
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a model on a dataset split (aAcc, mAcc, mIoU, per-class table)")
+    _add_model_args(p)
+    p.add_argument("--dataset", required=True, help="camvid, ade20k, cityscapes, voc, pascal_context[59], "
+                                                   "coco_stuff164k, folder")
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--split", default="val")
+    p.add_argument("--mode", choices=["whole", "slide"], default="whole")
+    p.add_argument("--crop", type=_pair, default=(512, 512))
+    p.add_argument("--stride", type=_pair, default=(341, 341))
+    p.add_argument("--scales", type=_floats, default=[1.0], help="multi-scale test, e.g. 0.5,0.75,1.0,1.25,1.5,1.75")
+    p.add_argument("--flip", action="store_true", help="add horizontally flipped inputs")
+    p.add_argument("--scale", type=_pair, default=None, help="keep-ratio resize before inference, e.g. 2048x512")
+    p.add_argument("--isr", default=None, help="inference spatial reduction ENC[:DEC]")
+    p.add_argument("--fb-background", type=int, default=None, help="report FB-IoU with this background class")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("--out", default=None, help="write metrics as JSON here")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(fn=cmd_eval)
     return ap
 
 

@@ -97,3 +97,16 @@ def overlay(image: np.ndarray, label: np.ndarray, palette: list[list[int]], alph
     colours = np.asarray(palette, dtype=np.uint8)[np.clip(label, 0, len(palette) - 1)]
     blend = (image.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha)
     return Image.fromarray(blend.round().astype(np.uint8))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

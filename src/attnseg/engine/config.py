@@ -1,0 +1,196 @@
+"""Typed experiment configs: dataclass defaults, YAML files as overrides, `--set a.b=value` on the CLI.
+
+Unknown keys are errors (with the valid ones listed); there is no inheritance between YAML files.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class ModelCfg:
+    name: str = "segformer-b0"
+    num_classes: int | None = None  # None: the dataset's number of classes
+    pretrained: str | None = None  # weights to start from: an attnseg/official/transformers checkpoint
+    options: dict = field(default_factory=dict)  # create_model overrides, e.g. {drop_path_rate: 0.1}
+
+
+@dataclass
+class DataCfg:
+    dataset: str = "camvid"
+    root: str = "../shared/data/camvid"
+    train_split: str = "train"
+    val_split: str = "val"
+    crop: list[int] = field(default_factory=lambda: [512, 512])
+    scale: list[int] = field(default_factory=lambda: [2048, 512])  # base (long, short) edges for random resize
+    ratio_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    cat_max_ratio: float = 0.75
+    flip: bool = True
+    photometric: bool = True
+    eval_scale: list[int] | None = None  # keep-ratio resize at evaluation; None = native resolution
+    mean: list[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])
+    std: list[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
+    batch_size: int = 8  # global images per optimizer step (all processes, all accumulation steps)
+    workers: int = 2
+    limit: int | None = None  # use only the first N training samples (debugging, overfitting tests)
+    val_limit: int | None = None
+
+
+@dataclass
+class OptimCfg:
+    name: str = "adamw"  # adamw | sgd
+    lr: float = 6e-5
+    weight_decay: float = 0.01
+    momentum: float = 0.9
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    head_lr_mult: float = 10.0  # decode head (and other non-backbone params) learning-rate multiplier
+    norm_decay: bool = False  # weight decay on norm/bias parameters (SegFormer: off)
+    power: float = 1.0  # poly schedule power (1.0 SegFormer, 0.9 classic)
+    min_lr: float = 0.0
+    warmup_iters: int = 1500
+    warmup_ratio: float = 1e-6
+
+
+@dataclass
+class TrainCfg:
+    iters: int = 160000
+    stop_at: int | None = None  # end this run after this iteration (checkpointed), e.g. to fit a time slot
+    grad_accum: int = 1
+    amp: str = "none"  # none | bf16 | fp16
+    clip_grad: float | None = None
+    loss: str = "ce"  # ce | ohem
+    class_weights: list[float] | None = None
+    ohem_thresh: float = 0.7
+    ohem_min_kept: int = 100000
+    aux_weight: float = 0.4
+    log_interval: int = 50
+    val_interval: int = 4000
+    ckpt_interval: int = 4000
+    seed: int = 0
+    deterministic: bool = False
+    sync_bn: bool = False
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int | None = None
+    work_dir: str = "runs/exp"
+    tensorboard: bool = True
+
+
+@dataclass
+class EvalCfg:
+    mode: str = "whole"
+    crop: list[int] = field(default_factory=lambda: [512, 512])
+    stride: list[int] = field(default_factory=lambda: [341, 341])
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    flip: bool = False
+
+
+@dataclass
+class Config:
+    model: ModelCfg = field(default_factory=ModelCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+    optim: OptimCfg = field(default_factory=OptimCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+    eval: EvalCfg = field(default_factory=EvalCfg)
+
+
+def _check_type(path: str, value: Any, hint) -> Any:
+    s = str(hint)
+    if value is None:
+        if "None" in s:
+            return None
+        raise ConfigError(f"{path} may not be null")
+    if hint is bool or s == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path} must be true/false, got {value!r}")
+    elif s.startswith("int") or hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path} must be an integer, got {value!r}")
+    elif s.startswith("float") or hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path} must be a number, got {value!r}")
+        value = float(value)
+    elif s.startswith("str") or hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path} must be a string, got {value!r}")
+    elif s.startswith("list"):
+        if not isinstance(value, list):
+            raise ConfigError(f"{path} must be a list, got {value!r}")
+    elif s.startswith("dict") or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path} must be a mapping, got {value!r}")
+    return value
+
+
+def _merge(obj, data: dict, where: str) -> None:
+    hints = get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for k, v in data.items():
+        path = f"{where}{k}"
+        if k not in names:
+            raise ConfigError(f"unknown config key {path!r}; valid keys here: {', '.join(sorted(names))}")
+        cur = getattr(obj, k)
+        if dataclasses.is_dataclass(cur):
+            if not isinstance(v, dict):
+                raise ConfigError(f"{path} must be a mapping")
+            _merge(cur, v, path + ".")
+        else:
+            setattr(obj, k, _check_type(path, v, hints[k]))
+
+
+def load_config(path: str | Path | None = None, sets: list[str] | None = None) -> Config:
+    cfg = Config()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} not found")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p} must hold a mapping at the top level")
+        _merge(cfg, data, "")
+    for s in sets or []:
+        if "=" not in s:
+            raise ConfigError(f"--set expects key=value (e.g. train.iters=1000), got {s!r}")
+        key, raw = s.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        parts = key.strip().split(".")
+        if parts[:2] == ["model", "options"]:
+            if len(parts) != 3:
+                raise ConfigError(f"--set {key}: model options are set as model.options.NAME=value")
+            cfg.model.options[parts[2]] = value
+            continue
+        node: dict = {}
+        cur = node
+        for part in parts[:-1]:
+            cur[part] = {}
+            cur = cur[part]
+        cur[parts[-1]] = value
+        _merge(cfg, node, "")
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

@@ -1,0 +1,330 @@
+"""The training loop: iteration-based, resumable to the bit, DDP-ready, with periodic validation.
+
+Data order and augmentation are a pure function of (seed, position in the sample stream): the
+stream visits a fresh permutation of the training set each epoch, and sample p gets augmentation
+seed (seed, p). A resumed run therefore sees exactly the samples and crops it would have seen,
+whatever the number of workers or processes. Model randomness (dropout, drop path) comes from the
+torch RNG, whose state is checkpointed.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+from ..data import IGNORE_INDEX, EvalTransform, TrainTransform, build_dataset
+from .checkpoint import atomic_torch_save, load_checkpoint, rng_state, set_rng_state
+from .config import Config, dump_config
+from .distributed import all_reduce_sum, cleanup, init_distributed, is_main
+from .evaluate import evaluate, normalise
+from .inference import InferenceConfig
+from .losses import PixelLoss
+from .metrics import format_table
+from .syncbn import convert_sync_batchnorm
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+class StreamSampler(Sampler):
+    """Yields this process's micro-batches of (index, aug_seed) from the global sample stream."""
+
+    def __init__(self, n: int, micro_global: int, rank: int, world: int, seed: int, start: int, steps: int):
+        self.n, self.micro_global, self.rank, self.world = n, micro_global, rank, world
+        self.seed, self.start, self.steps = seed, start, steps
+        self.local = micro_global // world
+        self._perm_epoch, self._perm = -1, None
+
+    def _index(self, p: int) -> int:
+        e = p // self.n
+        if e != self._perm_epoch:
+            g = torch.Generator().manual_seed(self.seed * 100003 + e)
+            self._perm, self._perm_epoch = torch.randperm(self.n, generator=g).tolist(), e
+        return self._perm[p % self.n]
+
+    def __iter__(self):
+        for step in range(self.start, self.start + self.steps):
+            base = step * self.micro_global + self.rank * self.local
+            yield [(self._index(p), (self.seed, p)) for p in range(base, base + self.local)]
+
+    def __len__(self):
+        return self.steps
+
+
+def collate(batch):
+    return {"image": torch.stack([b["image"] for b in batch]), "label": torch.stack([b["label"] for b in batch])}
+
+
+def poly_lr_factor(it: int, cfg) -> float:
+    """Linear warm-up from warmup_ratio, then poly decay to min_lr (as a factor of the base lr)."""
+    o, total = cfg.optim, cfg.train.iters
+    base = o.lr
+    coeff = (1 - min(it, total) / total) ** o.power
+    lr = (base - o.min_lr) * coeff + o.min_lr
+    if it < o.warmup_iters:
+        k = (1 - it / o.warmup_iters) * (1 - o.warmup_ratio)
+        lr = lr * (1 - k)
+    return lr / base
+
+
+def param_groups(model: nn.Module, cfg) -> list[dict]:
+    """Backbone at lr, everything else (decode head, aux heads) at lr * head_lr_mult; no decay on norms/biases."""
+    o = cfg.optim
+    groups: dict[tuple[bool, bool], list] = {}
+    norm_params = set()
+    for m in model.modules():
+        if isinstance(m, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)):
+            norm_params.update(id(p) for p in m.parameters(recurse=False))
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        head = not name.startswith(("backbone.", "module.backbone."))
+        no_decay = not o.norm_decay and (id(p) in norm_params or p.ndim == 1)
+        groups.setdefault((head, no_decay), []).append(p)
+    return [{"params": ps, "lr": o.lr * (o.head_lr_mult if head else 1.0), "lr_mult": o.head_lr_mult if head else 1.0,
+             "weight_decay": 0.0 if nd else o.weight_decay} for (head, nd), ps in sorted(groups.items())]
+
+
+def build_optimizer(model, cfg):
+    o = cfg.optim
+    groups = param_groups(model, cfg)
+    if o.name == "adamw":
+        return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    raise TrainingError(f"optim.name must be 'adamw' or 'sgd', got {o.name!r}")
+
+
+def build_model(cfg: Config, num_classes: int):
+    import attnseg
+
+    m = cfg.model
+    if m.pretrained:
+        model = attnseg.load_model(m.pretrained, model=m.name, **m.options)
+        if getattr(model, "num_classes", num_classes) != num_classes:
+            raise TrainingError(f"{m.pretrained} has {model.num_classes} classes but the dataset has {num_classes}; "
+                                "fine-tuning to a new label set is not supported from a full checkpoint yet")
+    else:
+        model = attnseg.create_model(m.name, num_classes=num_classes, **m.options)
+    return model
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError("train.device is cuda but no CUDA device is available; use train.device=cpu")
+    return torch.device(name)
+
+
+def model_loss(model, outputs, target, pixel_loss, cfg) -> tuple[torch.Tensor, dict]:
+    """Models with auxiliary outputs define `loss(outputs, target, pixel_loss)`; plain ones return logits."""
+    core = model.module if hasattr(model, "module") else model
+    if hasattr(core, "loss"):
+        return core.loss(outputs, target, pixel_loss)
+    loss = pixel_loss(outputs, target)
+    return loss, {"loss": loss.detach()}
+
+
+def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
+    device = pick_device(cfg.train.device)
+    rank, world, local_rank = init_distributed(device.type)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    work = Path(cfg.train.work_dir)
+    t = cfg.train
+    micro_global = cfg.data.batch_size // t.grad_accum
+    if cfg.data.batch_size % (t.grad_accum * world):
+        raise TrainingError(f"data.batch_size {cfg.data.batch_size} must be divisible by train.grad_accum "
+                            f"({t.grad_accum}) x processes ({world})")
+    if t.amp not in ("none", "bf16", "fp16"):
+        raise TrainingError(f"train.amp must be none, bf16 or fp16, got {t.amp!r}")
+    amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.amp]
+    if amp_dtype is torch.float16 and device.type == "cpu":
+        raise TrainingError("train.amp=fp16 needs CUDA; on CPU use train.amp=bf16")
+
+    d = cfg.data
+    train_tf = TrainTransform(crop=tuple(d.crop), scale=tuple(d.scale), ratio_range=tuple(d.ratio_range),
+                              cat_max_ratio=d.cat_max_ratio, flip_prob=0.5 if d.flip else 0.0,
+                              photometric=d.photometric, ignore_index=IGNORE_INDEX)
+    ds = build_dataset(d.dataset, d.root, d.train_split, train_tf)
+    if d.limit:
+        ds.samples = ds.samples[: d.limit]
+    val_ds = None
+    if d.val_split:
+        val_ds = build_dataset(d.dataset, d.root, d.val_split, EvalTransform(tuple(d.eval_scale) if d.eval_scale else None))
+        if d.val_limit:
+            val_ds.samples = val_ds.samples[: d.val_limit]
+    num_classes = cfg.model.num_classes or ds.num_classes
+
+    torch.manual_seed(t.seed)
+    np.random.seed(t.seed)
+    random.seed(t.seed)
+    model = build_model(cfg, num_classes)
+    model.meta = {"class_names": ds.class_names if num_classes == ds.num_classes else None,
+                  "palette": ds.palette, "mean": list(d.mean), "std": list(d.std)}
+    core = model
+    if world > 1 and t.sync_bn:
+        model = convert_sync_batchnorm(model, device.type)
+        core = model
+    model.to(device)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: poly_lr_factor(it, cfg))
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
+    start, best = 0, {"mIoU": -1.0, "iter": 0}
+    ck = None
+    if resume:
+        ck = load_checkpoint(work / "latest.pth")
+        core.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        scaler.load_state_dict(ck["scaler"])
+        start, best = ck["iter"], ck["best"]
+        if is_main():
+            print(f"resumed from {work / 'latest.pth'} at iteration {start}", file=sys.stderr)
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if is_main():
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "config.yaml").write_text(dump_config(cfg))
+
+    pixel_loss = PixelLoss(IGNORE_INDEX, t.class_weights, t.loss == "ohem", t.ohem_thresh, t.ohem_min_kept)
+    steps_left = (t.iters - start) * t.grad_accum
+    sampler = StreamSampler(len(ds), micro_global, rank, world, t.seed, start * t.grad_accum, steps_left)
+    loader = DataLoader(ds, batch_sampler=sampler, num_workers=d.workers, collate_fn=collate,
+                        persistent_workers=False, pin_memory=device.type == "cuda")
+    inference = InferenceConfig(cfg.eval.mode, tuple(cfg.eval.crop), tuple(cfg.eval.stride), scales=cfg.eval.scales,
+                                flip=cfg.eval.flip)
+    writer = _tensorboard(work) if (t.tensorboard and is_main()) else None
+    csv_path = work / "metrics.csv"
+    bar = tqdm(total=t.iters, initial=start, unit="it", desc="train",
+               disable=not (progress and is_main() and sys.stderr.isatty()), dynamic_ncols=True)
+    batches = iter(loader)  # draws a base seed from the torch RNG: restore the RNG only after this
+    if ck is not None:
+        set_rng_state(ck["rng"])
+    model.train()
+    it = start
+    tic, seen, last = time.time(), 0, {}
+    try:
+        end = min(t.iters, t.stop_at) if t.stop_at else t.iters
+        while it < end:
+            optimizer.zero_grad(set_to_none=True)
+            logs: dict = {}
+            for _ in range(t.grad_accum):
+                b = next(batches)
+                x = normalise(b["image"].to(device, non_blocking=True), d.mean, d.std)
+                y = b["label"].to(device, non_blocking=True)
+                with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.bfloat16,
+                                    enabled=amp_dtype is not None):
+                    out = model(x)
+                loss, parts = model_loss(model, out, y, pixel_loss, cfg)
+                total = all_reduce_sum(loss.detach().clone()) / world
+                if not torch.isfinite(total):
+                    raise TrainingError(
+                        f"non-finite loss ({total.item()}) at iteration {it + 1}; stopping. Nothing was saved for "
+                        f"this iteration; the last good checkpoint is {work / 'latest.pth'} (if any). Try a lower "
+                        "optim.lr, train.clip_grad, or train.amp=none.")
+                scaler.scale(loss / t.grad_accum).backward()
+                for k, v in parts.items():
+                    logs[k] = logs.get(k, 0.0) + float(v) / t.grad_accum
+                seen += x.shape[0] * world
+            if t.clip_grad:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            it += 1
+            bar.update(1)
+            if it % t.log_interval == 0 or it == t.iters:
+                el = time.time() - tic
+                last = {"iter": it, **{k: round(v, 5) for k, v in logs.items()},
+                        "lr": optimizer.param_groups[0]["lr"] / optimizer.param_groups[0]["lr_mult"],
+                        "img_s": round(seen / max(el, 1e-9), 2)}
+                tic, seen = time.time(), 0
+                bar.set_postfix(loss=f"{logs.get('loss', 0):.4f}", lr=f"{last['lr']:.2e}", img_s=last["img_s"])
+                if is_main():
+                    _csv(csv_path, last)
+                    if bar.disable:
+                        print(json.dumps(last), file=sys.stderr, flush=True)
+                    if writer:
+                        for k, v in last.items():
+                            if k != "iter":
+                                writer.add_scalar(f"train/{k}", v, it)
+            if val_ds is not None and (it % t.val_interval == 0 or it == t.iters):
+                m = evaluate(core, val_ds, inference, d.mean, d.std, device, num_classes, rank, world,
+                             amp_dtype if device.type == "cuda" else None, progress)
+                row = {"iter": it, "val_aAcc": m["aAcc"], "val_mAcc": m["mAcc"], "val_mIoU": m["mIoU"]}
+                if is_main():
+                    _csv(csv_path, row)
+                    print(f"\n[iter {it}] validation\n{format_table(m, ds.class_names)}", file=sys.stderr, flush=True)
+                    if writer:
+                        for k in ("aAcc", "mAcc", "mIoU"):
+                            writer.add_scalar(f"val/{k}", m[k], it)
+                if m["mIoU"] > best["mIoU"]:
+                    best = {"mIoU": m["mIoU"], "iter": it, "metrics": m}
+                    if is_main():
+                        _export(core, work / "best.safetensors", best)
+                model.train()
+            if it % t.ckpt_interval == 0 or it == end:
+                if is_main():
+                    _save(work / "latest.pth", core, optimizer, scheduler, scaler, it, best, cfg)
+    finally:
+        bar.close()
+        if writer:
+            writer.close()
+    if is_main() and it == t.iters:
+        _export(core, work / "final.safetensors", None)
+    cleanup()
+    return {"iter": it, "best": {k: v for k, v in best.items() if k != "metrics"}, "last": last}
+
+
+def _save(path, core, optimizer, scheduler, scaler, it, best, cfg):
+    atomic_torch_save({"model": core.state_dict(), "optimizer": optimizer.state_dict(),
+                       "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
+                       "iter": it, "best": best, "config": asdict(cfg)}, path)
+
+
+def _export(core, path, best):
+    from ..hub import save_model
+
+    extra = {"trained_iters_best": best["iter"], "val_mIoU": best["mIoU"]} if best else None
+    save_model(core, path, extra=extra)
+
+
+def _csv(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.writer(f)
+        if new:
+            w.writerow(["key", "value", "iter"])
+        for k, v in row.items():
+            if k != "iter":
+                w.writerow([k, v, row["iter"]])
+
+
+def _tensorboard(work: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:
+        return None
+    return SummaryWriter(str(work / "tb"))

@@ -1,0 +1,105 @@
+"""Engine tests on tiny real data: resume equivalence, 2-process gloo DDP, config errors, eval CLI."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from attnseg.engine.config import ConfigError, load_config
+from attnseg.engine.train import TrainingError, poly_lr_factor, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_sets(root, work, iters=4, batch=2, **extra):
+    sets = {"model.name": "segformer-tiny", "model.options.drop_path_rate": 0.1, "data.root": str(root),
+            "data.crop": "[64, 64]", "data.scale": "[120, 90]", "data.batch_size": batch, "data.workers": 0,
+            "data.val_split": "''", "data.limit": 8, "train.iters": iters, "train.log_interval": 1,
+            "train.ckpt_interval": 100, "train.deterministic": True, "train.work_dir": str(work),
+            "train.tensorboard": False, "optim.warmup_iters": 2, "optim.lr": 1e-3, **extra}
+    return [f"{k}={v}" for k, v in sets.items()]
+
+
+def test_resume_gives_identical_weights(camvid_root, tmp_path):
+    train(load_config(None, tiny_sets(camvid_root, tmp_path / "straight")), progress=False)
+    train(load_config(None, tiny_sets(camvid_root, tmp_path / "split", **{"train.stop_at": 2})), progress=False)
+    assert not (tmp_path / "split" / "final.safetensors").exists()
+    train(load_config(None, tiny_sets(camvid_root, tmp_path / "split", **{"data.workers": 1})), resume=True,
+          progress=False)
+    a = load_file(tmp_path / "straight" / "final.safetensors")
+    b = load_file(tmp_path / "split" / "final.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed run diverged"
+    ck = torch.load(tmp_path / "split" / "latest.pth", weights_only=False)
+    assert ck["iter"] == 4 and {"optimizer", "scheduler", "scaler", "rng", "config"} <= set(ck)
+
+
+def test_ddp_two_processes_match_one(camvid_root, tmp_path):
+    sets = tiny_sets(camvid_root, tmp_path / "one", iters=3, batch=4,
+                     **{"model.options.drop_path_rate": 0.0, "model.options.dropout": 0.0, "train.sync_bn": True, "optim.name": "sgd", "optim.lr": 0.05,
+                        "data.photometric": False})
+    train(load_config(None, sets), progress=False)
+    two = [s.replace(str(tmp_path / "one"), str(tmp_path / "two")) for s in sets]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER"))}
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+           "-m", "attnseg.cli", "train"] + sum([["--set", s] for s in two], [])
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a = load_file(tmp_path / "one" / "final.safetensors")
+    b = load_file(tmp_path / "two" / "final.safetensors")
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    print("ddp worst diff", worst)
+    assert worst < 1e-4, worst
+
+
+def test_non_finite_loss_stops_with_iteration(camvid_root, tmp_path):
+    sets = tiny_sets(camvid_root, tmp_path / "nan", **{"optim.lr": 1e30, "optim.warmup_iters": 0,
+                                                       "train.iters": 6, "optim.name": "sgd"})
+    with pytest.raises(TrainingError, match=r"non-finite loss .* at iteration \d+"):
+        train(load_config(None, sets), progress=False)
+    assert not (tmp_path / "nan" / "final.safetensors").exists()
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.lrr'.*valid keys"):
+        load_config(None, ["train.lrr=1"])
+    with pytest.raises(ConfigError, match="must be an integer"):
+        load_config(None, ["train.iters=abc"])
+    (tmp_path / "c.yaml").write_text("data:\n  datset: camvid\n")
+    with pytest.raises(ConfigError, match="data.datset"):
+        load_config(tmp_path / "c.yaml")
+    cfg = load_config(ROOT / "configs" / "segformer-b0_camvid.yaml", ["optim.lr=1e-4", "model.options.dropout=0.2"])
+    assert cfg.optim.lr == 1e-4 and cfg.model.options == {"dropout": 0.2} and cfg.data.dataset == "camvid"
+
+
+def test_all_shipped_configs_load():
+    for p in (ROOT / "configs").glob("*.yaml"):
+        load_config(p)
+
+
+def test_poly_schedule_with_warmup():
+    cfg = load_config(None, ["train.iters=100", "optim.warmup_iters=10", "optim.warmup_ratio=0.1", "optim.power=1.0"])
+    assert poly_lr_factor(0, cfg) == pytest.approx(0.1)
+    assert poly_lr_factor(10, cfg) == pytest.approx(0.9)
+    assert poly_lr_factor(100, cfg) == pytest.approx(0.0)
+
+
+def test_train_then_eval_cli(camvid_root, tmp_path, capsys):
+    from attnseg.cli import main
+
+    sets = tiny_sets(camvid_root, tmp_path / "run", iters=2, **{"data.val_split": "val", "data.val_limit": 2,
+                                                                 "train.val_interval": 2})
+    assert main(["train"] + sum([["--set", s] for s in sets], [])) == 0
+    assert (tmp_path / "run" / "best.safetensors").exists() and (tmp_path / "run" / "metrics.csv").exists()
+    rc = main(["eval", "--model", str(tmp_path / "run" / "final.safetensors"), "--dataset", "camvid",
+               "--data-root", str(camvid_root), "--split", "val", "--limit", "2", "--out", str(tmp_path / "m.json")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "mIoU" in out and "pedestrian" in out
+    rc = main(["eval", "--model", str(tmp_path / "run" / "final.safetensors"), "--dataset", "camvid",
+               "--data-root", str(camvid_root), "--limit", "1", "--mode", "slide", "--crop", "256", "--stride", "200",
+               "--scales", "0.75,1.0", "--flip"])
+    assert rc == 0
