@@ -79,7 +79,7 @@ def slide_logits(model, x: torch.Tensor, num_classes: int, crop: tuple[int, int]
         for j, (y0, x0) in enumerate(chunk):
             logits[:, :, y0:y0 + ch, x0:x0 + cw] += out[j * B:(j + 1) * B]
             count[:, :, y0:y0 + ch, x0:x0 + cw] += 1
-    return (logits / count)[:, :, :H, :W]
+    return logits.div_(count)[:, :, :H, :W]  # in place: the buffer is the only full-size tensor
 
 
 def infer(model, x: torch.Tensor, cfg: InferenceConfig | None = None, num_classes: int | None = None,
