@@ -189,6 +189,87 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _model_from_name_or_source(args):
+    """Registered architecture name -> random weights (for speed/FLOPs); anything else -> load_model."""
+    import attnseg
+    from .models import MODELS
+
+    if args.model in MODELS:
+        fields = MODELS[args.model]["config_class"].__dataclass_fields__
+        return attnseg.create_model(args.model, **({"num_classes": args.num_classes} if "num_classes" in fields else {}))
+    return _load(args)
+
+
+def cmd_flops(args) -> int:
+    from .tools.flops import count_flops
+
+    model = _model_from_name_or_source(args)
+    if args.isr:
+        model.set_isr(**parse_isr(args.isr))
+    r = count_flops(model, args.size, paper=not args.as_run)
+    print(f"{args.model} at {args.size[0]}x{args.size[1]}" + (f", ISR {args.isr}" if args.isr else "") + ":")
+    print(f"  GFLOPs (multiply-accumulates, as the papers count): {r['gmacs']:.2f}")
+    print(f"  parameters: {r['params_m']:.2f}M")
+    for k, v in sorted(r["by_op"].items(), key=lambda kv: -kv[1]):
+        print(f"    {k:<48} {v:8.2f}")
+    return 0
+
+
+def cmd_benchmark(args) -> int:
+    import json
+
+    import torch
+
+    from .tools.benchmark import benchmark_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = _model_from_name_or_source(args)
+    if args.isr:
+        model.set_isr(**parse_isr(args.isr))
+    try:
+        r = benchmark_model(model, args.size, args.batch, args.dtype, args.backend, args.device, args.warmup, args.iters)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    r.update(model=args.model, size=f"{args.size[0]}x{args.size[1]}", batch=args.batch, dtype=args.dtype,
+             backend=args.backend, device=args.device, threads=torch.get_num_threads(), isr=args.isr)
+    print(f"{'model':<16} {'size':>10} {'batch':>5} {'dtype':>5} {'backend':>8} {'median ms':>10} {'p90 ms':>8} "
+          f"{'img/s':>7} {'peak MB':>8}")
+    print(f"{args.model[:16]:<16} {r['size']:>10} {args.batch:>5} {args.dtype:>5} {args.backend:>8} "
+          f"{r['median_ms']:>10.1f} {r['p90_ms']:>8.1f} {r['images_per_s']:>7.2f} {r['peak_mem_mb']:>8.0f}")
+    if args.json:
+        print(json.dumps(r))
+    return 0
+
+
+def cmd_isr_sweep(args) -> int:
+    import torch
+
+    from .data import DatasetError, EvalTransform, build_dataset
+    from .tools.isr_sweep import DEFAULT_GRID, markdown, sweep, write_outputs
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = _load(args)
+    if not hasattr(model, "set_isr"):
+        raise CLIError(f"{args.model} has no spatial-reduction attention to reduce")
+    try:
+        ds = build_dataset(args.dataset, args.data_root, args.split, EvalTransform())
+    except DatasetError as e:
+        raise CLIError(str(e)) from None
+    if args.limit:
+        ds.samples = ds.samples[: args.limit]
+    grid = args.settings.split(";") if args.settings else DEFAULT_GRID
+    img = ds[0]["image"]
+    size = tuple(args.size) if args.size else tuple(img.shape[-2:])
+    meta = model.meta
+    rows = sweep(model, ds, grid, size, meta["mean"], meta["std"], latency_iters=args.latency_iters)
+    write_outputs(rows, Path(args.out), size, f"{model.variant}: ISR on {args.dataset} {args.split}")
+    print(markdown(rows, size))
+    print(f"wrote {args.out}/isr_sweep.json, isr_sweep.md, isr_sweep.png")
+    return 0
+
+
 def parse_isr(s: str) -> dict:
     """"2,2,1,1:2,2,2" -> {"encoder": [2,2,1,1], "decoder": [2,2,2]}."""
     enc, _, dec = s.partition(":")
@@ -259,6 +340,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write metrics as JSON here")
     p.add_argument("--device", default="cpu")
     p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("flops", help="GFLOPs (MACs) and parameters at an input size")
+    p.add_argument("--model", required=True, help="registered name (random weights) or checkpoint")
+    p.add_argument("--arch", default=None)
+    p.add_argument("--size", type=_pair, default=(512, 512))
+    p.add_argument("--num-classes", type=int, default=150)
+    p.add_argument("--isr", default=None, help="ENC[:DEC], e.g. 2,2,1,1:2,2,2")
+    p.add_argument("--as-run", action="store_true",
+                   help="count the operations actually executed (SegFormer's fused decoder) instead of the paper's")
+    p.set_defaults(fn=cmd_flops)
+
+    p = sub.add_parser("benchmark", help="latency, throughput and peak memory")
+    p.add_argument("--model", required=True, help="registered name (random weights) or checkpoint")
+    p.add_argument("--arch", default=None)
+    p.add_argument("--num-classes", type=int, default=150)
+    p.add_argument("--size", type=_pair, default=(512, 512))
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--backend", choices=["eager", "compile"], default="eager")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--isr", default=None)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--json", action="store_true", help="also print the result as one JSON line")
+    p.set_defaults(fn=cmd_benchmark)
+
+    p = sub.add_parser("isr-sweep", help="mIoU / GFLOPs / latency over a grid of ISR settings, with a plot")
+    _add_model_args(p)
+    p.add_argument("--dataset", default="camvid")
+    p.add_argument("--data-root", default="../shared/data/camvid")
+    p.add_argument("--split", default="test")
+    p.add_argument("--settings", default=None, help="';'-separated ENC:DEC settings (first = baseline)")
+    p.add_argument("--size", type=_pair, default=None, help="size for GFLOPs/latency (default: the images')")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--latency-iters", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default="isr_sweep")
+    p.set_defaults(fn=cmd_isr_sweep)
     return ap
 
 

@@ -252,29 +252,37 @@ def load_model(source: str | os.PathLike, model: str | None = None, num_classes:
     return net.to(device).eval()
 
 
+ENCODER_FAMILIES = {"mit", "eft"}  # variants without a decode head
+CONVERTERS = {  # (family, format) -> converter; "official" layouts are our own names
+    ("segformer", "transformers"): conv_segformer.from_transformers, ("mit", "transformers"): conv_segformer.from_transformers,
+    ("segformer", "mmseg"): conv_segformer.from_mmseg, ("mit", "mmseg"): conv_segformer.from_mmseg,
+}
+
+
 def _convert(sd: dict, fmt: str, variant: str, hf_config: dict | None = None) -> tuple[dict, dict]:
     """Foreign state dict -> (our names, config overrides the format implies)."""
     family = _family(variant)
-    if family in ("segformer", "mit"):
-        try:
-            if fmt == "transformers":
-                out, cfg, has_head = conv_segformer.from_transformers(sd, hf_config)
-            elif fmt == "mmseg":
-                out, cfg, has_head = conv_segformer.from_mmseg(sd)
-            else:
-                out, cfg, has_head = conv_segformer.from_official(sd)
-        except ConversionError as e:
-            raise ModelLoadError(str(e)) from None
-        if family == "mit" and has_head:
+    fn = CONVERTERS.get((family, fmt))
+    if fn is None and fmt != "official":
+        raise ModelLoadError(f"a {fmt} checkpoint cannot be loaded into {variant}: no converter for that pair")
+    try:
+        if fn is conv_segformer.from_transformers:
+            out, cfg, has_head = fn(sd, hf_config)
+        elif fn is not None:
+            out, cfg, has_head = fn(sd)
+        else:
+            out, cfg, has_head = conv_segformer.from_official(sd)
+    except ConversionError as e:
+        raise ModelLoadError(str(e)) from None
+    if family in ENCODER_FAMILIES:
+        if has_head:  # a full segmentation checkpoint loaded as an encoder: keep the backbone
             out = {k: v for k, v in out.items() if k.startswith("backbone.")}
-        elif family == "segformer" and not any(k.startswith("backbone.") for k in out):
-            raise ModelLoadError(f"checkpoint is an encoder only (no decode head); load it with model='mit-...' "
-                                 f"or train a {variant} from it")
-        if family == "mit":
-            out = {k[len("backbone."):] if k.startswith("backbone.") else k: v for k, v in out.items()}
-            cfg.pop("decoder_dim", None)
-        return out, cfg
-    raise ModelLoadError(f"no {fmt} converter for {variant} models")
+        out = {k.removeprefix("backbone."): v for k, v in out.items()}
+        cfg.pop("decoder_dim", None)
+    elif not any(k.startswith("backbone.") for k in out):
+        raise ModelLoadError(f"checkpoint is an encoder only (no decode head); load it with the encoder variant "
+                             f"or start training a {variant} from it")
+    return out, cfg
 
 
 def _infer_num_classes(sd: dict) -> int | None:

@@ -10,10 +10,10 @@ import difflib
 
 from torch import nn
 
-from . import mit, segformer
+from . import edaformer, mit, segformer
 
 MODELS: dict[str, dict] = {}
-for _module in (mit, segformer):
+for _module in (mit, segformer, edaformer):
     for _name, _entry in _module.VARIANTS.items():
         if _name in MODELS:
             raise RuntimeError(f"model name {_name!r} registered twice")

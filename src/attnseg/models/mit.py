@@ -126,10 +126,12 @@ class DWConv(nn.Module):
 
 
 class MixFFN(nn.Module):
-    """Eq. 3: fc1 -> 3x3 depthwise conv -> GELU -> fc2."""
+    """Eq. 3: fc1 -> 3x3 depthwise conv -> GELU -> fc2. `relu=True` adds a ReLU after fc1
+    (PVTv2's "linear" FFN, used by EDAFormer's encoder)."""
 
-    def __init__(self, dim: int, hidden: int, drop: float):
+    def __init__(self, dim: int, hidden: int, drop: float, relu: bool = False):
         super().__init__()
+        self.relu = relu
         self.fc1 = nn.Linear(dim, hidden)
         self.dwconv = DWConv(hidden)
         self.act = nn.GELU()
@@ -137,7 +139,10 @@ class MixFFN(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        x = self.drop(self.act(self.dwconv(self.fc1(x), h, w)))
+        x = self.fc1(x)
+        if self.relu:
+            x = torch.relu(x)
+        x = self.drop(self.act(self.dwconv(x, h, w)))
         return self.drop(self.fc2(x))
 
 
@@ -181,7 +186,7 @@ class MixVisionTransformer(nn.Module):
                 for j in range(cfg.depths[i])))
             setattr(self, f"norm{i + 1}", nn.LayerNorm(cfg.embed_dims[i], eps=cfg.norm_eps))
             cur += cfg.depths[i]
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
     def set_isr(self, factors: list[int] | None) -> None:
         """Inference Spatial Reduction: extra key/value pooling factor per stage ([1]*4 = off)."""
@@ -210,7 +215,7 @@ class MixVisionTransformer(nn.Module):
         return [tokens_to_map(t, h, w) for t, h, w in self.forward_tokens(images)]
 
 
-def _init_weights(m: nn.Module) -> None:
+def init_weights(m: nn.Module) -> None:
     # The official initialisation: trunc-normal(0.02) linears, fan-out normal convs, unit LayerNorms.
     if isinstance(m, nn.Linear):
         nn.init.trunc_normal_(m.weight, std=0.02)
