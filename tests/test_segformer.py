@@ -91,3 +91,23 @@ def test_isr_reset_is_bit_identical():
         m.set_isr(encoder=[1, 1, 1, 1])
         c = m(x)
     assert not torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_fused_training_path_matches_literal_forward_and_gradients():
+    from tests.conftest import randomize_bn
+
+    torch.manual_seed(0)
+    a = attnseg.create_model("segformer-tiny", num_classes=5, dropout=0.0, drop_path_rate=0.0).train()
+    randomize_bn(a)
+    b = attnseg.create_model("segformer-tiny", num_classes=5, dropout=0.0, drop_path_rate=0.0).train()
+    b.load_state_dict(a.state_dict())
+    b.decode_head.fused = False
+    x = torch.randn(2, 3, 70, 90)
+    ya, yb = a(x), b(x)
+    assert torch.allclose(ya, yb, atol=1e-5)
+    ya.square().mean().backward()
+    yb.square().mean().backward()
+    for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(pa.grad, pb.grad, atol=1e-5, rtol=1e-4), n
+    assert torch.allclose(a.decode_head.linear_fuse.bn.running_mean, b.decode_head.linear_fuse.bn.running_mean,
+                          atol=1e-6)

@@ -21,8 +21,32 @@ def _load(args):
     import attnseg
 
     try:
-        return attnseg.load_model(args.model, model=args.arch, device=getattr(args, "device", "cpu"))
-    except (ValueError, OSError) as e:
+        if str(args.model).endswith(".onnx"):
+            from .export import OnnxModel
+
+            return OnnxModel(args.model, getattr(args, "threads", None))
+        model = attnseg.load_model(args.model, model=args.arch, device=getattr(args, "device", "cpu"))
+    except (ValueError, OSError, ImportError) as e:
+        raise CLIError(str(e)) from None
+    return _maybe_onnx(model, args)
+
+
+def _maybe_onnx(model, args):
+    """--backend onnx on a PyTorch model: export it (with its ISR settings) to a temp file and run that."""
+    if getattr(args, "backend", "eager") != "onnx" or not isinstance(model, __import__("torch").nn.Module):
+        return model
+    import tempfile
+
+    from .export import OnnxModel, export_onnx
+
+    if getattr(args, "isr", None):
+        model.set_isr(**parse_isr(args.isr))
+        args.isr = None  # baked into the graph
+    path = Path(tempfile.mkdtemp(prefix="attnseg_onnx_")) / "model.onnx"
+    try:
+        export_onnx(model, path)
+        return OnnxModel(path, getattr(args, "threads", None))
+    except ImportError as e:
         raise CLIError(str(e)) from None
 
 
@@ -88,8 +112,7 @@ def cmd_predict(args) -> int:
             model = attnseg.create_model("segformer-b0", num_classes=11)
     if args.model is not None:
         model = _load(args)
-    if args.isr:
-        model.set_isr(**parse_isr(args.isr))
+    _apply_isr(model, args)
     inference = InferenceConfig(mode=args.mode, crop=args.crop, stride=args.stride)
     seg = attnseg.Segmenter(model, size=args.size, inference=inference, device=args.device)
     out = Path(args.out)
@@ -170,8 +193,7 @@ def cmd_eval(args) -> int:
             raise CLIError(f"model has {k} classes but dataset {args.dataset} has {ds.num_classes}")
         inference = InferenceConfig(args.mode, args.crop, args.stride, scales=args.scales, flip=args.flip)
         meta = getattr(model, "meta", {}) or {}
-        if args.isr:
-            model.set_isr(**parse_isr(args.isr))
+        _apply_isr(model, args)
         m = evaluate(model, ds, inference, meta.get("mean"), meta.get("std"), args.device, ds.num_classes,
                      rank, world, background=args.fb_background)
     except (DatasetError, ImageReadError, ValueError) as e:
@@ -197,15 +219,31 @@ def _model_from_name_or_source(args):
     if args.model in MODELS:
         fields = MODELS[args.model]["config_class"].__dataclass_fields__
         return attnseg.create_model(args.model, **({"num_classes": args.num_classes} if "num_classes" in fields else {}))
-    return _load(args)
+    backend, args.backend = getattr(args, "backend", "eager"), "eager"
+    model = _load(args)
+    args.backend = backend
+    return model
+
+
+def cmd_export(args) -> int:
+    from .export import export_onnx
+
+    model = _model_from_name_or_source(args)
+    _apply_isr(model, args)
+    try:
+        path = export_onnx(model, args.out, dynamic=args.dynamic, example_size=args.size)
+    except ImportError as e:
+        raise CLIError(str(e)) from None
+    print(f"wrote {path} ({'dynamic batch/height/width' if args.dynamic else f'fixed {args.size[0]}x{args.size[1]}'}"
+          + (f", ISR {args.isr} baked in" if args.isr else "") + ")")
+    return 0
 
 
 def cmd_flops(args) -> int:
     from .tools.flops import count_flops
 
     model = _model_from_name_or_source(args)
-    if args.isr:
-        model.set_isr(**parse_isr(args.isr))
+    _apply_isr(model, args)
     r = count_flops(model, args.size, paper=not args.as_run)
     print(f"{args.model} at {args.size[0]}x{args.size[1]}" + (f", ISR {args.isr}" if args.isr else "") + ":")
     print(f"  GFLOPs (multiply-accumulates, as the papers count): {r['gmacs']:.2f}")
@@ -225,10 +263,12 @@ def cmd_benchmark(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = _model_from_name_or_source(args)
-    if args.isr:
-        model.set_isr(**parse_isr(args.isr))
+    _apply_isr(model, args)
+    backend = args.backend
+    if backend == "onnx" or str(args.model).endswith(".onnx"):
+        model, backend, args.backend = _maybe_onnx(model, args), "eager", "onnx"
     try:
-        r = benchmark_model(model, args.size, args.batch, args.dtype, args.backend, args.device, args.warmup, args.iters)
+        r = benchmark_model(model, args.size, args.batch, args.dtype, backend, args.device, args.warmup, args.iters)
     except ValueError as e:
         raise CLIError(str(e)) from None
     r.update(model=args.model, size=f"{args.size[0]}x{args.size[1]}", batch=args.batch, dtype=args.dtype,
@@ -268,6 +308,18 @@ def cmd_isr_sweep(args) -> int:
     print(markdown(rows, size))
     print(f"wrote {args.out}/isr_sweep.json, isr_sweep.md, isr_sweep.png")
     return 0
+
+
+def _apply_isr(model, args) -> None:
+    if not getattr(args, "isr", None):
+        return
+    if not hasattr(model, "set_isr"):
+        raise CLIError(f"--isr: {args.model} has no spatial-reduction attention (or is an exported graph: "
+                       "export with --isr instead)")
+    try:
+        model.set_isr(**parse_isr(args.isr))
+    except ValueError as e:
+        raise CLIError(f"--isr {args.isr}: {e}") from None
 
 
 def parse_isr(s: str) -> dict:
@@ -312,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     p.add_argument("--device", default="cpu")
     p.add_argument("--isr", default=None, help="inference spatial reduction ENC[:DEC], e.g. 2,2,1,1:2,2,2")
+    p.add_argument("--backend", choices=["eager", "onnx"], default="eager",
+                   help="onnx: run in onnxruntime (a .onnx --model, or export the checkpoint first)")
+    p.add_argument("--threads", type=int, default=None)
     p.set_defaults(fn=cmd_predict)
 
     p = sub.add_parser("train", help="train a model from a YAML config (torchrun for multi-process)")
@@ -339,7 +394,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
     p.add_argument("--out", default=None, help="write metrics as JSON here")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--backend", choices=["eager", "onnx"], default="eager")
+    p.add_argument("--threads", type=int, default=None)
     p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("export", help="export to ONNX (dynamic batch/height/width; ISR settings baked in)")
+    p.add_argument("--model", required=True, help="registered name (random weights) or checkpoint")
+    p.add_argument("--arch", default=None)
+    p.add_argument("--num-classes", type=int, default=150)
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--out", required=True, help="output .onnx file")
+    p.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
+    p.add_argument("--size", type=_pair, default=(256, 320), help="example (or fixed) input size")
+    p.add_argument("--isr", default=None)
+    p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("flops", help="GFLOPs (MACs) and parameters at an input size")
     p.add_argument("--model", required=True, help="registered name (random weights) or checkpoint")
@@ -359,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
-    p.add_argument("--backend", choices=["eager", "compile"], default="eager")
+    p.add_argument("--backend", choices=["eager", "compile", "onnx"], default="eager")
     p.add_argument("--device", default="cpu")
     p.add_argument("--isr", default=None)
     p.add_argument("--warmup", type=int, default=3)

@@ -44,8 +44,9 @@ class ConvBNAct(nn.Module):
 
 
 def resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
-    """Bilinear resize with align_corners=False (the convention of every model here); no-op at same size."""
-    if tuple(x.shape[-2:]) == tuple(size):
+    """Bilinear resize with align_corners=False (the convention of every model here); no-op at same size
+    (except while torch.compile/export traces, where the shortcut would specialise the graph's shapes)."""
+    if not torch.compiler.is_compiling() and tuple(x.shape[-2:]) == tuple(size):
         return x
     if mode == "nearest":
         return F.interpolate(x, size=size, mode="nearest")

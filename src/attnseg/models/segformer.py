@@ -10,13 +10,15 @@ Transformers", NeurIPS 2021, Section 3.2. The All-MLP decoder (Eq. 4):
 
 Logits come out at 1/4 of the input. C = 256 for B0/B1, 768 for B2..B5.
 
-Fast inference path (eval mode, same numbers within float rounding): the fuse is a per-pixel
+Fast path (same numbers within float rounding): the fuse is a per-pixel
 linear map and bilinear upsampling is a per-channel convex combination, so they commute:
     W_fuse . Concat(Up(A_i f_i + b_i)) = sum_i Up((W_i A_i) f_i) + sum_i W_i b_i
 and the eval-mode BatchNorm folds into the same product. Each stage is therefore projected
 straight to C channels at its own resolution and only C-channel maps are upsampled and summed:
 no 4C-channel concat at 1/4 resolution, and the fuse runs on 1/16..1/1024 of the pixels.
-Official weights load unchanged; training uses the literal path above.
+Training uses the same reordering without folding the BatchNorm (it normalises the identical
+pre-activation with batch statistics), so gradients are those of the literal decoder.
+Official weights load unchanged; `decode_head.fused = False` runs the literal path.
 
 `head_style="mmseg"` builds the head as mmsegmentation 1.x trains it (each branch a
 ConvModule conv+BN+ReLU instead of a plain linear), so its checkpoints load exactly.
@@ -67,7 +69,7 @@ class SegFormerHead(nn.Module):
         self.fused = True  # use the equivalent fast path in eval mode (see module docstring)
 
     def forward(self, feats: list[tuple[torch.Tensor, int, int]]) -> torch.Tensor:
-        if self.style == "official" and self.fused and not self.training:
+        if self.style == "official" and self.fused:
             return self._forward_fused(feats)
         size = (feats[0][1], feats[0][2])
         outs = []
@@ -83,11 +85,16 @@ class SegFormerHead(nn.Module):
         x = self.dropout(self.linear_fuse(x))
         return self.linear_pred(x)
 
-    def fused_params(self) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Per-stage (C, C_i) matrices with linear_fuse and eval BatchNorm folded in, and one bias."""
+    def fused_params(self, fold_bn: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per-stage (C, C_i) matrices W_i A_i and one bias sum_i W_i b_i; with `fold_bn` the eval-mode
+        BatchNorm is folded in too. Differentiable: training uses them with a batch-statistics BN after."""
         bn = self.linear_fuse.bn
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (C,)
-        shift = bn.bias - bn.running_mean * scale
+        if fold_bn:
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (C,)
+            shift = bn.bias - bn.running_mean * scale
+        else:
+            scale = torch.ones_like(bn.weight)
+            shift = torch.zeros_like(bn.bias)
         w_fuse = self.linear_fuse.conv.weight.flatten(1)  # (C, 4C), blocks ordered [c4, c3, c2, c1]
         dim = w_fuse.shape[0]
         mats, bias = [], shift
@@ -99,13 +106,16 @@ class SegFormerHead(nn.Module):
         return mats, bias
 
     def _forward_fused(self, feats: list[tuple[torch.Tensor, int, int]]) -> torch.Tensor:
-        mats, bias = self.fused_params()
+        train_bn = self.training or not self.linear_fuse.bn.track_running_stats
+        mats, bias = self.fused_params(fold_bn=not train_bn)
         t1, h1, w1 = feats[0]
         x = torch.addmm(bias, t1.flatten(0, 1), mats[0].t()).view(t1.shape[0], h1 * w1, -1)
         x = tokens_to_map(x, h1, w1)  # (B, C, H/4, W/4), channels-last
         for (t, h, w), m in zip(feats[1:], mats[1:]):
             x = x + resize(tokens_to_map(t @ m.t(), h, w), (h1, w1))
-        return self.linear_pred(torch.relu_(x))
+        if train_bn:  # BatchNorm on exactly the tensor linear_fuse.conv would have produced
+            x = self.linear_fuse.bn(x)
+        return self.linear_pred(self.dropout(torch.relu(x)))
 
 
 class SegFormer(nn.Module):

@@ -1,0 +1,76 @@
+"""Tools: ONNX export + onnxruntime backend, benchmark, flops and isr-sweep commands."""
+import json
+
+import pytest
+import torch
+
+import attnseg
+from attnseg.cli import main
+
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+
+@pytest.mark.parametrize("name,isr", [("segformer-tiny", None), ("edaformer-tiny", ([2, 2, 1, 1], [2, 2, 2]))])
+def test_onnx_export_dynamic_shapes_match_eager(tmp_path, name, isr):
+    from attnseg.export import OnnxModel, export_onnx
+
+    torch.manual_seed(0)
+    m = attnseg.create_model(name, num_classes=5).eval()
+    if isr:
+        m.set_isr(*isr)
+    export_onnx(m, tmp_path / "m.onnx")
+    o = OnnxModel(tmp_path / "m.onnx", threads=1)
+    for shape in [(1, 3, 64, 96), (3, 3, 97, 131), (1, 3, 200, 328)]:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            want = m(x)
+        got = o(x)
+        assert got.shape == want.shape
+        assert (got - want).abs().max() <= 1e-4
+
+
+def test_cli_export_predict_and_benchmark_onnx(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    m = attnseg.create_model("segformer-tiny", num_classes=3)
+    ck = attnseg.save_model(m, tmp_path / "m.safetensors", class_names=["a", "b", "c"])
+    assert main(["export", "--model", str(ck), "--out", str(tmp_path / "m.onnx"), "--dynamic"]) == 0
+    img = tmp_path / "in.png"
+    Image.fromarray((np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8)).save(img)
+    assert main(["predict", str(img), "--model", str(tmp_path / "m.onnx"), "--out", str(tmp_path / "o1")]) == 0
+    assert main(["predict", str(img), "--model", str(ck), "--out", str(tmp_path / "o2")]) == 0
+    a = np.asarray(Image.open(tmp_path / "o1" / "in.png"))
+    b = np.asarray(Image.open(tmp_path / "o2" / "in.png"))
+    assert (a == b).mean() > 0.99  # same model, two backends
+    capsys.readouterr()
+    assert main(["benchmark", "--model", str(tmp_path / "m.onnx"), "--size", "64x64", "--iters", "2", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["backend"] == "onnx" and r["median_ms"] > 0
+
+
+def test_benchmark_and_flops_commands(capsys):
+    assert main(["benchmark", "--model", "segformer-tiny", "--size", "64x96", "--iters", "2", "--warmup", "1",
+                 "--json"]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["images_per_s"] > 0 and r["p90_ms"] >= r["median_ms"] and r["peak_mem_mb"] > 0
+    assert main(["benchmark", "--model", "segformer-tiny", "--size", "64x64", "--iters", "1", "--backend",
+                 "compile"]) == 0
+    assert main(["flops", "--model", "edaformer-t", "--size", "512x512"]) == 0
+    out = capsys.readouterr().out
+    assert "GFLOPs" in out and "5.59" in out
+    assert main(["flops", "--model", "segformer-b0", "--isr", "2,2"]) == 2
+    assert "4 integers" in capsys.readouterr().err
+
+
+def test_isr_sweep_writes_table_and_plot(camvid_root, tmp_path, capsys):
+    m = attnseg.create_model("edaformer-tiny", num_classes=11)
+    ck = attnseg.save_model(m, tmp_path / "m.safetensors")
+    rc = main(["isr-sweep", "--model", str(ck), "--data-root", str(camvid_root), "--split", "test", "--limit", "2",
+               "--settings", "1,1,1,1:1,1,1;2,2,1,1:2,2,2", "--latency-iters", "1", "--out", str(tmp_path / "s")])
+    assert rc == 0
+    rows = json.loads((tmp_path / "s" / "isr_sweep.json").read_text())
+    assert [r["isr"] for r in rows] == ["1,1,1,1:1,1,1", "2,2,1,1:2,2,2"]
+    assert rows[1]["gmacs"] < rows[0]["gmacs"]
+    assert (tmp_path / "s" / "isr_sweep.png").stat().st_size > 1000
