@@ -115,6 +115,15 @@ def cmd_predict(args) -> int:
     _apply_isr(model, args)
     inference = InferenceConfig(mode=args.mode, crop=args.crop, stride=args.stride)
     seg = attnseg.Segmenter(model, size=args.size, inference=inference, device=args.device)
+    kw = {}
+    labels = _read_labels(args)
+    if labels is not None:
+        if not hasattr(model, "text_encoder"):
+            raise CLIError(f"--labels needs a language-driven model (lseg-*); {args.model} has fixed classes")
+        kw["labels"] = labels
+        seg.class_names = labels
+    elif hasattr(model, "text_encoder") and not getattr(model, "default_labels", None):
+        raise CLIError("this LSeg model needs --labels \"sky, road, car, other\" (or --labels-file FILE)")
     out = Path(args.out)
     failed = []
     bar = tqdm(files, unit="img", disable=len(files) < 2 or not sys.stderr.isatty())
@@ -125,7 +134,7 @@ def cmd_predict(args) -> int:
             failed.append(f)
             tqdm.write(f"error: {e}; skipped", file=sys.stderr)
             continue
-        label = seg.predict(rgb)
+        label = seg.predict(rgb, **kw)
         atomic_save(label_png(label, seg.palette), out / f"{f.stem}.png")
         atomic_save(overlay(rgb, label, seg.palette, args.alpha), out / f"{f.stem}_overlay.jpg", quality=90)
         if not bar.disable:
@@ -140,6 +149,27 @@ def cmd_predict(args) -> int:
     print(f"wrote {ok} label map(s) and overlay(s) to {out}" + (f"; {len(failed)} failed: "
                                                                  + ", ".join(map(str, failed)) if failed else ""))
     return 1 if failed else 0
+
+
+def _read_labels(args) -> list[str] | None:
+    """--labels "a, b, c" or --labels-file (one per line); duplicates and empty labels are errors."""
+    from .models.text import TextEncoderError, check_labels
+
+    raw = None
+    if getattr(args, "labels", None):
+        raw = [s for s in args.labels.split(",")]
+    if getattr(args, "labels_file", None):
+        try:
+            raw = Path(args.labels_file).read_text(encoding="utf-8").splitlines()
+        except OSError as e:
+            raise CLIError(f"cannot read --labels-file {args.labels_file}: {e}") from None
+        raw = [s for s in raw if s.strip()]
+    if raw is None:
+        return None
+    try:
+        return check_labels(raw)
+    except TextEncoderError as e:
+        raise CLIError(f"--labels: {e}") from None
 
 
 def _pair(s: str) -> tuple[int, int]:
@@ -189,13 +219,18 @@ def cmd_eval(args) -> int:
         if args.limit:
             ds.samples = ds.samples[: args.limit]
         k = getattr(model, "num_classes", None)
-        if k is not None and k != ds.num_classes:
+        model_kwargs = {}
+        if hasattr(model, "text_encoder"):  # LSeg: evaluate with --labels (renamed classes) or the dataset's names
+            model_kwargs["labels"] = _read_labels(args) or ds.class_names
+            if len(model_kwargs["labels"]) != ds.num_classes:
+                raise CLIError(f"--labels gives {len(model_kwargs['labels'])} labels for {ds.num_classes} classes")
+        elif k is not None and k != ds.num_classes:
             raise CLIError(f"model has {k} classes but dataset {args.dataset} has {ds.num_classes}")
         inference = InferenceConfig(args.mode, args.crop, args.stride, scales=args.scales, flip=args.flip)
         meta = getattr(model, "meta", {}) or {}
         _apply_isr(model, args)
         m = evaluate(model, ds, inference, meta.get("mean"), meta.get("std"), args.device, ds.num_classes,
-                     rank, world, background=args.fb_background)
+                     rank, world, background=args.fb_background, model_kwargs=model_kwargs)
     except (DatasetError, ImageReadError, ValueError) as e:
         raise CLIError(str(e)) from None
     finally:
@@ -366,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--isr", default=None, help="inference spatial reduction ENC[:DEC], e.g. 2,2,1,1:2,2,2")
     p.add_argument("--backend", choices=["eager", "onnx"], default="eager",
                    help="onnx: run in onnxruntime (a .onnx --model, or export the checkpoint first)")
+    p.add_argument("--labels", default=None, help='LSeg: comma-separated labels, e.g. "sky, road, car, other"')
+    p.add_argument("--labels-file", default=None, help="LSeg: labels, one per line")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(fn=cmd_predict)
 
@@ -391,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=_pair, default=None, help="keep-ratio resize before inference, e.g. 2048x512")
     p.add_argument("--isr", default=None, help="inference spatial reduction ENC[:DEC]")
     p.add_argument("--fb-background", type=int, default=None, help="report FB-IoU with this background class")
+    p.add_argument("--labels", default=None, help="LSeg: labels in class order (e.g. synonyms), comma-separated")
+    p.add_argument("--labels-file", default=None, help="LSeg: labels in class order, one per line")
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
     p.add_argument("--out", default=None, help="write metrics as JSON here")
     p.add_argument("--device", default="cpu")

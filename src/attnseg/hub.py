@@ -249,6 +249,8 @@ def load_model(source: str | os.PathLike, model: str | None = None, num_classes:
         meta["class_names"] = None
     net.meta = meta
     net.source = str(source)
+    if hasattr(net, "default_labels") and meta.get("class_names"):
+        net.default_labels = list(meta["class_names"])  # LSeg: the label set it was trained with
     return net.to(device).eval()
 
 

@@ -27,7 +27,7 @@ class Segmenter:
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.dtype = dtype
         self.model.to(self.device)
-        n = getattr(model, "num_classes", None)
+        n = getattr(model, "num_classes", None)  # None for LSeg: the labels decide
         self.class_names = self.meta.get("class_names") or ([f"class {i}" for i in range(n)] if n else None)
         self.palette = self.meta.get("palette") or default_palette(max(n or 0, 256))
         self._mean = torch.tensor(self.meta["mean"], dtype=torch.float32).view(1, 3, 1, 1)

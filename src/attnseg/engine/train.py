@@ -180,6 +180,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
     np.random.seed(t.seed)
     random.seed(t.seed)
     model = build_model(cfg, num_classes)
+    if hasattr(model, "text_encoder"):  # LSeg: trained against the dataset's class names as labels
+        model.default_labels = ds.class_names
     model.meta = {"class_names": ds.class_names if num_classes == ds.num_classes else None,
                   "palette": ds.palette, "mean": list(d.mean), "std": list(d.std)}
     core = model

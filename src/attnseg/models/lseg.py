@@ -1,0 +1,160 @@
+"""LSeg: language-driven semantic segmentation.
+
+Li et al., "Language-driven Semantic Segmentation", ICLR 2022 (official code isl-org/lang-seg).
+
+    T = TextEncoder(labels)                 (N, C), L2-normalised, frozen, any N >= 1, any order
+    I = ImageEncoder(x)                     (B, C, H/2, W/2), L2-normalised per pixel
+    F = logit_scale * I . T^T               (B, N, H/2, W/2), logit_scale = 1/0.07 (kept in the state dict)
+    F = SpatialRegularization(F)            label-equivariant blocks, then bilinear x2 to the input size
+Spatial regularization (Sec. 3.3): a DepthwiseBlock is one 3x3 kernel shared by every label channel
+(+ activation); a BottleneckBlock adds the max over label channels before the activation. As in the
+release the same block is applied `block_depth` times (shared weights), the last without activation.
+No operation mixes label channels except the max, so permuting the labels permutes the output.
+
+Image encoder of `lseg-effnet-lite0` (the CNN "hybrid"): EfficientNet-Lite0 features at strides 4..32
+are projected to 256 channels and fused top-down with RefineNet-style residual fusion blocks (DPT's
+`scratch.refinenet*`), ending at stride 2, then `head1` (1x1 conv) to the text dimension.
+The text encoder is referenced by a spec string in the config and is not stored in checkpoints.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import check_images, resize
+from .text import check_labels, get_text_encoder
+
+
+class ResidualConvUnit(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, 1, 1)
+        self.conv2 = nn.Conv2d(c, c, 3, 1, 1)
+
+    def forward(self, x):
+        return x + self.conv2(torch.relu(self.conv1(torch.relu(x))))
+
+
+class FeatureFusionBlock(nn.Module):
+    """RefineNet/DPT fusion: out = Up2(RCU2(x + RCU1(skip)))."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.resConfUnit1 = ResidualConvUnit(c)
+        self.resConfUnit2 = ResidualConvUnit(c)
+        self.out_conv = nn.Conv2d(c, c, 1)
+
+    def forward(self, x, skip=None):
+        if skip is not None:
+            x = resize(x, skip.shape[-2:]) + self.resConfUnit1(skip)
+        x = self.resConfUnit2(x)
+        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+        return self.out_conv(x)
+
+
+class SpatialRegBlock(nn.Module):
+    """Depthwise (bottleneck=False) or Bottleneck block: one 3x3 kernel shared across label channels."""
+
+    def __init__(self, bottleneck: bool = True, activation: str = "lrelu"):
+        super().__init__()
+        self.depthwise = nn.Conv2d(1, 1, 3, 1, 1)
+        self.bottleneck = bottleneck
+        self.act = {"relu": nn.ReLU(), "lrelu": nn.LeakyReLU(), "tanh": nn.Tanh()}[activation]
+
+    def forward(self, x: torch.Tensor, act: bool = True) -> torch.Tensor:
+        B, N, H, W = x.shape
+        y = self.depthwise(x.reshape(B * N, 1, H, W)).view(B, N, H, W)
+        if self.bottleneck:
+            y = y + x.max(dim=1, keepdim=True).values
+        return self.act(y) if act else y
+
+
+@dataclass
+class LSegConfig:
+    backbone: str = "efficientnet-lite0"
+    backbone_options: dict | None = None
+    text_encoder: str = "minilm"
+    template: str | None = None
+    features: int = 256
+    block_type: str = "bottleneck"  # bottleneck | depthwise | none
+    block_depth: int = 2
+    activation: str = "lrelu"
+    logit_scale: float = 1 / 0.07
+
+
+class LSeg(nn.Module):
+    output_stride = 1
+
+    def __init__(self, cfg: LSegConfig | None = None):
+        super().__init__()
+        from . import create_model
+
+        cfg = cfg or LSegConfig()
+        self.cfg = cfg
+        self.backbone = create_model(cfg.backbone, **(cfg.backbone_options or {}))
+        self._text = None  # loaded lazily: the text encoder is not a submodule (frozen, not in checkpoints)
+        f = cfg.features
+        self.layer_rn = nn.ModuleList(nn.Conv2d(c, f, 3, 1, 1, bias=False) for c in self.backbone.out_channels)
+        self.refinenet = nn.ModuleList(FeatureFusionBlock(f) for _ in self.backbone.out_channels)
+        self.head1 = nn.Conv2d(f, self.text_dim, 1)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(cfg.logit_scale)))  # stored as log, like CLIP
+        if cfg.block_type not in ("bottleneck", "depthwise", "none"):
+            raise ValueError(f"block_type must be bottleneck, depthwise or none, got {cfg.block_type!r}")
+        if cfg.block_type != "none":
+            self.head_block = SpatialRegBlock(cfg.block_type == "bottleneck", cfg.activation)
+        self.default_labels: list[str] | None = None
+        self.num_classes = None
+
+    @property
+    def text_encoder(self):
+        if self._text is None:
+            self._text = get_text_encoder(self.cfg.text_encoder, self.cfg.template)
+        return self._text
+
+    @property
+    def text_dim(self) -> int:
+        return self.text_encoder.dim
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """I: (B, C, H/2, W/2), L2-normalised over C."""
+        feats = [rn(f) for rn, f in zip(self.layer_rn, self.backbone(images))]
+        x = self.refinenet[-1](feats[-1])
+        for i in range(len(feats) - 2, -1, -1):
+            x = self.refinenet[i](x, feats[i])  # ends at stride 2
+        return F.normalize(self.head1(x), dim=1)
+
+    def forward(self, images: torch.Tensor, labels: list[str] | None = None,
+                text_embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, N, H, W) for N labels (or precomputed (N, C) normalised text embeddings)."""
+        check_images(images)
+        if text_embeddings is None:
+            labels = labels if labels is not None else self.default_labels
+            if labels is None:
+                raise ValueError("LSeg needs labels: model(images, labels=['sky', 'road', 'other'])")
+            text_embeddings = self.text_encoder.encode(check_labels(labels))
+        t = text_embeddings.to(images.device, images.dtype)
+        img = self.image_features(images)  # (B, C, h, w)
+        logits = self.logit_scale.exp() * torch.einsum("bchw,nc->bnhw", img, t)  # F = s * I . T^T
+        if self.cfg.block_type != "none":
+            for i in range(self.cfg.block_depth):
+                logits = self.head_block(logits, act=i < self.cfg.block_depth - 1)
+        return resize(logits, images.shape[-2:])
+
+
+def build_lseg(config: dict) -> LSeg:
+    return LSeg(LSegConfig(**config))
+
+
+VARIANTS = {
+    "lseg-effnet-lite0": dict(build=build_lseg, config_class=LSegConfig,
+                              config=dict(backbone="efficientnet-lite0", text_encoder="minilm", features=128),
+                              description="LSeg, EfficientNet-Lite0 hybrid image encoder, offline MiniLM text encoder"),
+    "lseg-tiny": dict(build=build_lseg, config_class=LSegConfig,
+                      config=dict(backbone="efficientnet-lite0", backbone_options={"pretrained": False}, features=16,
+                                  text_encoder="minilm"),
+                      description="small LSeg for tests"),
+}

