@@ -27,8 +27,10 @@ from .models.mit import MIT_CONFIGS
 IMAGENET_MEAN = [123.675, 116.28, 103.53]
 IMAGENET_STD = [58.395, 57.12, 57.375]
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
-# shipped weights: name -> file under attnseg/pretrained (added as models are trained)
-PRETRAINED: dict[str, str] = {}
+# shipped weights: name -> file under attnseg/pretrained (trained with the configs/ of the same name)
+PRETRAINED: dict[str, str] = {
+    "sanet-effnet-lite0-camvid": "sanet-effnet-lite0-camvid.safetensors",
+}
 
 
 class ModelLoadError(ValueError):

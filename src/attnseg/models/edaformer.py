@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import ConvBNAct, DropPath, check_images, resize, tokens_to_map
-from .mit import MixFFN, OverlapPatchEmbed, init_weights
+from .mit import MixFFN, OverlapPatchEmbed, TokenStages, init_weights
 
 
 @dataclass
@@ -110,7 +110,7 @@ class EFTBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x), h, w))
 
 
-class EFT(nn.Module):
+class EFT(TokenStages):
     """Embedding-Free Transformer encoder: four stages, features at strides 4, 8, 16, 32."""
 
     def __init__(self, cfg: EFTConfig | None = None):
@@ -134,30 +134,6 @@ class EFT(nn.Module):
             setattr(self, f"norm{i + 1}", nn.LayerNorm(cfg.embed_dims[i], eps=cfg.norm_eps))
             cur += cfg.depths[i]
         self.apply(init_weights)
-
-    def set_isr(self, factors: list[int] | None) -> None:
-        factors = [1] * self.num_stages if factors is None else [int(f) for f in factors]
-        if len(factors) != self.num_stages or min(factors) < 1:
-            raise ValueError(f"ISR encoder factors must be {self.num_stages} integers >= 1, got {factors}")
-        for i, f in enumerate(factors):
-            for blk in getattr(self, f"block{i + 1}"):
-                blk.attn.isr = f
-
-    def forward_tokens(self, x: torch.Tensor) -> list[tuple[torch.Tensor, int, int]]:
-        outs = []
-        x = x.contiguous(memory_format=torch.channels_last)
-        for i in range(1, self.num_stages + 1):
-            t, h, w = getattr(self, f"patch_embed{i}")(x)
-            for blk in getattr(self, f"block{i}"):
-                t = blk(t, h, w)
-            t = getattr(self, f"norm{i}")(t)
-            outs.append((t, h, w))
-            x = tokens_to_map(t, h, w)
-        return outs
-
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        check_images(images, self.cfg.in_chans)
-        return [tokens_to_map(t, h, w) for t, h, w in self.forward_tokens(images)]
 
 
 class EDAFormerHead(nn.Module):

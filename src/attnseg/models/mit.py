@@ -161,32 +161,12 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x), h, w))
 
 
-class MixVisionTransformer(nn.Module):
-    """MiT encoder. `forward(images)` -> four feature maps at strides 4, 8, 16, 32."""
+class TokenStages(nn.Module):
+    """Four-stage token pyramid shared by MiT and EDAFormer's EFT (the EFT release is built on MiT):
+    stage i = `patch_embed{i}` -> `block{i}` (blocks taking (tokens, h, w), with `attn.isr`) -> `norm{i}`."""
 
-    def __init__(self, cfg: MiTConfig | None = None):
-        super().__init__()
-        cfg = cfg or MiTConfig()
-        self.cfg = cfg
-        n = len(cfg.depths)
-        for name in ("embed_dims", "num_heads", "mlp_ratios", "sr_ratios", "patch_sizes", "strides"):
-            if len(getattr(cfg, name)) != n:
-                raise ValueError(f"MiTConfig.{name} must have {n} entries (one per stage), got {getattr(cfg, name)}")
-        self.num_stages = n
-        self.out_channels = list(cfg.embed_dims)
-        total = sum(cfg.depths)
-        dpr = [cfg.drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # linear decay rule
-        cur = 0
-        for i in range(n):
-            cin = cfg.in_chans if i == 0 else cfg.embed_dims[i - 1]
-            setattr(self, f"patch_embed{i + 1}",
-                    OverlapPatchEmbed(cfg.patch_sizes[i], cfg.strides[i], cin, cfg.embed_dims[i], cfg.patch_norm_eps))
-            setattr(self, f"block{i + 1}", nn.ModuleList(
-                Block(cfg.embed_dims[i], cfg.num_heads[i], cfg.mlp_ratios[i], cfg.sr_ratios[i], cfg, dpr[cur + j])
-                for j in range(cfg.depths[i])))
-            setattr(self, f"norm{i + 1}", nn.LayerNorm(cfg.embed_dims[i], eps=cfg.norm_eps))
-            cur += cfg.depths[i]
-        self.apply(init_weights)
+    num_stages: int
+    cfg: MiTConfig
 
     def set_isr(self, factors: list[int] | None) -> None:
         """Inference Spatial Reduction: extra key/value pooling factor per stage ([1]*4 = off)."""
@@ -213,6 +193,34 @@ class MixVisionTransformer(nn.Module):
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         check_images(images, self.cfg.in_chans)
         return [tokens_to_map(t, h, w) for t, h, w in self.forward_tokens(images)]
+
+
+class MixVisionTransformer(TokenStages):
+    """MiT encoder. `forward(images)` -> four feature maps at strides 4, 8, 16, 32."""
+
+    def __init__(self, cfg: MiTConfig | None = None):
+        super().__init__()
+        cfg = cfg or MiTConfig()
+        self.cfg = cfg
+        n = len(cfg.depths)
+        for name in ("embed_dims", "num_heads", "mlp_ratios", "sr_ratios", "patch_sizes", "strides"):
+            if len(getattr(cfg, name)) != n:
+                raise ValueError(f"MiTConfig.{name} must have {n} entries (one per stage), got {getattr(cfg, name)}")
+        self.num_stages = n
+        self.out_channels = list(cfg.embed_dims)
+        total = sum(cfg.depths)
+        dpr = [cfg.drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # linear decay rule
+        cur = 0
+        for i in range(n):
+            cin = cfg.in_chans if i == 0 else cfg.embed_dims[i - 1]
+            setattr(self, f"patch_embed{i + 1}",
+                    OverlapPatchEmbed(cfg.patch_sizes[i], cfg.strides[i], cin, cfg.embed_dims[i], cfg.patch_norm_eps))
+            setattr(self, f"block{i + 1}", nn.ModuleList(
+                Block(cfg.embed_dims[i], cfg.num_heads[i], cfg.mlp_ratios[i], cfg.sr_ratios[i], cfg, dpr[cur + j])
+                for j in range(cfg.depths[i])))
+            setattr(self, f"norm{i + 1}", nn.LayerNorm(cfg.embed_dims[i], eps=cfg.norm_eps))
+            cur += cfg.depths[i]
+        self.apply(init_weights)
 
 
 def init_weights(m: nn.Module) -> None:
