@@ -26,7 +26,7 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, dynamic: bool =
     model = model.eval()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    x = torch.randn(2, 3, *example_size)
+    x = torch.randn(2 if dynamic else 1, 3, *example_size)  # batch 2 keeps the batch dim symbolic
     shapes = None
     if dynamic:
         dim = torch.export.Dim
