@@ -194,8 +194,10 @@ def cmd_train(args) -> int:
         result = train(cfg, resume=args.resume)
     except (ConfigError, DatasetError, ImageReadError, TrainingError, FileNotFoundError) as e:
         raise CLIError(str(e)) from None
-    print(f"done at iteration {result['iter']}; best val mIoU {100 * result['best']['mIoU']:.2f} "
-          f"at iteration {result['best']['iter']}; outputs in {cfg.train.work_dir}")
+    best = result["best"]
+    val = (f"best val mIoU {100 * best['mIoU']:.2f} at iteration {best['iter']}" if best["iter"]
+           else "no validation run")
+    print(f"done at iteration {result['iter']}; {val}; outputs in {cfg.train.work_dir}")
     return 0
 
 
