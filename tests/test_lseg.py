@@ -35,6 +35,24 @@ def test_permuting_labels_permutes_outputs_and_n_can_change(tiny):
     assert abs(tiny.logit_scale.exp().item() - 1 / 0.07) < 1e-4
 
 
+def test_correlation_equals_normalise_then_dot_product(tiny):
+    """correlate() folds head1 into the label embeddings; it must equal F = s * normalize(head1(h)) . T^T."""
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 64, 80)
+    t = torch.nn.functional.normalize(torch.randn(5, tiny.head1.out_channels), dim=1)
+    with torch.no_grad():
+        tiny.head1.bias.normal_()  # a non-zero bias exercises the cross terms
+        h = tiny.decoder_features(x)
+        ref = tiny.logit_scale.exp() * torch.einsum(
+            "bchw,nc->bnhw", torch.nn.functional.normalize(tiny.head1(h), dim=1), t)
+        got = tiny.correlate(h, t)
+        got_cl = tiny.correlate(h.contiguous(memory_format=torch.channels_last), t)
+    assert (got - ref).abs().max() < 1e-4 * ref.abs().max()
+    assert (got_cl - ref).abs().max() < 1e-4 * ref.abs().max()
+    with pytest.raises(ValueError, match=r"text embeddings must be \(N, "):
+        tiny(x, text_embeddings=torch.randn(3, 7))
+
+
 def test_spatial_blocks_mix_label_channels_only_through_the_max():
     torch.manual_seed(0)
     x = torch.randn(1, 5, 8, 8)

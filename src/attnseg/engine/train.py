@@ -189,6 +189,9 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
         model = convert_sync_batchnorm(model, device.type)
         core = model
     model.to(device)
+    fmt = torch.channels_last if t.channels_last else torch.contiguous_format
+    if t.channels_last:
+        model.to(memory_format=fmt)
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: poly_lr_factor(it, cfg))
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
@@ -233,7 +236,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
             logs: dict = {}
             for _ in range(t.grad_accum):
                 b = next(batches)
-                x = normalise(b["image"].to(device, non_blocking=True), d.mean, d.std)
+                x = normalise(b["image"].to(device, non_blocking=True), d.mean, d.std).contiguous(memory_format=fmt)
                 y = b["label"].to(device, non_blocking=True)
                 with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.bfloat16,
                                     enabled=amp_dtype is not None):
