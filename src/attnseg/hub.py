@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .convert import lseg as conv_lseg
 from .convert import segformer as conv_segformer
 from .convert.keymap import ConversionError, check_against
 from .models import MODELS, create_model, unknown_model_error
@@ -92,8 +93,9 @@ def save_model(model: nn.Module, path: str | os.PathLike, class_names: list[str]
     return path
 
 
-def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
-    """Read tensors (and attnseg metadata if present) from a checkpoint file."""
+def _read_state_dict(path: Path, hparams: dict | None = None) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """Read tensors (and attnseg metadata if present) from a checkpoint file; a Lightning checkpoint's
+    `hyper_parameters` are copied into `hparams` when a dict is passed."""
     try:
         if path.suffix == ".safetensors":
             from safetensors import safe_open
@@ -107,7 +109,14 @@ def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
         raise ModelLoadError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}. Is the file complete "
                              "(not truncated by an interrupted download) and a PyTorch/safetensors checkpoint?") from e
     except Exception as e:  # pickle errors from weights_only loading of arbitrary objects
-        raise ModelLoadError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+        raise ModelLoadError(
+            f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}. The file pickles Python "
+            "objects besides tensors (e.g. training state), which attnseg does not unpickle. If you trust it, save "
+            "its weights alone: python -c \"import torch; c = torch.load('IN', weights_only=False); "
+            "torch.save({'state_dict': c['state_dict'], 'hyper_parameters': dict(c.get('hyper_parameters', {}))}, "
+            "'OUT.pth')\" and load OUT.pth") from e
+    if isinstance(obj, dict) and hparams is not None and isinstance(obj.get("hyper_parameters"), dict):
+        hparams.update(obj["hyper_parameters"])
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "module"):
             if key in obj and isinstance(obj[key], dict):
@@ -127,6 +136,8 @@ def _detect_format(sd: dict[str, torch.Tensor]) -> str:
         return "mmseg"
     if any(re.match(r"(backbone\.)?patch_embed1\.proj\.weight", k) for k in keys):
         return "official"
+    if conv_lseg.is_lseg(sd):
+        return "lseg"
     sample = ", ".join(keys[:5])
     raise ModelLoadError(f"unrecognised checkpoint layout (first keys: {sample}). Supported: attnseg, official "
                          "NVlabs/EDAFormer releases, transformers Segformer, mmsegmentation 1.x SegFormer.")
@@ -206,6 +217,7 @@ def load_model(source: str | os.PathLike, model: str | None = None, num_classes:
 
     cfg_over: dict = {}
     hf_config = None
+    hparams: dict = {}
     if path.is_dir():
         if (path / "config.json").is_file():
             sd, hf_config, variant, meta = _load_hf_dir(path)
@@ -216,13 +228,19 @@ def load_model(source: str | os.PathLike, model: str | None = None, num_classes:
                 raise ModelLoadError(f"directory {path} holds no checkpoint (*.safetensors, *.pth, config.json)")
             path = cands[0]
     if not path.is_dir():
-        sd, info = _read_state_dict(path)
+        sd, info = _read_state_dict(path, hparams)
         if info is not None:
             fmt, variant = "attnseg", info["model"]
             cfg_over = dict(info["config"])
             meta = {k: info.get(k, meta.get(k)) for k in ("class_names", "palette", "mean", "std")}
         else:
             fmt = _detect_format(sd)
+            if fmt == "lseg":
+                try:
+                    variant = conv_lseg.detect_variant(sd, hparams)
+                except ConversionError as e:
+                    raise ModelLoadError(str(e)) from None
+                meta = {**meta, "mean": [127.5] * 3, "std": [127.5] * 3}  # the release normalises to [-1, 1]
     if variant is not None and model is not None and _family(model) != _family(variant):
         raise ModelLoadError(f"{path} holds a {variant} model, but model={model!r} was given")
     variant = variant if (model is None or fmt == "attnseg") else model
@@ -232,7 +250,12 @@ def load_model(source: str | os.PathLike, model: str | None = None, num_classes:
                              f"(architectures: {', '.join(n for n in MODELS if not n.endswith('tiny'))})")
     if variant not in MODELS:
         raise unknown_model_error(variant)
-    if fmt != "attnseg":
+    if fmt == "lseg":
+        try:
+            sd, cfg_over = conv_lseg.from_official(sd, hparams)
+        except ConversionError as e:
+            raise ModelLoadError(str(e)) from None
+    elif fmt != "attnseg":
         sd, cfg_over = _convert(sd, fmt, variant, hf_config)
         inferred = _infer_num_classes(sd)
         if inferred is not None:

@@ -10,10 +10,10 @@ import difflib
 
 from torch import nn
 
-from . import edaformer, efficientnet, lseg, mit, nonlocal_block, resnet, sanet, segformer
+from . import dpt, edaformer, efficientnet, lseg, mit, nonlocal_block, resnet, sanet, segformer
 
 MODELS: dict[str, dict] = {}
-for _module in (mit, segformer, edaformer, resnet, efficientnet, sanet, nonlocal_block, lseg):
+for _module in (mit, segformer, edaformer, resnet, efficientnet, sanet, nonlocal_block, dpt, lseg):
     for _name, _entry in _module.VARIANTS.items():
         if _name in MODELS:
             raise RuntimeError(f"model name {_name!r} registered twice")

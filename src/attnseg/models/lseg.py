@@ -172,14 +172,25 @@ class LSeg(nn.Module):
         if self.cfg.block_type != "none":
             for i in range(self.cfg.block_depth):
                 logits = self.head_block(logits, act=i < self.cfg.block_depth - 1)
-        return resize(logits, images.shape[-2:])
+        # the release upsamples x2 with align_corners=True (size-based, so odd input sizes work too)
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=True)
 
 
 def build_lseg(config: dict) -> LSeg:
     return LSeg(LSegConfig(**config))
 
 
+_CLIP_B32 = "clip:openai/clip-vit-base-patch32"  # the text tower of every released LSeg model
 VARIANTS = {
+    "lseg-vitl16": dict(build=build_lseg, config_class=LSegConfig,
+                        config=dict(backbone="dpt-vitl16", text_encoder=_CLIP_B32, features=256, text_dim=512),
+                        description="LSeg, DPT on ViT-L/16 + CLIP ViT-B/32 text encoder (the release's demo model)"),
+    "lseg-vitb32": dict(build=build_lseg, config_class=LSegConfig,
+                        config=dict(backbone="dpt-vitb32", text_encoder=_CLIP_B32, features=256, text_dim=512),
+                        description="LSeg, DPT on ViT-B/32 + CLIP ViT-B/32 text encoder"),
+    "lseg-vit-tiny": dict(build=build_lseg, config_class=LSegConfig,
+                          config=dict(backbone="dpt-tiny", text_encoder="minilm", features=16, text_dim=384),
+                          description="small DPT LSeg for tests"),
     "lseg-effnet-lite0": dict(build=build_lseg, config_class=LSegConfig,
                               config=dict(backbone="efficientnet-lite0", text_encoder="minilm", features=64, text_dim=384),
                               description="LSeg, EfficientNet-Lite0 hybrid image encoder, offline MiniLM text encoder"),
