@@ -147,3 +147,20 @@ def test_save_load_and_cli_predict_with_labels(tmp_path, tiny, capsys):
     assert "duplicate" in capsys.readouterr().err
     assert main(["predict", str(img), "--model", str(p), "--out", str(tmp_path / "o4")]) == 2
     assert "--labels" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["lseg-vitl16", "lseg-vitb32", "lseg-vit-tiny", "lseg-effnet-lite0", "lseg-tiny"])
+def test_every_variant_forward_backward_all_params_get_grads(name):
+    torch.manual_seed(0)
+    m = attnseg.create_model(name).train()
+    x = torch.randn(2, 3, 64, 96)
+    t = torch.nn.functional.normalize(torch.randn(3, m.head1.out_channels), dim=1)
+    out = m(x, text_embeddings=t)
+    assert out.shape == (2, 3, 64, 96)
+    out.square().mean().backward()
+    # unused by design, present because the release's checkpoints hold them: the deepest fusion block's
+    # first residual unit (it has no skip input) and timm's final ViT norm (DPT reads pre-norm tokens)
+    unused = ("refinenet.3.resConfUnit1.", "backbone.vit.norm.")
+    missing = [n for n, p in m.named_parameters()
+               if not n.startswith(unused) and (p.grad is None or not torch.isfinite(p.grad).all())]
+    assert not missing, missing
