@@ -15,6 +15,8 @@ def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="shipped model name, checkpoint file/dir, or hub id (org/name)")
     p.add_argument("--arch", default=None,
                    help="architecture for checkpoints that do not record it (official .pth), e.g. segformer-b2")
+    p.add_argument("--text-encoder", default=None,
+                   help="LSeg: text encoder spec overriding the checkpoint's: minilm, clip:ID_OR_DIR, hf:DIR")
 
 
 def _load(args):
@@ -25,7 +27,8 @@ def _load(args):
             from .export import OnnxModel
 
             return OnnxModel(args.model, getattr(args, "threads", None))
-        model = attnseg.load_model(args.model, model=args.arch, device=getattr(args, "device", "cpu"))
+        over = {"text_encoder": args.text_encoder} if getattr(args, "text_encoder", None) else {}
+        model = attnseg.load_model(args.model, model=args.arch, device=getattr(args, "device", "cpu"), **over)
     except (ValueError, OSError, ImportError) as e:
         raise CLIError(str(e)) from None
     return _maybe_onnx(model, args)
@@ -248,6 +251,38 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_fewshot(args) -> int:
+    import json
+
+    from .data import DatasetError
+    from .data.fewshot import build_benchmark
+    from .engine.fewshot import ZeroShotLSeg, evaluate_episodes
+    from .io import ImageReadError, atomic_write_text
+
+    model = _load(args)
+    if not hasattr(model, "text_encoder"):
+        raise CLIError(f"fewshot evaluates language-driven models (lseg-*) zero-shot; {args.model} has fixed classes")
+    results = []
+    try:
+        for fold in args.folds:
+            bench = build_benchmark(args.benchmark, args.data_root, args.splits, fold, args.split, shots=args.shots,
+                                    episodes=args.episodes, seed=args.seed)
+            r = evaluate_episodes(ZeroShotLSeg(model, args.size, args.background, args.device), bench,
+                                  progress=sys.stderr.isatty())
+            print(f"{args.benchmark} fold {fold} ({r['episodes']} episodes): mIoU {r['mIoU']:.2f}  "
+                  f"FB-IoU {r['FB-IoU']:.2f}")
+            results.append(r)
+    except (DatasetError, ImageReadError, ValueError) as e:
+        raise CLIError(str(e)) from None
+    if len(results) > 1:
+        print(f"mean over folds: mIoU {sum(r['mIoU'] for r in results) / len(results):.2f}  "
+              f"FB-IoU {sum(r['FB-IoU'] for r in results) / len(results):.2f}")
+    if args.out:
+        atomic_write_text(args.out, json.dumps({"model": str(args.model), "folds": results}, indent=2))
+        print(f"wrote {args.out}")
+    return 0
+
+
 def _model_from_name_or_source(args):
     """Registered architecture name -> random weights (for speed/FLOPs); anything else -> load_model."""
     import attnseg
@@ -438,6 +473,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["eager", "onnx"], default="eager")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("fewshot", help="zero-shot LSeg on few-shot benchmarks (PASCAL-5i, COCO-20i, FSS-1000)")
+    _add_model_args(p)
+    p.add_argument("--benchmark", choices=["pascal5i", "coco20i", "fss1000"], required=True)
+    p.add_argument("--data-root", required=True, help="folder holding VOC2012/, COCO2014/ or FSS-1000/")
+    p.add_argument("--splits", required=True, help="HSNet's data/splits folder (pascal/, coco/, fss/)")
+    p.add_argument("--folds", type=lambda s: [int(v) for v in s.split(",")], default=[0],
+                   help="comma-separated folds (PASCAL/COCO 0..3; FSS-1000 has one split: 0)")
+    p.add_argument("--split", default="val", help="val (PASCAL/COCO), test (FSS-1000)")
+    p.add_argument("--episodes", type=int, default=1000)
+    p.add_argument("--shots", type=int, default=1, help="support images drawn per episode (unused zero-shot)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=480, help="square input size (a multiple of the ViT patch)")
+    p.add_argument("--background", default="other", help="the background label")
+    p.add_argument("--out", default=None, help="write results as JSON here")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(fn=cmd_fewshot)
 
     p = sub.add_parser("export", help="export to ONNX (dynamic batch/height/width; ISR settings baked in)")
     p.add_argument("--model", required=True, help="registered name (random weights) or checkpoint")
