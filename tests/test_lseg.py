@@ -164,3 +164,16 @@ def test_every_variant_forward_backward_all_params_get_grads(name):
     missing = [n for n, p in m.named_parameters()
                if not n.startswith(unused) and (p.grad is None or not torch.isfinite(p.grad).all())]
     assert not missing, missing
+
+
+def test_engine_trains_lseg_with_the_dataset_class_names(camvid_root, tmp_path):
+    rc = main(["train", "--set", "model.name=lseg-tiny", "--set", f"data.root={camvid_root}", "--set", "data.limit=2",
+               "--set", "data.val_limit=1", "--set", "data.crop=[64,64]", "--set", "data.batch_size=2",
+               "--set", "data.workers=0", "--set", "train.iters=2", "--set", "train.val_interval=2",
+               "--set", "train.channels_last=true", "--set", "train.tensorboard=false", "--work-dir", str(tmp_path)])
+    assert rc == 0
+    m = attnseg.load_model(tmp_path / "final.safetensors")
+    names = ["sky", "building", "pole", "road", "pavement", "tree", "sign symbol", "fence", "car", "pedestrian",
+             "bicyclist"]
+    assert m.default_labels == m.meta["class_names"] == names
+    assert m(torch.randn(1, 3, 64, 64)).shape == (1, 11, 64, 64)
