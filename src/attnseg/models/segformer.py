@@ -14,8 +14,9 @@ Fast path (same numbers within float rounding): the fuse is a per-pixel
 linear map and bilinear upsampling is a per-channel convex combination, so they commute:
     W_fuse . Concat(Up(A_i f_i + b_i)) = sum_i Up((W_i A_i) f_i) + sum_i W_i b_i
 and the eval-mode BatchNorm folds into the same product. Each stage is therefore projected
-straight to C channels at its own resolution and only C-channel maps are upsampled and summed:
-no 4C-channel concat at 1/4 resolution, and the fuse runs on 1/16..1/1024 of the pixels.
+to C channels at its own resolution and the C-channel map upsampled, or (stages with at most C/2
+channels) upsampled first and projected at 1/4 resolution, whichever moves fewer numbers; the
+maps are summed: no 4C-channel concat at 1/4 resolution.
 Training uses the same reordering without folding the BatchNorm (it normalises the identical
 pre-activation with batch statistics), so gradients are those of the literal decoder.
 Official weights load unchanged; `decode_head.fused = False` runs the literal path.
@@ -28,6 +29,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .layers import ConvBNAct, check_images, resize, tokens_to_map
@@ -108,11 +110,18 @@ class SegFormerHead(nn.Module):
     def _forward_fused(self, feats: list[tuple[torch.Tensor, int, int]]) -> torch.Tensor:
         train_bn = self.training or not self.linear_fuse.bn.track_running_stats
         mats, bias = self.fused_params(fold_bn=not train_bn)
-        t1, h1, w1 = feats[0]
-        x = torch.addmm(bias, t1.flatten(0, 1), mats[0].t()).view(t1.shape[0], h1 * w1, -1)
-        x = tokens_to_map(x, h1, w1)  # (B, C, H/4, W/4), channels-last
-        for (t, h, w), m in zip(feats[1:], mats[1:]):
-            x = x + resize(tokens_to_map(t @ m.t(), h, w), (h1, w1))
+        _, h1, w1 = feats[0]
+        x = None
+        for i, ((t, h, w), m) in enumerate(zip(feats, mats)):
+            # Up and the per-pixel map commute, so each stage takes the cheaper order: a stage with few
+            # channels (C_i <= C/2, e.g. B0's 32/64) is upsampled first and projected at H/4, one with many is
+            # projected at its own resolution and the C-channel map upsampled (fewer channels to resample).
+            if i == 0 or 2 * t.shape[-1] <= m.shape[0]:
+                y = resize(tokens_to_map(t, h, w), (h1, w1))
+                y = F.conv2d(y, m[:, :, None, None], bias if x is None else None)
+            else:
+                y = resize(tokens_to_map(t @ m.t(), h, w), (h1, w1))
+            x = y if x is None else x + y
         if train_bn:  # BatchNorm on exactly the tensor linear_fuse.conv would have produced
             x = self.linear_fuse.bn(x)
         return self.linear_pred(self.dropout(torch.relu(x)))
