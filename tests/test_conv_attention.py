@@ -195,3 +195,19 @@ def test_efficientnet_lite0_packaged_weights_classify_street_scenes(camvid_root)
         with torch.no_grad():
             top5 = set(m.classify(x).topk(5).indices[0].tolist())
         assert top5 & traffic, (line, top5)
+
+
+def test_sanet_prediction_outputs():
+    torch.manual_seed(0)
+    m = attnseg.create_model("sanet-tiny", num_classes=5).eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        y = m(x)
+        m.cfg.predict = "mask"
+        mask = m(x)
+        m.cfg.predict = "sum"
+        both = m(x)
+    assert y.shape == mask.shape == (1, 5, 16, 24)
+    assert torch.allclose(both, y + mask) and not torch.allclose(y, mask)
+    with pytest.raises(ValueError, match="predict must be"):
+        attnseg.create_model("sanet-tiny", num_classes=5, predict="avg")

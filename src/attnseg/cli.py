@@ -17,6 +17,8 @@ def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="architecture for checkpoints that do not record it (official .pth), e.g. segformer-b2")
     p.add_argument("--text-encoder", default=None,
                    help="LSeg: text encoder spec overriding the checkpoint's: minilm, clip:ID_OR_DIR, hf:DIR")
+    p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a model config field when loading, e.g. predict=mask for SANet (repeatable)")
 
 
 def _load(args):
@@ -28,10 +30,23 @@ def _load(args):
 
             return OnnxModel(args.model, getattr(args, "threads", None))
         over = {"text_encoder": args.text_encoder} if getattr(args, "text_encoder", None) else {}
+        over.update(_model_options(getattr(args, "model_option", [])))
         model = attnseg.load_model(args.model, model=args.arch, device=getattr(args, "device", "cpu"), **over)
     except (ValueError, OSError, ImportError) as e:
         raise CLIError(str(e)) from None
     return _maybe_onnx(model, args)
+
+
+def _model_options(items: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CLIError(f"--model-option expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 def _maybe_onnx(model, args):

@@ -22,7 +22,9 @@ against the set of classes in the ground truth) and re-weights Y_mask's class ch
 (presence logits -> FC(K, 4) -> ReLU -> FC(4, K) -> sigmoid). A dense FCN head on stage 4 gives Y_den.
 The fourth SA head has its own 1x1 classifier Y_SA4, and the prediction is Y = Y_den + Y_SA4.
 Loss (Eq. 6): L = L_mask(Y_mask) + alpha * L_cat + beta * L_den(Y), alpha = 0.2, beta = 0.8.
-In eval mode the model returns Y only.
+In eval mode the model returns Y only. `predict="mask"` returns the (category re-weighted) mask
+prediction instead, and `predict="sum"` their sum; the mask path fuses all four stages at stride 4,
+where Y lives at stage 4's stride (16 or 32 on EfficientNet-Lite0, 8 on the dilated ResNets).
 """
 from __future__ import annotations
 
@@ -84,6 +86,7 @@ class SANetConfig:
     use_sa: bool = True  # ablation: False replaces every SA module by conv3x3-BN-ReLU (same width)
     use_category: bool = True  # ablation: no category branch / loss
     dropout: float = 0.1
+    predict: str = "den_sa4"  # eval output: den_sa4 (Y = Y_den + Y_SA4, as read from the paper) | mask | sum
 
 
 class SANet(nn.Module):
@@ -110,6 +113,8 @@ class SANet(nn.Module):
             self.cat_se = nn.Sequential(nn.Linear(k, cfg.category_mid), nn.ReLU(inplace=True),
                                         nn.Linear(cfg.category_mid, k), nn.Sigmoid())
         self.num_classes = k
+        if cfg.predict not in ("den_sa4", "mask", "sum"):
+            raise ValueError(f"predict must be den_sa4, mask or sum, got {cfg.predict!r}")
 
     def forward(self, images: torch.Tensor):
         check_images(images)
@@ -119,7 +124,7 @@ class SANet(nn.Module):
         y_sa4 = self.sa4_cls(sa[-1])
         size = sa[0].shape[-2:]
         y = resize(y_den, size) + resize(y_sa4, size)  # Y = Y_den + Y_SA4
-        if not self.training:
+        if not self.training and self.cfg.predict == "den_sa4":
             return y
         y_mask = self.mask_cls(self.mask_fuse(torch.cat([resize(s, size) for s in sa], 1)))
         out = {"out": y, "mask": y_mask}
@@ -127,6 +132,8 @@ class SANet(nn.Module):
             cat = self.cat_fc(feats[-1].mean((2, 3)))  # per-class presence logits
             out["mask"] = y_mask * self.cat_se(cat)[:, :, None, None]  # SE-style class reweighting
             out["cat"] = cat
+        if not self.training:
+            return out["mask"] if self.cfg.predict == "mask" else out["mask"] + y
         return out
 
     def loss(self, out: dict, target: torch.Tensor, pixel_loss) -> tuple[torch.Tensor, dict]:
