@@ -6,6 +6,12 @@ import sys
 from pathlib import Path
 
 
+def is_language_driven(model) -> bool:
+    from .models.lseg import is_language_driven as f
+
+    return f(model)
+
+
 class CLIError(Exception):
     """An error the user can fix; printed as one line, no traceback."""
 
@@ -136,11 +142,11 @@ def cmd_predict(args) -> int:
     kw = {}
     labels = _read_labels(args)
     if labels is not None:
-        if not hasattr(model, "text_encoder"):
+        if not is_language_driven(model):
             raise CLIError(f"--labels needs a language-driven model (lseg-*); {args.model} has fixed classes")
         kw["labels"] = labels
         seg.class_names = labels
-    elif hasattr(model, "text_encoder") and not getattr(model, "default_labels", None):
+    elif is_language_driven(model) and not getattr(model, "default_labels", None):
         raise CLIError("this LSeg model needs --labels \"sky, road, car, other\" (or --labels-file FILE)")
     out = Path(args.out)
     failed = []
@@ -240,7 +246,7 @@ def cmd_eval(args) -> int:
             ds.samples = ds.samples[: args.limit]
         k = getattr(model, "num_classes", None)
         model_kwargs = {}
-        if hasattr(model, "text_encoder"):  # LSeg: evaluate with --labels (renamed classes) or the dataset's names
+        if is_language_driven(model):  # LSeg: evaluate with --labels (renamed classes) or the dataset's names
             model_kwargs["labels"] = _read_labels(args) or ds.class_names
             if len(model_kwargs["labels"]) != ds.num_classes:
                 raise CLIError(f"--labels gives {len(model_kwargs['labels'])} labels for {ds.num_classes} classes")
@@ -275,7 +281,7 @@ def cmd_fewshot(args) -> int:
     from .io import ImageReadError, atomic_write_text
 
     model = _load(args)
-    if not hasattr(model, "text_encoder"):
+    if not is_language_driven(model):
         raise CLIError(f"fewshot evaluates language-driven models (lseg-*) zero-shot; {args.model} has fixed classes")
     results = []
     try:
@@ -298,18 +304,47 @@ def cmd_fewshot(args) -> int:
     return 0
 
 
-def _model_from_name_or_source(args):
-    """Registered architecture name -> random weights (for speed/FLOPs); anything else -> load_model."""
+def _model_from_name_or_source(args, fixed_labels: bool = False):
+    """Registered architecture name -> random weights (for speed/FLOPs); anything else -> load_model.
+    With `fixed_labels`, an LSeg model is wrapped to take images only, with --num-classes random label
+    embeddings (speed and FLOPs do not depend on the label text, and no text encoder is loaded)."""
     import attnseg
     from .models import MODELS
 
     if args.model in MODELS:
         fields = MODELS[args.model]["config_class"].__dataclass_fields__
-        return attnseg.create_model(args.model, **({"num_classes": args.num_classes} if "num_classes" in fields else {}))
-    backend, args.backend = getattr(args, "backend", "eager"), "eager"
-    model = _load(args)
-    args.backend = backend
+        model = attnseg.create_model(args.model, **({"num_classes": args.num_classes} if "num_classes" in fields
+                                                    else {}))
+    else:
+        backend, args.backend = getattr(args, "backend", "eager"), "eager"
+        model = _load(args)
+        args.backend = backend
+    if fixed_labels and is_language_driven(model) and isinstance(model, __import__("torch").nn.Module):
+        model = _FixedLabels(model, args.num_classes)
     return model
+
+
+def _FixedLabels(model, n: int):
+    import torch
+
+    class FixedLabels(torch.nn.Module):
+        """LSeg with N fixed random unit label embeddings: model(images) -> (B, N, H, W)."""
+
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            g = torch.Generator().manual_seed(0)
+            t = torch.randn(n, model.head1.out_channels, generator=g)
+            self.register_buffer("text", torch.nn.functional.normalize(t, dim=1))
+            self.variant, self.meta = getattr(model, "variant", None), getattr(model, "meta", None)
+
+        def forward(self, images):
+            return self.model(images, text_embeddings=self.text)
+
+        def set_isr(self, *a, **k):
+            raise ValueError("LSeg has no spatial-reduction attention: --isr does not apply")
+
+    return FixedLabels()
 
 
 def cmd_export(args) -> int:
@@ -329,7 +364,7 @@ def cmd_export(args) -> int:
 def cmd_flops(args) -> int:
     from .tools.flops import count_flops
 
-    model = _model_from_name_or_source(args)
+    model = _model_from_name_or_source(args, fixed_labels=True)
     _apply_isr(model, args)
     r = count_flops(model, args.size, paper=not args.as_run)
     print(f"{args.model} at {args.size[0]}x{args.size[1]}" + (f", ISR {args.isr}" if args.isr else "") + ":")
@@ -349,7 +384,7 @@ def cmd_benchmark(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = _model_from_name_or_source(args)
+    model = _model_from_name_or_source(args, fixed_labels=True)
     _apply_isr(model, args)
     backend = args.backend
     if backend == "onnx" or str(args.model).endswith(".onnx"):
@@ -509,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export to ONNX (dynamic batch/height/width; ISR settings baked in)")
     p.add_argument("--model", required=True, help="registered name (random weights) or checkpoint")
     p.add_argument("--arch", default=None)
-    p.add_argument("--num-classes", type=int, default=150)
+    p.add_argument("--num-classes", type=int, default=150, help="classes (LSeg: number of labels); default 150")
     p.add_argument("--format", choices=["onnx"], default="onnx")
     p.add_argument("--out", required=True, help="output .onnx file")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
@@ -521,7 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="registered name (random weights) or checkpoint")
     p.add_argument("--arch", default=None)
     p.add_argument("--size", type=_pair, default=(512, 512))
-    p.add_argument("--num-classes", type=int, default=150)
+    p.add_argument("--num-classes", type=int, default=150, help="classes (LSeg: number of labels); default 150")
     p.add_argument("--isr", default=None, help="ENC[:DEC], e.g. 2,2,1,1:2,2,2")
     p.add_argument("--as-run", action="store_true",
                    help="count the operations actually executed (SegFormer's fused decoder) instead of the paper's")
@@ -530,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("benchmark", help="latency, throughput and peak memory")
     p.add_argument("--model", required=True, help="registered name (random weights) or checkpoint")
     p.add_argument("--arch", default=None)
-    p.add_argument("--num-classes", type=int, default=150)
+    p.add_argument("--num-classes", type=int, default=150, help="classes (LSeg: number of labels); default 150")
     p.add_argument("--size", type=_pair, default=(512, 512))
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=None)

@@ -40,7 +40,9 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, dynamic: bool =
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     x = torch.randn(2 if dynamic else 1, 3, *example_size)  # batch 2 keeps the batch dim symbolic
-    lseg = hasattr(model, "text_encoder")
+    from .models.lseg import is_language_driven
+
+    lseg = is_language_driven(model)
     args, names, graph = (x,), ["images"], model
     shapes = None
     if dynamic:

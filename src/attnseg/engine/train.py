@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from ..data import IGNORE_INDEX, EvalTransform, TrainTransform, build_dataset
+from ..models.lseg import is_language_driven
 from .checkpoint import atomic_torch_save, load_checkpoint, rng_state, set_rng_state
 from .config import Config, dump_config
 from .distributed import all_reduce_sum, cleanup, init_distributed, is_main
@@ -185,7 +186,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
     np.random.seed(t.seed)
     random.seed(t.seed)
     model = build_model(cfg, num_classes)
-    if hasattr(model, "text_encoder"):  # LSeg: trained against the dataset's class names as labels
+    if is_language_driven(model):  # LSeg: trained against the dataset's class names as labels
         model.default_labels = ds.class_names
     model.meta = {"class_names": ds.class_names if num_classes == ds.num_classes else None,
                   "palette": ds.palette, "mean": list(d.mean), "std": list(d.std)}

@@ -176,6 +176,11 @@ class LSeg(nn.Module):
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=True)
 
 
+def is_language_driven(model) -> bool:
+    """True for LSeg models and LSeg ONNX graphs (labels chosen at call time); never loads a text encoder."""
+    return isinstance(model, LSeg) or getattr(model, "lseg", False) is True
+
+
 def build_lseg(config: dict) -> LSeg:
     return LSeg(LSegConfig(**config))
 
