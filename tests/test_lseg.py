@@ -189,3 +189,19 @@ def test_flops_and_benchmark_on_lseg_need_no_text_encoder(capsys):
     wrapped = _FixedLabels(m, 4)
     assert m._text is None and wrapped(torch.randn(1, 3, 64, 64)).shape == (1, 4, 64, 64) and m._text is None
     assert main(["benchmark", "--model", "lseg-tiny", "--size", "64x64", "--iters", "1", "--warmup", "0"]) == 0
+
+
+def test_label_study_reordering_is_invariant_and_removal_scores_kept_classes(camvid_root, tiny):
+    from attnseg.data import EvalTransform, build_dataset
+    from attnseg.tools.label_study import study
+
+    ds = build_dataset("camvid", camvid_root, "test", EvalTransform((120, 90)))
+    ds.samples = ds.samples[:2]
+    names = ds.class_names
+    tiny.meta = {"mean": [127.0] * 3, "std": [128.0] * 3}
+    order = [3, 0, 10, 5, 1, 9, 2, 8, 4, 7, 6]
+    r = study(tiny, ds, {"names": list(enumerate(names)), "reordered": [(i, names[i]) for i in order],
+                         "removed": [(i, n) for i, n in enumerate(names) if n not in ("pole", "fence")]})
+    assert r["names"]["IoU"] == r["reordered"]["IoU"]
+    assert set(r["removed"]["IoU"]) == set(names) - {"pole", "fence"}
+    assert "names_on_kept" in r

@@ -168,12 +168,17 @@ class LSeg(nn.Module):
         if t.ndim != 2 or t.shape[1] != self.head1.out_channels:
             raise ValueError(f"text embeddings must be (N, {self.head1.out_channels}); got {tuple(t.shape)} (is the "
                              f"text encoder {self.cfg.text_encoder!r} the one this model was trained with?)")
-        logits = self.correlate(self.decoder_features(images), t)  # F = s * I . T^T
+        return self.segment(self.decoder_features(images), t, images.shape[-2:])
+
+    def segment(self, h: torch.Tensor, t: torch.Tensor, size) -> torch.Tensor:
+        """Decoder features h + label embeddings t -> logits (B, N, *size): the label-dependent tail,
+        so one image pass can be scored against several label sets."""
+        logits = self.correlate(h, t)  # F = s * I . T^T
         if self.cfg.block_type != "none":
             for i in range(self.cfg.block_depth):
                 logits = self.head_block(logits, act=i < self.cfg.block_depth - 1)
         # the release upsamples x2 with align_corners=True (size-based, so odd input sizes work too)
-        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=True)
+        return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=True)
 
 
 def is_language_driven(model) -> bool:

@@ -1,0 +1,104 @@
+"""How an LSeg model responds to the words it is given: one pass over a split, scored against several
+label sets (the image features are computed once per image, each label set only re-runs the tail).
+
+Label sets are given per dataset class, in class order:
+  names      the dataset's class names (what the model was trained with)
+  synonyms   each class renamed (e.g. car -> automobile); same classes, new words
+  reordered  the names given in a shuffled order; predictions are mapped back, so the score should not move
+  removed    some classes left out of the label list; their pixels are ignored and mIoU is over the
+             kept classes (compare with `names` over the same classes: the `names_on_kept` row)
+
+    python -m attnseg.tools.label_study --model CHECKPOINT --data-root ../shared/data/camvid --split test
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+
+from ..data import EvalTransform, build_dataset
+from ..engine.evaluate import normalise
+from ..engine.metrics import ConfusionMatrix
+from ..io import atomic_write_text
+
+CAMVID_SYNONYMS = ["heaven", "house", "post", "street", "sidewalk", "vegetation", "traffic sign", "barrier",
+                   "automobile", "person", "cyclist"]
+CAMVID_REMOVED = ["pole", "sign symbol", "fence"]  # small classes a user may simply not ask for
+
+
+def study(model, dataset, label_sets: dict[str, list[tuple[int, str]]], limit: int | None = None,
+          device="cpu") -> dict:
+    """label_sets: name -> [(class index, label text), ...] in the order the model is given the labels;
+    classes not listed are removed (their pixels not scored). Returns per set mIoU and per-class IoU."""
+    k = dataset.num_classes
+    cms = {name: ConfusionMatrix(k) for name in label_sets}
+    embeds = {}
+    for name, pairs in label_sets.items():
+        kept = [c for c, _ in pairs]
+        embeds[name] = (kept, model.text_encoder.encode([text for _, text in pairs]).to(device))
+    meta = getattr(model, "meta", {}) or {}
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    model.eval().to(device)
+    with torch.inference_mode():
+        for idx in range(n):
+            s = dataset[idx]
+            x = normalise(torch.as_tensor(s["image"])[None].to(device), meta.get("mean"), meta.get("std"))
+            y = torch.as_tensor(s["label"]).to(device)
+            h = model.decoder_features(x)
+            for name, (kept, t) in embeds.items():
+                pred = model.segment(h, t, y.shape[-2:])[0].argmax(0)
+                pred = torch.as_tensor(kept, device=device)[pred]  # label index -> class index
+                target = y.clone()
+                for c in set(range(k)) - set(kept):
+                    target[target == c] = 255  # removed classes: not scored
+                cms[name].update(pred[None], target[None])
+    out = {}
+    for name, cm in cms.items():
+        kept = embeds[name][0]
+        iou = cm.compute()["IoU"]
+        out[name] = {"labels": [text for _, text in label_sets[name]],
+                     "mIoU": float(np.nanmean([iou[i] for i in kept])) * 100,
+                     "IoU": {dataset.class_names[i]: float(iou[i]) * 100 for i in kept}}
+    if "removed" in out and "names" in out:
+        kept = embeds["removed"][0]
+        iou = cms["names"].compute()["IoU"]
+        out["names_on_kept"] = {"mIoU": float(np.nanmean([iou[i] for i in kept])) * 100}
+    return out
+
+
+def main(argv=None) -> int:
+    from ..hub import load_model
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--dataset", default="camvid")
+    ap.add_argument("--data-root", default="../shared/data/camvid")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0, help="shuffle of the reordered set")
+    ap.add_argument("--out", default=None, help="write the results as JSON")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model(args.model)
+    ds = build_dataset(args.dataset, args.data_root, args.split, EvalTransform(None))
+    names = list(ds.class_names)
+    order = np.random.default_rng(args.seed).permutation(len(names))
+    sets = {"names": list(enumerate(names)), "reordered": [(int(i), names[i]) for i in order]}
+    if args.dataset == "camvid":
+        sets["synonyms"] = list(enumerate(CAMVID_SYNONYMS))
+        sets["removed"] = [(i, n) for i, n in enumerate(names) if n not in CAMVID_REMOVED]
+    res = study(model, ds, sets, args.limit)
+    for name, r in res.items():
+        print(f"{name:<14} mIoU {r['mIoU']:6.2f}" + (f"   labels: {', '.join(str(v) for v in r['labels'])}"
+                                                      if "labels" in r else ""))
+    if args.out:
+        atomic_write_text(args.out, json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
