@@ -57,6 +57,9 @@ def _atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give a saved model the usual mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
