@@ -154,7 +154,8 @@ def onnx_compare(pair, args) -> list[dict]:
 
     torch.onnx.export(HFLogits(ref), (x,), str(d / "hf.onnx"), opset_version=17, input_names=["pixel_values"],
                       output_names=["logits"], dynamo=False)
-    export_onnx(ours, d / "ours.onnx")
+    # fixed 512x512 like the traced transformers export (`attnseg export` without --dynamic does the same)
+    export_onnx(ours, d / "ours.onnx", dynamic=False, example_size=(512, 512))
     so = ort.SessionOptions()
     so.intra_op_num_threads = args.threads
     so.inter_op_num_threads = 1
