@@ -31,6 +31,7 @@ PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 # shipped weights: name -> file under attnseg/pretrained (trained with the configs/ of the same name)
 PRETRAINED: dict[str, str] = {
     "sanet-effnet-lite0-camvid": "sanet-effnet-lite0-camvid.safetensors",
+    "lseg-effnet-lite0-camvid": "lseg-effnet-lite0-camvid.safetensors",
 }
 
 
