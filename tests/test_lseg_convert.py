@@ -60,7 +60,8 @@ def _official_state_dict(seed=0) -> dict[str, torch.Tensor]:
                 sd[P + f"{r}{u}.bn{j}.num_batches_tracked"] = torch.tensor(7)
         put(r + "out_conv.weight", FEAT, FEAT, 1, 1), put(r + "out_conv.bias", FEAT)
     put("scratch.head1.weight", C, FEAT, 1, 1), put("scratch.head1.bias", C)
-    put("scratch.head_block.depthwise.depthwise.weight", 1, 1, 3, 3), put("scratch.head_block.depthwise.depthwise.bias", 1)
+    put("scratch.head_block.depthwise.depthwise.weight", 1, 1, 3, 3)
+    put("scratch.head_block.depthwise.depthwise.bias", 1)
     put("clip_pretrained.token_embedding.weight", 20, 8)  # OpenAI CLIP: dropped, the text tower comes from transformers
     put("clip_pretrained.visual.proj", 8, 8)
     return sd

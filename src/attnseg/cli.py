@@ -76,13 +76,13 @@ def _maybe_onnx(model, args):
 
 def cmd_models(args) -> int:
     from .hub import list_pretrained
-    from .models import MODELS, create_model
+    from .models import MODELS, create_model, has_classifier
 
     print(f"{'name':<20} {'params (M)':>10}  description")
     for name in sorted(MODELS):
         if args.filter and args.filter not in name:
             continue
-        kw = {"num_classes": args.num_classes} if "num_classes" in MODELS[name]["config_class"].__dataclass_fields__ else {}
+        kw = {"num_classes": args.num_classes} if has_classifier(name) else {}
         m = create_model(name, **kw)
         n = sum(p.numel() for p in m.parameters()) / 1e6
         print(f"{name:<20} {n:>10.2f}  {MODELS[name]['description']}")
@@ -309,12 +309,11 @@ def _model_from_name_or_source(args, fixed_labels: bool = False):
     With `fixed_labels`, an LSeg model is wrapped to take images only, with --num-classes random label
     embeddings (speed and FLOPs do not depend on the label text, and no text encoder is loaded)."""
     import attnseg
-    from .models import MODELS
+    from .models import MODELS, has_classifier
 
     if args.model in MODELS:
-        fields = MODELS[args.model]["config_class"].__dataclass_fields__
-        model = attnseg.create_model(args.model, **({"num_classes": args.num_classes} if "num_classes" in fields
-                                                    else {}))
+        model = attnseg.create_model(args.model, **({"num_classes": args.num_classes}
+                                                    if has_classifier(args.model) else {}))
     else:
         backend, args.backend = getattr(args, "backend", "eager"), "eager"
         model = _load(args)

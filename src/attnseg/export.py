@@ -5,8 +5,8 @@ file serves any input size; ISR settings active on the model are baked into the 
 exported graph takes `images` (B, 3, H, W, normalised float32) and returns `logits` at the model's
 native stride. LSeg graphs take a second input `text_embeddings` (N, C) (L2-normalised label
 embeddings, N dynamic), so one file serves any label set; OnnxModel encodes labels with the
-text encoder named in the metadata and feeds them. attnseg's own metadata (class names, palette, normalisation) is stored in the ONNX
-model's metadata_props under "attnseg".
+text encoder named in the metadata and feeds them. attnseg's own metadata (class names, palette,
+normalisation) is stored in the ONNX model's metadata_props under "attnseg".
 """
 from __future__ import annotations
 

@@ -144,7 +144,8 @@ def _detect_format(sd: dict[str, torch.Tensor]) -> str:
         return "lseg"
     sample = ", ".join(keys[:5])
     raise ModelLoadError(f"unrecognised checkpoint layout (first keys: {sample}). Supported: attnseg, official "
-                         "NVlabs/EDAFormer releases, transformers Segformer, mmsegmentation 1.x SegFormer.")
+                         "NVlabs/EDAFormer releases, transformers Segformer, mmsegmentation 1.x SegFormer, LSeg releases "
+                         "(isl-org/lang-seg).")
 
 
 def _variant_for_hf(hf_config: dict) -> str:

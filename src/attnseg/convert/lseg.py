@@ -8,8 +8,8 @@ Release layout (keys under `state_dict`, each prefixed `net.` by the Lightning m
   scratch.refinenet{l}.*                 fusion blocks                  -> refinenet.{l-1}.*
   scratch.head1                          1x1 conv to the text dimension -> head1
   scratch.head_block.depthwise.depthwise spatial regularization kernel -> head_block.depthwise
-  clip_pretrained.*                      OpenAI CLIP (image + text)     dropped: the text tower is loaded through
-                                                                        transformers (`clip:openai/clip-vit-base-patch32`)
+  clip_pretrained.*                      OpenAI CLIP (image + text)     dropped: the text tower is loaded
+                                         through transformers (`clip:openai/clip-vit-base-patch32`)
   pretrained.model.head.*                timm's ImageNet classifier     dropped (unused by DPT)
 The release computes logit_scale = exp(log(1/0.07)) outside the state dict; it is added here as a parameter.
 Hyper-parameters (`arch_option`, `block_depth`, `activation`, `features`, `backbone`) come from the

@@ -119,12 +119,11 @@ def build_model(cfg: Config, num_classes: int):
             raise TrainingError(f"{m.pretrained} has {model.num_classes} classes but the dataset has {num_classes}; "
                                 "fine-tuning to a new label set is not supported from a full checkpoint yet")
     else:
-        from ..models import MODELS
+        from ..models import has_classifier
 
-        if m.name in MODELS and "num_classes" not in MODELS[m.name]["config_class"].__dataclass_fields__:
-            model = attnseg.create_model(m.name, **m.options)  # LSeg: the labels (class names) set the outputs
-        else:
-            model = attnseg.create_model(m.name, num_classes=num_classes, **m.options)
+        # LSeg has no classifier: the labels (the dataset's class names) set its outputs
+        kw = {"num_classes": num_classes} if has_classifier(m.name) else {}
+        model = attnseg.create_model(m.name, **kw, **m.options)
     return model
 
 

@@ -31,6 +31,13 @@ def unknown_model_error(name: str) -> ValueError:
     return ValueError(f"unknown model {name!r}.{hint} Valid names: {', '.join(list_models())}")
 
 
+def has_classifier(name: str) -> bool:
+    """Whether variant `name` takes num_classes (a fixed classifier); False for encoders and LSeg."""
+    if name not in MODELS:
+        raise unknown_model_error(name)
+    return "num_classes" in {f.name for f in dataclasses.fields(MODELS[name]["config_class"])}
+
+
 def model_config(name: str, num_classes: int | None = None, **overrides) -> dict:
     """The full config dict `create_model(name, num_classes, **overrides)` would build from."""
     if name not in MODELS:

@@ -12,8 +12,8 @@ release the same block is applied `block_depth` times (shared weights), the last
 No operation mixes label channels except the max, so permuting the labels permutes the output.
 
 Image encoder of `lseg-effnet-lite0` (the CNN "hybrid"): EfficientNet-Lite0 features at strides 4..32
-are projected to `features` channels (64: trainable on a 2-core CPU) and fused top-down with RefineNet-style residual fusion blocks (DPT's
-`scratch.refinenet*`), ending at stride 2, then `head1` (1x1 conv) to the text dimension.
+are projected to `features` channels (64: trainable on a 2-core CPU) and fused top-down with
+RefineNet-style residual fusion blocks (DPT's `scratch.refinenet*`), ending at stride 2, then `head1` (1x1 conv) to the text dimension.
 The text encoder is referenced by a spec string in the config and is not stored in checkpoints.
 """
 from __future__ import annotations
@@ -202,7 +202,8 @@ VARIANTS = {
                           config=dict(backbone="dpt-tiny", text_encoder="minilm", features=16, text_dim=384),
                           description="small DPT LSeg for tests"),
     "lseg-effnet-lite0": dict(build=build_lseg, config_class=LSegConfig,
-                              config=dict(backbone="efficientnet-lite0", text_encoder="minilm", features=64, text_dim=384),
+                              config=dict(backbone="efficientnet-lite0", text_encoder="minilm", features=64,
+                                          text_dim=384),
                               description="LSeg, EfficientNet-Lite0 hybrid image encoder, offline MiniLM text encoder"),
     "lseg-tiny": dict(build=build_lseg, config_class=LSegConfig,
                       config=dict(backbone="efficientnet-lite0", backbone_options={"pretrained": False}, features=16,
