@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from ..data import EvalTransform, build_dataset
 from ..engine.evaluate import normalise
 from ..engine.metrics import ConfusionMatrix
 from ..io import atomic_write_text
+from ..models.lseg import is_language_driven
 
 CAMVID_SYNONYMS = ["heaven", "house", "post", "street", "sidewalk", "vegetation", "traffic sign", "barrier",
                    "automobile", "person", "cyclist"]
@@ -83,8 +85,15 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_model(args.model)
-    ds = build_dataset(args.dataset, args.data_root, args.split, EvalTransform(None))
+    try:
+        model = load_model(args.model)
+        ds = build_dataset(args.dataset, args.data_root, args.split, EvalTransform(None))
+    except (ValueError, OSError) as e:  # unknown model/file, missing dataset: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not is_language_driven(model):
+        print(f"error: {args.model} has fixed classes; the label study needs an LSeg model", file=sys.stderr)
+        return 2
     names = list(ds.class_names)
     order = np.random.default_rng(args.seed).permutation(len(names))
     sets = {"names": list(enumerate(names)), "reordered": [(int(i), names[i]) for i in order]}
