@@ -111,3 +111,35 @@ def test_fused_training_path_matches_literal_forward_and_gradients():
         assert torch.allclose(pa.grad, pb.grad, atol=1e-5, rtol=1e-4), n
     assert torch.allclose(a.decode_head.linear_fuse.bn.running_mean, b.decode_head.linear_fuse.bn.running_mean,
                           atol=1e-6)
+
+
+@pytest.mark.parametrize("src,dst", [((16, 16), (128, 128)), ((7, 9), (50, 131)), ((13, 5), (13, 20)), ((40, 30), (17, 11))])
+def test_resize_sum_equals_summed_bilinear_resizes(src, dst):
+    """The matrix form of bilinear resizing (used in ONNX graphs) against F.interpolate, up and down."""
+    from attnseg.models.layers import interp_matrix, resize_sum
+
+    torch.manual_seed(0)
+    a = torch.randn(2, 3, *src)
+    b = torch.randn(2, 3, src[0] // 2 + 1, src[1] + 3)
+    want = sum(torch.nn.functional.interpolate(t, size=dst, mode="bilinear", align_corners=False) for t in (a, b))
+    assert torch.allclose(resize_sum([a, b], dst), want, atol=1e-5)
+    assert torch.allclose(interp_matrix(src[0], dst[0]).sum(1), torch.ones(dst[0]))  # rows are convex weights
+
+
+@pytest.mark.parametrize("name", ["segformer-b0", "edaformer-tiny"])
+def test_export_forms_equal_eager_forms(name):
+    """The layer forms traced for ONNX (fc1 as 1x1 conv, ReLU FFN too; matrix upsampling) compute the same."""
+    from attnseg.models.layers import export_forms, exporting
+    from tests.conftest import randomize_bn
+
+    torch.manual_seed(0)
+    m = attnseg.create_model(name, num_classes=9).eval()
+    randomize_bn(m)
+    x = torch.randn(1, 3, 96, 160)
+    with torch.no_grad():
+        want = m(x)
+        with export_forms():
+            assert exporting()
+            got = m(x)
+    assert not exporting()
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (got - want).abs().max()

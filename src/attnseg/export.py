@@ -7,6 +7,10 @@ native stride. LSeg graphs take a second input `text_embeddings` (N, C) (L2-norm
 embeddings, N dynamic), so one file serves any label set; OnnxModel encodes labels with the
 text encoder named in the metadata and feeds them. attnseg's own metadata (class names, palette,
 normalisation) is stored in the ONNX model's metadata_props under "attnseg".
+
+Opset 20 by default: its Gelu op runs as one onnxruntime kernel (1.17 or newer), where the
+erf formula of older opsets runs as five element-wise nodes. Layers with an onnxruntime-friendly
+form trace it (`models.layers.export_forms`).
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ class _LSegGraph(torch.nn.Module):
 
 
 def export_onnx(model: torch.nn.Module, path: str | os.PathLike, dynamic: bool = True,
-                example_size: tuple[int, int] = (256, 320), opset: int = 18) -> Path:
+                example_size: tuple[int, int] = (256, 320), opset: int = 20) -> Path:
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
@@ -55,8 +59,11 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, dynamic: bool =
         if dynamic:
             shapes["text_embeddings"] = {0: torch.export.Dim("labels", min=1, max=4096)}
     tmp = path.with_name(f".{path.name}.tmp")
-    prog = torch.onnx.export(graph, args, dynamo=True, input_names=names, output_names=["logits"],
-                             dynamic_shapes=shapes, opset_version=opset, optimize=True, verbose=False)
+    from .models.layers import export_forms
+
+    with export_forms():  # the onnxruntime-friendly forms of a few layers (same outputs)
+        prog = torch.onnx.export(graph, args, dynamo=True, input_names=names, output_names=["logits"],
+                                 dynamic_shapes=shapes, opset_version=opset, optimize=True, verbose=False)
     info = {k: getattr(model, "meta", {}).get(k) for k in ("class_names", "palette", "mean", "std")}
     info.update(model=getattr(model, "variant", None), output_stride=getattr(model, "output_stride", None))
     if lseg:

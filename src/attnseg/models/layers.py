@@ -4,9 +4,34 @@ Only what is really shared lives here; a layer used by one paper stays in that p
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+_EXPORT_FORMS = False
+
+
+@contextlib.contextmanager
+def export_forms():
+    """Trace the graph forms that run fastest in onnxruntime (used by `export_onnx`).
+
+    A few modules have two mathematically equal forms: the eager one is what PyTorch runs fastest,
+    the export one is what onnxruntime's CPU kernels run fastest (e.g. a per-pixel linear map as a
+    1x1 Conv that stays in its blocked NCHWc layout next to a depthwise conv, bilinear upsampling
+    as matrix products). Outputs agree within float rounding; tests check both forms."""
+    global _EXPORT_FORMS
+    previous, _EXPORT_FORMS = _EXPORT_FORMS, True
+    try:
+        yield
+    finally:
+        _EXPORT_FORMS = previous
+
+
+def exporting() -> bool:
+    """True inside `export_forms()`: modules trace their onnxruntime-friendly form."""
+    return _EXPORT_FORMS
 
 
 class DropPath(nn.Module):
@@ -51,6 +76,33 @@ def resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> to
     if mode == "nearest":
         return F.interpolate(x, size=size, mode="nearest")
     return F.interpolate(x, size=size, mode=mode, align_corners=False)
+
+
+def interp_matrix(n_in, n_out, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """(n_out, n_in) matrix A with A @ v == 1-d linear resize of v (align_corners=False, no antialias),
+    the same source positions as F.interpolate: s = max((i + 1/2) n_in / n_out - 1/2, 0), neighbours
+    floor(s) and min(floor(s) + 1, n_in - 1) weighted 1 - frac(s) and frac(s). Sizes may be symbolic."""
+    i = torch.arange(n_out, dtype=dtype, device=device)
+    src = ((i + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
+    i0 = src.floor()
+    frac = src - i0
+    i1 = (i0 + 1).clamp(max=n_in - 1)
+    j = torch.arange(n_in, dtype=dtype, device=device)[None, :]
+    return (1 - frac)[:, None] * (j == i0[:, None]).to(dtype) + frac[:, None] * (j == i1[:, None]).to(dtype)
+
+
+def resize_sum(maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """sum_i resize(maps_i, size) for (B, C, h_i, w_i) maps, written as matrix products: bilinear
+    resizing is separable, Up(X) = A_h X A_w^T, so each map is resized along H (A_h X), the results are
+    concatenated along W and one product with the stacked [A_w^(1) ... A_w^(k)]^T resizes along W and
+    sums them. onnxruntime runs this faster than Resize + Add; eager PyTorch does not (see `exporting`)."""
+    height, width = size
+    cols, rows = [], []
+    for m in maps:
+        h, w = m.shape[-2:]
+        cols.append(interp_matrix(h, height, m.dtype, m.device) @ m)  # (B, C, H, w_i)
+        rows.append(interp_matrix(w, width, m.dtype, m.device))  # (W, w_i)
+    return torch.cat(cols, dim=3) @ torch.cat(rows, dim=1).t()
 
 
 def tokens_to_map(x: torch.Tensor, h: int, w: int) -> torch.Tensor:

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import DropPath, check_images, map_to_tokens, tokens_to_map
+from .layers import DropPath, check_images, exporting, map_to_tokens, tokens_to_map
 
 
 @dataclass
@@ -139,6 +139,12 @@ class MixFFN(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        if exporting() and not self.training:
+            # the same map with fc1/fc2 as 1x1 convs: onnxruntime then runs fc1 -> dwconv -> GELU -> fc2 in
+            # its blocked NCHWc layout, re-laying out C channels instead of the 4x wider hidden tensor
+            x = F.conv2d(tokens_to_map(x, h, w), self.fc1.weight[:, :, None, None], self.fc1.bias)
+            x = self.act(self.dwconv.dwconv(torch.relu(x) if self.relu else x))
+            return map_to_tokens(F.conv2d(x, self.fc2.weight[:, :, None, None], self.fc2.bias))
         x = self.fc1(x)
         if self.relu:
             x = torch.relu(x)

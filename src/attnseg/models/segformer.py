@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ConvBNAct, check_images, resize, tokens_to_map
+from .layers import ConvBNAct, check_images, exporting, resize, resize_sum, tokens_to_map
 from .mit import MIT_CONFIGS, MiTConfig, MixVisionTransformer
 
 
@@ -111,7 +111,7 @@ class SegFormerHead(nn.Module):
         train_bn = self.training or not self.linear_fuse.bn.track_running_stats
         mats, bias = self.fused_params(fold_bn=not train_bn)
         _, h1, w1 = feats[0]
-        x = None
+        x, late = None, []
         for i, ((t, h, w), m) in enumerate(zip(feats, mats)):
             # Up and the per-pixel map commute, so each stage takes the cheaper order: a stage with few
             # channels (C_i <= C/2, e.g. B0's 32/64) is upsampled first and projected at H/4, one with many is
@@ -119,9 +119,14 @@ class SegFormerHead(nn.Module):
             if i == 0 or 2 * t.shape[-1] <= m.shape[0]:
                 y = resize(tokens_to_map(t, h, w), (h1, w1))
                 y = F.conv2d(y, m[:, :, None, None], bias if x is None else None)
+            elif exporting():  # upsampled and summed by one matrix product below (faster in onnxruntime)
+                late.append(tokens_to_map(t @ m.t(), h, w))
+                continue
             else:
                 y = resize(tokens_to_map(t @ m.t(), h, w), (h1, w1))
             x = y if x is None else x + y
+        if late:
+            x = x + resize_sum(late, (h1, w1))
         if train_bn:  # BatchNorm on exactly the tensor linear_fuse.conv would have produced
             x = self.linear_fuse.bn(x)
         return self.linear_pred(self.dropout(torch.relu(x)))
