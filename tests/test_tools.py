@@ -61,6 +61,14 @@ def test_cli_export_predict_and_benchmark_onnx(tmp_path, capsys):
     m = attnseg.create_model("segformer-tiny", num_classes=3)
     ck = attnseg.save_model(m, tmp_path / "m.safetensors", class_names=["a", "b", "c"])
     assert main(["export", "--model", str(ck), "--out", str(tmp_path / "m.onnx"), "--dynamic"]) == 0
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "m.onnx"))
+    assert max(o.version for o in graph.opset_import if o.domain == "") == 20
+    assert "Gelu" in {n.op_type for n in graph.graph.node}  # one kernel, not the erf formula
+    assert main(["export", "--model", str(ck), "--out", str(tmp_path / "m18.onnx"), "--opset", "18",
+                 "--size", "64x64"]) == 0  # for onnxruntime < 1.17
+    assert max(o.version for o in onnx.load(str(tmp_path / "m18.onnx")).opset_import if o.domain == "") == 18
     img = tmp_path / "in.png"
     Image.fromarray((np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8)).save(img)
     assert main(["predict", str(img), "--model", str(tmp_path / "m.onnx"), "--out", str(tmp_path / "o1")]) == 0

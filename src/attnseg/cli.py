@@ -352,7 +352,7 @@ def cmd_export(args) -> int:
     model = _model_from_name_or_source(args)
     _apply_isr(model, args)
     try:
-        path = export_onnx(model, args.out, dynamic=args.dynamic, example_size=args.size)
+        path = export_onnx(model, args.out, dynamic=args.dynamic, example_size=args.size, opset=args.opset)
     except ImportError as e:
         raise CLIError(str(e)) from None
     print(f"wrote {path} ({'dynamic batch/height/width' if args.dynamic else f'fixed {args.size[0]}x{args.size[1]}'}"
@@ -548,6 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .onnx file")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
     p.add_argument("--size", type=_pair, default=(256, 320), help="example (or fixed) input size")
+    p.add_argument("--opset", type=int, default=20,
+                   help="ONNX opset (default 20: onnxruntime >= 1.17; 18 for older runtimes, GELU then unfused)")
     p.add_argument("--isr", default=None)
     p.set_defaults(fn=cmd_export)
 
