@@ -5,7 +5,8 @@
 2. Inference: median latency of each, interleaved, per (model, size, batch); ratio = theirs / ours,
    with the spread of the per-round ratios.
 3. Training step (forward + backward + AdamW step, batch 2, 512x512 crops, CE loss on full-res logits).
-4. With --onnx: both exported to ONNX (opset 17) and run in onnxruntime with the same threads.
+4. With --onnx: transformers exported as a user would (torch.onnx.export, TorchScript tracer, opset 17),
+   attnseg by `export_onnx` (dynamo, opset 20, fixed 512x512); both run in onnxruntime with the same threads.
 
 Usage: python benchmarks/vs_transformers.py [--threads 2] [--rounds 5] [--full] [--onnx] [--json out.json]
 Default grid: B0 and B2 at 512x512 batch 1, B0 at 1024x1024 batch 1; --full adds batch 8 and B2 at 1024.
