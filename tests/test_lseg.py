@@ -184,9 +184,9 @@ def test_flops_and_benchmark_on_lseg_need_no_text_encoder(capsys):
     assert main(["flops", "--model", "lseg-vit-tiny", "--size", "64x64", "--num-classes", "11"]) == 0
     assert "GFLOPs" in capsys.readouterr().out
     m = attnseg.create_model("lseg-vitb32")
-    from attnseg.cli import _FixedLabels
+    from attnseg.models.lseg import FixedLabels
 
-    wrapped = _FixedLabels(m, 4)
+    wrapped = FixedLabels(m, 4)
     assert m._text is None and wrapped(torch.randn(1, 3, 64, 64)).shape == (1, 4, 64, 64) and m._text is None
     assert main(["benchmark", "--model", "lseg-tiny", "--size", "64x64", "--iters", "1", "--warmup", "0"]) == 0
 

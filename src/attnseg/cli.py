@@ -318,32 +318,12 @@ def _model_from_name_or_source(args, fixed_labels: bool = False):
         backend, args.backend = getattr(args, "backend", "eager"), "eager"
         model = _load(args)
         args.backend = backend
-    if fixed_labels and is_language_driven(model) and isinstance(model, __import__("torch").nn.Module):
-        model = _FixedLabels(model, args.num_classes)
+    if fixed_labels:
+        from .models.lseg import FixedLabels, LSeg
+
+        if isinstance(model, LSeg):  # an LSeg ONNX graph already takes its label embeddings as an input
+            model = FixedLabels(model, args.num_classes)
     return model
-
-
-def _FixedLabels(model, n: int):
-    import torch
-
-    class FixedLabels(torch.nn.Module):
-        """LSeg with N fixed random unit label embeddings: model(images) -> (B, N, H, W)."""
-
-        def __init__(self):
-            super().__init__()
-            self.model = model
-            g = torch.Generator().manual_seed(0)
-            t = torch.randn(n, model.head1.out_channels, generator=g)
-            self.register_buffer("text", torch.nn.functional.normalize(t, dim=1))
-            self.variant, self.meta = getattr(model, "variant", None), getattr(model, "meta", None)
-
-        def forward(self, images):
-            return self.model(images, text_embeddings=self.text)
-
-        def set_isr(self, *a, **k):
-            raise ValueError("LSeg has no spatial-reduction attention: --isr does not apply")
-
-    return FixedLabels()
 
 
 def cmd_export(args) -> int:

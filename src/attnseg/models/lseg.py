@@ -181,6 +181,24 @@ class LSeg(nn.Module):
         return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=True)
 
 
+class FixedLabels(nn.Module):
+    """LSeg with N fixed random unit label embeddings: model(images) -> (B, N, H, W). For speed and FLOPs
+    (which do not depend on the label text): no text encoder is loaded."""
+
+    def __init__(self, model: LSeg, n: int):
+        super().__init__()
+        self.model = model
+        t = torch.randn(n, model.head1.out_channels, generator=torch.Generator().manual_seed(0))
+        self.register_buffer("text", F.normalize(t, dim=1))
+        self.variant, self.meta = getattr(model, "variant", None), getattr(model, "meta", None)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images, text_embeddings=self.text)
+
+    def set_isr(self, *args, **kwargs):
+        raise ValueError("LSeg has no spatial-reduction attention: --isr does not apply")
+
+
 def is_language_driven(model) -> bool:
     """True for LSeg models and LSeg ONNX graphs (labels chosen at call time); never loads a text encoder."""
     return isinstance(model, LSeg) or getattr(model, "lseg", False) is True
