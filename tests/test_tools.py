@@ -69,6 +69,9 @@ def test_cli_export_predict_and_benchmark_onnx(tmp_path, capsys):
     assert main(["export", "--model", str(ck), "--out", str(tmp_path / "m18.onnx"), "--opset", "18",
                  "--size", "64x64"]) == 0  # for onnxruntime < 1.17
     assert max(o.version for o in onnx.load(str(tmp_path / "m18.onnx")).opset_import if o.domain == "") == 18
+    with pytest.raises(SystemExit):  # opsets without LayerNormalization: a usage error, not a converter trace
+        main(["export", "--model", str(ck), "--out", str(tmp_path / "m5.onnx"), "--opset", "5"])
+    assert not (tmp_path / "m5.onnx").exists()
     img = tmp_path / "in.png"
     Image.fromarray((np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8)).save(img)
     assert main(["predict", str(img), "--model", str(tmp_path / "m.onnx"), "--out", str(tmp_path / "o1")]) == 0

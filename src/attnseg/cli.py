@@ -528,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .onnx file")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
     p.add_argument("--size", type=_pair, default=(256, 320), help="example (or fixed) input size")
-    p.add_argument("--opset", type=int, default=20,
+    p.add_argument("--opset", type=int, default=20, choices=range(18, 24), metavar="{18..23}",
                    help="ONNX opset (default 20: onnxruntime >= 1.17; 18 for older runtimes, GELU then unfused)")
     p.add_argument("--isr", default=None)
     p.set_defaults(fn=cmd_export)
