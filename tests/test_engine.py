@@ -1,4 +1,5 @@
 """Engine tests on tiny real data: resume equivalence, 2-process gloo DDP, config errors, eval CLI."""
+import json
 import os
 import subprocess
 import sys
@@ -99,6 +100,8 @@ def test_train_then_eval_cli(camvid_root, tmp_path, capsys):
                "--data-root", str(camvid_root), "--split", "val", "--limit", "2", "--out", str(tmp_path / "m.json")])
     out = capsys.readouterr().out
     assert rc == 0 and "mIoU" in out and "pedestrian" in out
+    rec = json.loads((tmp_path / "m.json").read_text())  # the numbers say how they were measured
+    assert rec["resize"] is None and rec["scales"] == [1.0] and rec["flip"] is False and rec["images"] == 2
     rc = main(["eval", "--model", str(tmp_path / "run" / "final.safetensors"), "--dataset", "camvid",
                "--data-root", str(camvid_root), "--limit", "1", "--mode", "slide", "--crop", "256", "--stride", "200",
                "--scales", "0.75,1.0", "--flip"])

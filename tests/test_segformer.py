@@ -62,6 +62,35 @@ def test_fused_eval_head_equals_literal_head():
     assert torch.allclose(fast, ref, atol=1e-5, rtol=1e-5), (fast - ref).abs().max()
 
 
+def test_allmlp_on_cnn_backbone_trains_and_is_the_literal_decoder():
+    """SANet's plain-head baseline: every parameter gets a gradient, logits at stride 4, and the decoder
+    on the CNN's maps equals an independent concat -> fuse -> classify written here."""
+    from tests.conftest import randomize_bn
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    m = attnseg.create_model("allmlp-tiny", num_classes=5).train()
+    x = torch.randn(2, 3, 97, 131)
+    out = m(x)
+    assert out.shape == (2, 5, 25, 33)
+    out.square().mean().backward()
+    missing = [n for n, p in m.named_parameters() if p.grad is None]
+    assert not missing, missing
+    m.eval()
+    randomize_bn(m)
+    h = m.decode_head
+    with torch.no_grad():
+        feats = m.backbone(x)
+        ups = []
+        for i, f in enumerate(feats):
+            lin = getattr(h, f"linear_c{i + 1}").proj
+            y = torch.einsum("bchw,dc->bdhw", f, lin.weight) + lin.bias[:, None, None]
+            ups.append(F.interpolate(y, feats[0].shape[-2:], mode="bilinear", align_corners=False))
+        z = h.linear_fuse.bn(h.linear_fuse.conv(torch.cat(ups[::-1], 1))).relu()
+        ref = h.linear_pred(z)
+        assert torch.allclose(m(x), ref, atol=1e-5, rtol=1e-4), (m(x) - ref).abs().max()
+
+
 def test_bad_input_raises_clear_errors():
     m = attnseg.create_model("segformer-tiny", num_classes=3)
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):

@@ -21,6 +21,9 @@ Training uses the same reordering without folding the BatchNorm (it normalises t
 pre-activation with batch statistics), so gradients are those of the literal decoder.
 Official weights load unchanged; `decode_head.fused = False` runs the literal path.
 
+`AllMLPSeg` (`allmlp-effnet-lite0`) puts the same decoder on a convolutional backbone's four stages:
+the plain-head baseline of SANet's ablation (see sanet.py and the README).
+
 `head_style="mmseg"` builds the head as mmsegmentation 1.x trains it (each branch a
 ConvModule conv+BN+ReLU instead of a plain linear), so its checkpoints load exactly.
 """
@@ -163,6 +166,39 @@ def build_segformer(config: dict) -> SegFormer:
     return SegFormer(SegFormerConfig(**config))
 
 
+@dataclass
+class AllMLPConfig:
+    backbone: str = "efficientnet-lite0"
+    backbone_options: dict | None = None
+    num_classes: int = 150
+    decoder_dim: int = 256
+    dropout: float = 0.1
+
+
+class AllMLPSeg(nn.Module):
+    """SegFormer's All-MLP decoder on a CNN backbone that returns four stage maps (logits at stride 4)."""
+
+    def __init__(self, cfg: AllMLPConfig | None = None):
+        super().__init__()
+        from . import create_model
+
+        cfg = cfg or AllMLPConfig()
+        self.cfg = cfg
+        self.backbone = create_model(cfg.backbone, **(cfg.backbone_options or {}))
+        self.decode_head = SegFormerHead(list(self.backbone.out_channels), cfg.decoder_dim, cfg.num_classes,
+                                         cfg.dropout)
+        self.num_classes = cfg.num_classes
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        check_images(images)
+        feats = [(f.flatten(2).transpose(1, 2), f.shape[2], f.shape[3]) for f in self.backbone(images)]
+        return self.decode_head(feats)
+
+
+def build_allmlp(config: dict) -> AllMLPSeg:
+    return AllMLPSeg(AllMLPConfig(**config))
+
+
 _DECODER_DIM = {"b0": 256, "b1": 256, "b2": 768, "b3": 768, "b4": 768, "b5": 768, "tiny": 16}
 VARIANTS = {
     f"segformer-{k}": dict(build=build_segformer, config_class=SegFormerConfig,
@@ -170,3 +206,12 @@ VARIANTS = {
                            description=f"SegFormer-{k.upper()} (MiT-{k.upper()} + All-MLP decoder)")
     for k, v in MIT_CONFIGS.items()
 }
+VARIANTS["allmlp-effnet-lite0"] = dict(
+    build=build_allmlp, config_class=AllMLPConfig,
+    config=dict(backbone="efficientnet-lite0"),
+    description="All-MLP decoder (C=256) on EfficientNet-Lite0 (packaged ImageNet weights, output stride 32): "
+                "SANet's plain-head baseline")
+VARIANTS["allmlp-tiny"] = dict(
+    build=build_allmlp, config_class=AllMLPConfig,
+    config=dict(backbone="efficientnet-lite0", backbone_options={"pretrained": False}, decoder_dim=16),
+    description="small All-MLP + EfficientNet-Lite0 for tests (random weights)")
