@@ -267,7 +267,8 @@ def cmd_eval(args) -> int:
             atomic_write_text(args.out, json.dumps({"model": str(args.model), "dataset": args.dataset,
                                                     "split": args.split, "model_options": args.model_option,
                                                     "resize": args.scale, "isr": args.isr, "mode": args.mode,
-                                                    "scales": args.scales, "flip": args.flip, "class_names": ds.class_names, **m},
+                                                    "scales": args.scales, "flip": args.flip,
+                                                    "class_names": ds.class_names, **m},
                                                    indent=2))
             print(f"wrote {args.out}")
     return 0

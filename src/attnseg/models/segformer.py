@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ConvBNAct, check_images, exporting, resize, resize_sum, tokens_to_map
+from .layers import ConvBNAct, check_images, exporting, map_to_tokens, resize, resize_sum, tokens_to_map
 from .mit import MIT_CONFIGS, MiTConfig, MixVisionTransformer
 
 
@@ -191,7 +191,7 @@ class AllMLPSeg(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         check_images(images)
-        feats = [(f.flatten(2).transpose(1, 2), f.shape[2], f.shape[3]) for f in self.backbone(images)]
+        feats = [(map_to_tokens(f), f.shape[2], f.shape[3]) for f in self.backbone(images)]
         return self.decode_head(feats)
 
 
