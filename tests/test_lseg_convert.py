@@ -67,7 +67,7 @@ def _official_state_dict(seed=0) -> dict[str, torch.Tensor]:
     return sd
 
 
-def _reference(sd, x, t, block_depth):
+def _reference(sd, x, t, block_depth, bottleneck=True):
     """The release's forward (lseg_net.LSeg.forward + lseg_vit.forward_vit), written out on raw tensors."""
     w = lambda k: sd[P + k]  # noqa: E731
     B, _, H, W = x.shape
@@ -127,13 +127,16 @@ def _reference(sd, x, t, block_depth):
     img = img / img.norm(dim=-1, keepdim=True)
     out = ((1 / 0.07) * img @ t.T).view(B, path.shape[2], path.shape[3], -1).permute(0, 3, 1, 2)
 
-    def block(v, act=True):
+    def block(v, act=True):  # lseg_blocks.BottleneckBlock / DepthwiseBlock
         s = v.max(dim=1, keepdim=True)[0]
         n = v.shape[1]
         v = F.conv2d(v.reshape(-1, 1, *v.shape[2:]), w("scratch.head_block.depthwise.depthwise.weight"),
-                     w("scratch.head_block.depthwise.depthwise.bias"), padding=1).view(B, n, *v.shape[2:]) + s
+                     w("scratch.head_block.depthwise.depthwise.bias"), padding=1).view(B, n, *v.shape[2:])
+        if bottleneck:
+            v = v + s
         return F.leaky_relu(v) if act else v
 
+    # lseg_net.LSeg.forward: `for _ in range(block_depth - 1)` activated passes, then one without (so 0 -> one)
     for _ in range(block_depth - 1):
         out = block(out)
     out = block(out, False)
@@ -159,9 +162,42 @@ def test_release_checkpoint_converts_and_matches_the_reference_forward(tmp_path)
     assert (got - ref).abs().max() < 1e-4 * ref.abs().max()
 
 
+@pytest.mark.parametrize("arch_option", [1, 2])
+@pytest.mark.parametrize("block_depth", [0, 1, 2, 3, None])
+def test_block_depth_as_the_release_runs_it(tmp_path, arch_option, block_depth):
+    """block_depth 0 (lang-seg's argparse default, also when the hyper-parameter is absent) applies one block."""
+    sd = _official_state_dict(seed=1)
+    hp = {"backbone": "clip_vitb32_384", "arch_option": arch_option, "activation": "lrelu"}
+    if block_depth is not None:
+        hp["block_depth"] = block_depth
+    torch.save({"state_dict": sd, "hyper_parameters": hp}, tmp_path / "m.ckpt")
+    model = attnseg.load_model(tmp_path / "m.ckpt", model="lseg-vit-tiny")
+    assert model.config["block_type"] == {1: "bottleneck", 2: "depthwise"}[arch_option]
+    torch.manual_seed(1)
+    x, t = torch.randn(1, 3, 64, 96), F.normalize(torch.randn(4, C), dim=1)
+    with torch.no_grad():
+        ref = _reference(sd, x, t, block_depth=block_depth or 0, bottleneck=arch_option == 1)
+        got = model(x, text_embeddings=t)
+        no_block = _reference(sd, x, t, block_depth=0, bottleneck=arch_option == 1)
+    assert (got - ref).abs().max() <= 1e-4 * ref.abs().max()
+    if block_depth in (2, 3):  # the depths differ from each other, so the comparison can tell them apart
+        assert (no_block - ref).abs().max() > 1e-2 * ref.abs().max()
+
+
+def test_unused_head_block_weights_are_refused(tmp_path):
+    """arch_option 0 builds no spatial block: weights for one would load and never run."""
+    torch.save({"state_dict": _official_state_dict(), "hyper_parameters": {"arch_option": 0}}, tmp_path / "a.ckpt")
+    with pytest.raises(ModelLoadError, match="head_block") as e:
+        attnseg.load_model(tmp_path / "a.ckpt", model="lseg-vit-tiny")
+    assert "\n" not in str(e.value)
+    m = attnseg.load_model(tmp_path / "a.ckpt", model="lseg-vit-tiny", block_type="depthwise", block_depth=2)
+    assert m.config["block_type"] == "depthwise" and m.config["block_depth"] == 2
+
+
 def test_leftover_and_missing_keys_are_named(tmp_path):
     sd = _official_state_dict()
     sd[P + "scratch.mystery.weight"] = torch.zeros(1)
+    del sd[P + "scratch.head_block.depthwise.depthwise.weight"], sd[P + "scratch.head_block.depthwise.depthwise.bias"]
     torch.save({"state_dict": sd, "hyper_parameters": {"arch_option": 0}}, tmp_path / "a.ckpt")
     with pytest.raises(ModelLoadError, match="scratch.mystery.weight"):
         attnseg.load_model(tmp_path / "a.ckpt", model="lseg-vit-tiny")

@@ -257,7 +257,7 @@ def load_model(source: str | os.PathLike, model: str | None = None, num_classes:
         raise unknown_model_error(variant)
     if fmt == "lseg":
         try:
-            sd, cfg_over = conv_lseg.from_official(sd, hparams)
+            sd, cfg_over = conv_lseg.from_official(sd, hparams, overrides)
         except ConversionError as e:
             raise ModelLoadError(str(e)) from None
     elif fmt != "attnseg":

@@ -63,9 +63,20 @@ def rules() -> list[Rule]:
     return r
 
 
-def from_official(sd: dict[str, torch.Tensor], hparams: dict | None = None) -> tuple[dict, dict]:
-    """(state dict in our names, config overrides)."""
-    hp = hparams or {}
+def from_official(sd: dict[str, torch.Tensor], hparams: dict | None = None,
+                  given: dict | None = None) -> tuple[dict, dict]:
+    """(state dict in our names, config overrides). `given`: the caller's config overrides, which settle the
+    block type and depth where the checkpoint's hyper-parameters do not (or are wrong)."""
+    hp = dict(hparams or {})
+    given = given or {}
+    if "block_type" in given:
+        options = {v: k for k, v in ARCH_OPTIONS.items()}
+        if given["block_type"] not in options:
+            raise ConversionError(f"block_type must be one of {', '.join(options)}, got {given['block_type']!r}")
+        hp["arch_option"] = options[given["block_type"]]
+        hp.setdefault("block_depth", given.get("block_depth", 0))
+    if "block_depth" in given:
+        hp["block_depth"] = given["block_depth"]
     out = apply_key_map(sd, rules(), fmt="LSeg release checkpoint")
     out["logit_scale"] = torch.tensor(math.log(1 / 0.07))
     cfg: dict = {"features": int(out["layer_rn.0.weight"].shape[0]), "text_dim": int(out["head1.weight"].shape[0])}
@@ -73,8 +84,7 @@ def from_official(sd: dict[str, torch.Tensor], hparams: dict | None = None) -> t
     has_block = "head_block.depthwise.weight" in out
     if "arch_option" in hp:
         cfg["block_type"] = ARCH_OPTIONS[int(hp["arch_option"])]
-        if "block_depth" in hp:
-            cfg["block_depth"] = int(hp["block_depth"])
+        cfg["block_depth"] = int(hp.get("block_depth", 0))  # lang-seg's argparse default is 0 (one block)
         if "activation" in hp:
             cfg["activation"] = str(hp["activation"])
     elif has_block:
@@ -83,6 +93,8 @@ def from_official(sd: dict[str, torch.Tensor], hparams: dict | None = None) -> t
                               "block_type='bottleneck', block_depth=2 to load_model")
     else:
         cfg["block_type"] = "none"
-    if cfg.get("block_type") == "none" and has_block:
-        del out["head_block.depthwise.weight"], out["head_block.depthwise.bias"]
+    if cfg["block_type"] == "none" and has_block:  # weights that would load and never run: refuse them
+        raise ConversionError("the checkpoint has spatial regularization weights (scratch.head_block.*) but "
+                              f"arch_option {hp.get('arch_option', 0)} uses none; pass block_type='bottleneck' or "
+                              "'depthwise' (and block_depth) to load_model if the hyper-parameters are wrong")
     return out, cfg

@@ -8,7 +8,8 @@ Li et al., "Language-driven Semantic Segmentation", ICLR 2022 (official code isl
     F = SpatialRegularization(F)            label-equivariant blocks, then bilinear x2 to the input size
 Spatial regularization (Sec. 3.3): a DepthwiseBlock is one 3x3 kernel shared by every label channel
 (+ activation); a BottleneckBlock adds the max over label channels before the activation. As in the
-release the same block is applied `block_depth` times (shared weights), the last without activation.
+release (`lseg_net.py`) the same block (shared weights) is applied `block_depth - 1` times with activation and
+then once more without, so `block_depth` 0 and 1 both apply it once (0 is the release's argparse default).
 No operation mixes label channels except the max, so permuting the labels permutes the output.
 
 Image encoder of `lseg-effnet-lite0` (the CNN "hybrid"): EfficientNet-Lite0 features at strides 4..32
@@ -111,6 +112,8 @@ class LSeg(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(cfg.logit_scale)))  # stored as log, like CLIP
         if cfg.block_type not in ("bottleneck", "depthwise", "none"):
             raise ValueError(f"block_type must be bottleneck, depthwise or none, got {cfg.block_type!r}")
+        if not isinstance(cfg.block_depth, int) or cfg.block_depth < 0:
+            raise ValueError(f"block_depth must be an integer >= 0, got {cfg.block_depth!r}")
         if cfg.block_type != "none":
             self.head_block = SpatialRegBlock(cfg.block_type == "bottleneck", cfg.activation)
         self.default_labels: list[str] | None = None
@@ -175,8 +178,10 @@ class LSeg(nn.Module):
         so one image pass can be scored against several label sets."""
         logits = self.correlate(h, t)  # F = s * I . T^T
         if self.cfg.block_type != "none":
-            for i in range(self.cfg.block_depth):
-                logits = self.head_block(logits, act=i < self.cfg.block_depth - 1)
+            # the release: `block_depth - 1` activated passes, then one without; depth 0 still applies one block
+            n = max(1, self.cfg.block_depth)
+            for i in range(n):
+                logits = self.head_block(logits, act=i < n - 1)
         # the release upsamples x2 with align_corners=True (size-based, so odd input sizes work too)
         return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=True)
 
