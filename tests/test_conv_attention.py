@@ -22,11 +22,12 @@ def reference_nonlocal(block, x, mode, dim, sub_sample, scale):
     def c1x1(t, m):
         return conv(t, m.weight, m.bias)
 
-    xs = pool(x) if sub_sample else x
-    g = c1x1(xs, block.g).flatten(2)  # (B, C', M)
-    xi, xj = x.flatten(2), xs.flatten(2)
+    sub = pool if sub_sample else (lambda t: t)
+    # Fig. 2 / Sec. 3.3: the max-pool comes after the phi and g convolutions (gaussian: x pooled for phi)
+    g = sub(c1x1(x, block.g)).flatten(2)  # (B, C', M)
+    xi, xj = x.flatten(2), sub(x).flatten(2)
     if mode != "gaussian":
-        xi, xj = c1x1(x, block.theta).flatten(2), c1x1(xs, block.phi).flatten(2)
+        xi, xj = c1x1(x, block.theta).flatten(2), sub(c1x1(x, block.phi)).flatten(2)
     N, M = xi.shape[-1], xj.shape[-1]
     y = torch.zeros(B, g.shape[1], N)
     for b in range(B):

@@ -226,7 +226,7 @@ def test_hub_id_fails_fast_offline(monkeypatch):
 def test_unknown_sources():
     with pytest.raises(ModelLoadError, match="create_model"):
         attnseg.load_model("segformer-b0")
-    with pytest.raises(ModelLoadError, match="not a file"):
+    with pytest.raises(ModelLoadError, match="not found"):
         attnseg.load_model("no_such_file.pth")
     with pytest.raises(ValueError, match="Valid names"):
         attnseg.load_model("x.pth", model="segformer-x")

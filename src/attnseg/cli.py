@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -14,6 +16,49 @@ def is_language_driven(model) -> bool:
 
 class CLIError(Exception):
     """An error the user can fix; printed as one line, no traceback."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `attnseg predict: error: argument --alpha: ...` and exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(s: str, kind=float):
+    """A finite float, or an integer (also written 4e7)."""
+    try:
+        v = float(s)
+    except ValueError:
+        v = math.nan
+    if not math.isfinite(v) or (kind is int and not v.is_integer()):
+        raise argparse.ArgumentTypeError(f"expected a finite {'integer' if kind is int else 'number'}, got {s!r}")
+    return int(v) if kind is int else v
+
+
+def int_range(lo: int, hi: int | None = None):
+    def parse(s: str) -> int:
+        v = _number(s, int)
+        if v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"{v} is out of range; expected an integer in [{lo}, {hi if hi else 'inf'})")
+        return v
+    return parse
+
+
+def float_range(lo: float, hi: float, lo_open: bool = False):
+    def parse(s: str) -> float:
+        v = _number(s, float)
+        if v < lo or (lo_open and v == lo) or v > hi:
+            raise argparse.ArgumentTypeError(f"{s} is out of range; expected a number in {'(' if lo_open else '['}{lo}, {hi}]")
+        return v
+    return parse
+
+
+def _size(s: str):
+    """--size: auto (the model's working size), native, or a short side in pixels."""
+    if s.lower() in ("auto", "native"):
+        return s.lower()
+    return int_range(8, 16384)(s)
 
 
 def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -34,6 +79,8 @@ def _load(args):
         if str(args.model).endswith(".onnx"):
             from .export import OnnxModel
 
+            if not Path(args.model).is_file():
+                raise CLIError(f"--model {args.model}: file not found")
             return OnnxModel(args.model, getattr(args, "threads", None))
         over = {"text_encoder": args.text_encoder} if getattr(args, "text_encoder", None) else {}
         over.update(_model_options(getattr(args, "model_option", [])))
@@ -66,46 +113,173 @@ def _maybe_onnx(model, args):
     if getattr(args, "isr", None):
         model.set_isr(**parse_isr(args.isr))
         args.isr = None  # baked into the graph
-    path = Path(tempfile.mkdtemp(prefix="attnseg_onnx_")) / "model.onnx"
-    try:
-        export_onnx(model, path)
-        return OnnxModel(path, getattr(args, "threads", None))
-    except ImportError as e:
-        raise CLIError(str(e)) from None
+    with tempfile.TemporaryDirectory(prefix="attnseg_onnx_") as tmp:  # the session keeps the graph in memory
+        path = Path(tmp) / "model.onnx"
+        try:
+            export_onnx(model, path)
+            return OnnxModel(path, getattr(args, "threads", None))
+        except ImportError as e:
+            raise CLIError(str(e)) from None
+        except Exception as e:
+            raise CLIError(f"--backend onnx: {args.model} could not be exported ({type(e).__name__}: "
+                           f"{_first_line(e)}); use --backend eager") from None
+
+
+def _first_line(e: BaseException) -> str:
+    return next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+
+
+def _check_onnx_size(model, args) -> None:
+    """A fixed-size ONNX graph runs one input size: say so before any image is read."""
+    fixed = getattr(model, "fixed_size", None)
+    if not fixed:
+        return
+    if getattr(args, "mode", "whole") == "slide":
+        if tuple(args.crop) != fixed:
+            raise CLIError(f"{args.model} is a fixed-size graph ({fixed[0]}x{fixed[1]}); use --crop "
+                           f"{fixed[0]}x{fixed[1]} or export with --dynamic")
+        return
+    raise CLIError(f"{args.model} is a fixed-size graph ({fixed[0]}x{fixed[1]}) and images are resized by their "
+                   f"short side; export with --dynamic, or use --mode slide --crop {fixed[0]}x{fixed[1]}")
 
 
 def cmd_models(args) -> int:
     from .hub import list_pretrained
-    from .models import MODELS, create_model, has_classifier
+    from .models import MODELS, count_parameters, recorded_parameters
 
     print(f"{'name':<20} {'params (M)':>10}  description")
     for name in sorted(MODELS):
         if args.filter and args.filter not in name:
             continue
-        kw = {"num_classes": args.num_classes} if has_classifier(name) else {}
-        m = create_model(name, **kw)
-        n = sum(p.numel() for p in m.parameters()) / 1e6
-        print(f"{name:<20} {n:>10.2f}  {MODELS[name]['description']}")
+        n = recorded_parameters(name, args.num_classes)  # from the table the tests keep true: no model is built
+        n = count_parameters(name, args.num_classes) if n is None else n
+        print(f"{name:<20} {n / 1e6:>10.2f}  {MODELS[name]['description']}")
     shipped = list_pretrained()
     print(f"\nshipped trained weights: {', '.join(shipped) if shipped else 'none yet'}")
     return 0
 
 
-def _collect_inputs(inputs: list[str]) -> list[Path]:
+def plan_outputs(inputs: list[str], out: Path) -> list[tuple[Path, Path]]:
+    """(input image, output base path without extension) for every image the inputs name.
+
+    Outputs mirror each image's path under the folder argument it was found in (`OUT/SUB/NAME.png`, a
+    file argument gives `OUT/NAME.png`). Images whose names differ only by extension keep it
+    (`OUT/NAME.jpg.png`); the same relative path from two arguments goes under each argument's folder
+    name (`OUT/a/NAME.png`, `OUT/b/NAME.png`). The output folder is never walked as input, an output
+    never replaces an input, and two inputs never share an output (refused if no rule separates them).
+    """
     from .io import IMAGE_EXTENSIONS
 
-    files = []
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} is a file; name a folder for the label maps and overlays")
+    out_r = out.resolve()
+    entries: list[tuple[Path, Path, str]] = []  # (file, path relative to its argument, the argument's name)
     for s in inputs:
         p = Path(s)
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+            if p.resolve() == out_r:
+                raise CLIError(f"--out {out} is the input folder {s}: the outputs would be mixed with (and could "
+                               "replace) the images; choose another --out")
+            for f in sorted(p.rglob("*")):
+                if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file() and out_r not in f.resolve().parents:
+                    entries.append((f, f.relative_to(p), p.resolve().name or "input"))
+        elif p.is_file():
+            entries.append((p, Path(p.name), p.resolve().parent.name or "input"))
         elif p.exists():
-            files.append(p)
+            raise CLIError(f"input {s} is neither a file nor a folder")
         else:
             raise CLIError(f"input not found: {s}")
-    if not files:
-        raise CLIError(f"no images found in {', '.join(inputs)} (looked for {', '.join(IMAGE_EXTENSIONS)})")
-    return files
+    if not entries:
+        raise CLIError(f"no images found in {', '.join(inputs)} (looked for {', '.join(IMAGE_EXTENSIONS)}"
+                       + (f"; {out} itself is skipped" if any(Path(i).resolve() in out_r.parents for i in inputs)
+                          else "") + ")")
+
+    def key(b: Path) -> str:
+        return str(b).lower()  # case-insensitive file systems
+
+    bases = [rel.with_suffix("") for _, rel, _ in entries]
+    for rule in ("extension", "argument"):
+        groups: dict[str, list[int]] = {}
+        for i, b in enumerate(bases):
+            groups.setdefault(key(b), []).append(i)
+        for idx in (g for g in groups.values() if len(g) > 1):
+            for i in idx:
+                _, rel, arg = entries[i]
+                if rule == "extension" and len({entries[j][2] for j in idx}) == 1:
+                    bases[i] = rel
+                elif rule == "argument":
+                    bases[i] = Path(arg) / bases[i]
+    seen: dict[str, Path] = {}
+    for (f, _, _), b in zip(entries, bases):
+        if key(b) in seen:
+            raise CLIError(f"{seen[key(b)]} and {f} would write the same output {out / b}.png; "
+                           "predict them in separate runs (or with separate --out folders)")
+        seen[key(b)] = f
+    plan = [(f, out / b) for (f, _, _), b in zip(entries, bases)]
+    inputs_r = {f.resolve() for f, _ in plan}
+    for _, b in plan:
+        for o in output_files(b):
+            if o.resolve() in inputs_r:
+                raise CLIError(f"output {o} would replace an input image; choose another --out")
+    return plan
+
+
+def output_files(base: Path) -> tuple[Path, Path]:
+    """The label map and the overlay written for one image."""
+    return base.with_name(base.name + ".png"), base.with_name(base.name + "_overlay.jpg")
+
+
+def _check_out_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CLIError(f"cannot create --out {out}: {e.strerror or e}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise CLIError(f"--out {out} is not writable; choose another folder")
+
+
+def _check_file_out(path: str, flag: str = "--out") -> Path:
+    """An output file path: not a folder, in a folder that exists or can be made and is writable."""
+    p = Path(path)
+    if p.is_dir() or str(path).endswith(("/", os.sep)):
+        raise CLIError(f"{flag} {path} is a folder; name a file")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CLIError(f"{flag} {path}: cannot create {p.parent}: {e.strerror or e}") from None
+    if not os.access(p.parent, os.W_OK | os.X_OK):
+        raise CLIError(f"{flag} {path}: folder {p.parent} is not writable")
+    return p
+
+
+def check_device(name: str) -> str:
+    import torch
+
+    kind = name.split(":")[0]
+    if kind not in ("cpu", "cuda", "mps"):
+        raise CLIError(f"--device {name!r}: expected cpu, cuda, cuda:N or mps")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    if kind == "cuda" and ":" in name:
+        try:
+            i = int(name.split(":")[1])
+        except ValueError:
+            raise CLIError(f"--device {name!r}: expected cuda:N") from None
+        if not 0 <= i < torch.cuda.device_count():
+            raise CLIError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise CLIError("--device mps: MPS is not available here; use --device cpu")
+    return name
+
+
+def _inference_config(args, scales=None, flip=False):
+    from .engine.inference import InferenceConfig
+
+    stride = args.stride or tuple(max(1, math.ceil(c * 2 / 3)) for c in args.crop)
+    try:
+        return InferenceConfig(mode=args.mode, crop=args.crop, stride=stride, scales=scales or [1.0], flip=flip)
+    except ValueError as e:
+        raise CLIError(f"--stride/--crop: {e}") from None
 
 
 def default_model_source() -> str | None:
@@ -123,10 +297,15 @@ def cmd_predict(args) -> int:
     from tqdm import tqdm
 
     import attnseg
-    from .engine.inference import InferenceConfig
-    from .io import ImageReadError, atomic_save, label_png, overlay, read_image
+    from .io import MAX_LABELS, ImageReadError, atomic_save, label_png, overlay, read_image
 
-    files = _collect_inputs(args.inputs)
+    check_device(args.device)
+    out = Path(args.out)
+    plan = plan_outputs(args.inputs, out)
+    inference = _inference_config(args)
+    labels = _read_labels(args)
+    if labels is not None and len(labels) > MAX_LABELS:
+        raise CLIError(f"--labels: {len(labels)} labels; at most {MAX_LABELS} (label maps are one byte per pixel)")
     if args.model is None:
         args.model = default_model_source()
         if args.model is None:
@@ -137,30 +316,38 @@ def cmd_predict(args) -> int:
     if args.model is not None:
         model = _load(args)
     _apply_isr(model, args)
-    inference = InferenceConfig(mode=args.mode, crop=args.crop, stride=args.stride)
-    seg = attnseg.Segmenter(model, size=args.size, inference=inference, device=args.device)
+    _check_onnx_size(model, args)
+    try:
+        seg = attnseg.Segmenter(model, size=args.size, inference=inference, device=args.device)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     kw = {}
-    labels = _read_labels(args)
+    palette = seg.palette
     if labels is not None:
         if not is_language_driven(model):
             raise CLIError(f"--labels needs a language-driven model (lseg-*); {args.model} has fixed classes")
         kw["labels"] = labels
         seg.class_names = labels
+        palette = seg.palette_for(len(labels))
     elif is_language_driven(model) and not getattr(model, "default_labels", None):
         raise CLIError("this LSeg model needs --labels \"sky, road, car, other\" (or --labels-file FILE)")
-    out = Path(args.out)
-    failed = []
-    bar = tqdm(files, unit="img", disable=len(files) < 2 or not sys.stderr.isatty())
-    for f in bar:
+    _check_out_dir(out)
+    failed, replaced = [], 0
+    bar = tqdm(plan, unit="img", disable=len(plan) < 2 or not sys.stderr.isatty())
+    for f, base in bar:
         try:
-            rgb = read_image(f)
-        except ImageReadError as e:
+            rgb = read_image(f, args.max_pixels)
+            label = seg.predict(rgb, **kw)
+        except (ImageReadError, MemoryError, RuntimeError) as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             failed.append(f)
-            tqdm.write(f"error: {e}; skipped", file=sys.stderr)
+            tqdm.write(f"error: {msg if isinstance(e, ImageReadError) else f'{f}: {type(e).__name__}: {msg}'}; "
+                       "skipped", file=sys.stderr)
             continue
-        label = seg.predict(rgb, **kw)
-        atomic_save(label_png(label, seg.palette), out / f"{f.stem}.png")
-        atomic_save(overlay(rgb, label, seg.palette, args.alpha), out / f"{f.stem}_overlay.jpg", quality=90)
+        lab_path, ov_path = output_files(base)
+        replaced += lab_path.exists() + ov_path.exists()
+        atomic_save(label_png(label, palette), lab_path)
+        atomic_save(overlay(rgb, label, palette, args.alpha), ov_path, quality=90)
         if not bar.disable:
             continue
         counts = np.bincount(label.ravel(), minlength=1)
@@ -168,10 +355,11 @@ def cmd_predict(args) -> int:
         names = seg.class_names or []
         desc = ", ".join(f"{names[i] if i < len(names) else i} {100 * counts[i] / label.size:.0f}%" for i in top
                          if counts[i])
-        print(f"{f} -> {out / (f.stem + '.png')} ({desc})")
-    ok = len(files) - len(failed)
-    print(f"wrote {ok} label map(s) and overlay(s) to {out}" + (f"; {len(failed)} failed: "
-                                                                 + ", ".join(map(str, failed)) if failed else ""))
+        print(f"{f} -> {lab_path} ({desc})")
+    ok = len(plan) - len(failed)
+    print(f"wrote {ok} label map(s) and overlay(s) to {out}" + (f" (replaced {replaced} existing file(s))"
+                                                                 if replaced else "")
+          + (f"; {len(failed)} failed: " + ", ".join(map(str, failed)) if failed else ""))
     return 1 if failed else 0
 
 
@@ -180,7 +368,7 @@ def _read_labels(args) -> list[str] | None:
     from .models.text import TextEncoderError, check_labels
 
     raw = None
-    if getattr(args, "labels", None):
+    if getattr(args, "labels", None) is not None:
         raw = [s for s in args.labels.split(",")]
     if getattr(args, "labels_file", None):
         try:
@@ -202,6 +390,8 @@ def _pair(s: str) -> tuple[int, int]:
         v = tuple(int(p) for p in parts)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected N or HxW, got {s!r}") from None
+    if len(v) > 2 or min(v) < 1 or max(v) > 16384:
+        raise argparse.ArgumentTypeError(f"expected N or HxW with sides in 1..16384, got {s!r}")
     return (v[0], v[0]) if len(v) == 1 else v[:2]
 
 
@@ -215,7 +405,7 @@ def cmd_train(args) -> int:
         cfg = load_config(args.config, args.set)
         if args.work_dir:
             cfg.train.work_dir = args.work_dir
-        result = train(cfg, resume=args.resume)
+        result = train(cfg, resume=args.resume, overwrite=args.overwrite)
     except (ConfigError, DatasetError, ImageReadError, TrainingError, FileNotFoundError) as e:
         raise CLIError(str(e)) from None
     best = result["best"]
@@ -233,11 +423,15 @@ def cmd_eval(args) -> int:
     from .data import DatasetError, EvalTransform, build_dataset
     from .engine.distributed import cleanup, init_distributed, is_main
     from .engine.evaluate import evaluate
-    from .engine.inference import InferenceConfig
     from .engine.metrics import format_table
     from .io import ImageReadError, atomic_write_text
 
+    check_device(args.device)
+    if args.out:
+        _check_file_out(args.out)
+    inference = _inference_config(args, args.scales, args.flip)
     model = _load(args)
+    _check_onnx_size(model, args)
     rank, world, _ = init_distributed(torch.device(args.device).type)
     try:
         ds = build_dataset(args.dataset, args.data_root, args.split,
@@ -252,7 +446,6 @@ def cmd_eval(args) -> int:
                 raise CLIError(f"--labels gives {len(model_kwargs['labels'])} labels for {ds.num_classes} classes")
         elif k is not None and k != ds.num_classes:
             raise CLIError(f"model has {k} classes but dataset {args.dataset} has {ds.num_classes}")
-        inference = InferenceConfig(args.mode, args.crop, args.stride, scales=args.scales, flip=args.flip)
         meta = getattr(model, "meta", {}) or {}
         _apply_isr(model, args)
         m = evaluate(model, ds, inference, meta.get("mean"), meta.get("std"), args.device, ds.num_classes,
@@ -329,13 +522,14 @@ def _model_from_name_or_source(args, fixed_labels: bool = False):
 
 
 def cmd_export(args) -> int:
-    from .export import export_onnx
+    from .export import ExportError, export_onnx
 
+    _check_file_out(args.out)
     model = _model_from_name_or_source(args)
     _apply_isr(model, args)
     try:
         path = export_onnx(model, args.out, dynamic=args.dynamic, example_size=args.size, opset=args.opset)
-    except ImportError as e:
+    except (ImportError, ExportError) as e:
         raise CLIError(str(e)) from None
     print(f"wrote {path} ({'dynamic batch/height/width' if args.dynamic else f'fixed {args.size[0]}x{args.size[1]}'}"
           + (f", ISR {args.isr} baked in" if args.isr else "") + ")")
@@ -437,41 +631,46 @@ def parse_isr(s: str) -> dict:
     return out
 
 
-def _floats(s: str) -> list[float]:
-    try:
-        return [float(v) for v in s.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from None
+def _scales(s: str) -> list[float]:
+    """--scales: comma-separated finite numbers in (0, 8]."""
+    return [float_range(0.0, 8.0, lo_open=True)(v) for v in s.split(",")]
 
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    ap = argparse.ArgumentParser(prog="attnseg", description="Attention-based semantic segmentation.")
+    ap = _Parser(prog="attnseg", description="Attention-based semantic segmentation.")
     ap.add_argument("--version", action="version", version=f"attnseg {__version__}")
     sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
 
     p = sub.add_parser("models", help="list model variants with parameter counts")
     p.add_argument("--filter", default=None, help="only names containing this")
-    p.add_argument("--num-classes", type=int, default=150, help="classes for the parameter count (default 150)")
+    p.add_argument("--num-classes", type=int_range(1, 65535), default=150,
+                   help="classes for the parameter count (default 150)")
     p.set_defaults(fn=cmd_models)
 
     p = sub.add_parser("predict", help="segment images; writes NAME.png label maps and NAME_overlay.jpg")
     p.add_argument("inputs", nargs="+", help="image files or folders")
     _add_model_args(p, required=False)
     p.add_argument("--out", default="outputs", help="output folder (default: outputs)")
-    p.add_argument("--size", type=int, default=None, help="resize the short side to this before inference")
+    p.add_argument("--size", type=_size, default="auto",
+                   help="short side to run at: auto (default: the size the model was trained at, as its checkpoint "
+                        "records; 512 if it records none), native (the image's own resolution) or N pixels; the "
+                        "label map always comes back at the image's size")
     p.add_argument("--mode", choices=["whole", "slide"], default="whole")
     p.add_argument("--crop", type=_pair, default=(512, 512), help="slide window, N or HxW")
-    p.add_argument("--stride", type=_pair, default=(341, 341), help="slide stride, N or HxW")
-    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    p.add_argument("--stride", type=_pair, default=None, help="slide stride, N or HxW (default: 2/3 of the crop)")
+    p.add_argument("--alpha", type=float_range(0.0, 1.0), default=0.5, help="overlay opacity in [0, 1]")
+    p.add_argument("--max-pixels", type=int_range(1), default=None,
+                   help="refuse images with more pixels than this, read from the header before decoding "
+                        "(default 250e6)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--isr", default=None, help="inference spatial reduction ENC[:DEC], e.g. 2,2,1,1:2,2,2")
     p.add_argument("--backend", choices=["eager", "onnx"], default="eager",
                    help="onnx: run in onnxruntime (a .onnx --model, or export the checkpoint first)")
     p.add_argument("--labels", default=None, help='LSeg: comma-separated labels, e.g. "sky, road, car, other"')
     p.add_argument("--labels-file", default=None, help="LSeg: labels, one per line")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int_range(1, 1024), default=None)
     p.set_defaults(fn=cmd_predict)
 
     p = sub.add_parser("train", help="train a model from a YAML config (torchrun for multi-process)")
@@ -480,6 +679,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value, e.g. --set train.iters=1000 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from WORK_DIR/latest.pth")
     p.add_argument("--work-dir", default=None, help="output folder (overrides train.work_dir)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in the work dir")
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a model on a dataset split (aAcc, mAcc, mIoU, per-class table)")
@@ -490,19 +690,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val")
     p.add_argument("--mode", choices=["whole", "slide"], default="whole")
     p.add_argument("--crop", type=_pair, default=(512, 512))
-    p.add_argument("--stride", type=_pair, default=(341, 341))
-    p.add_argument("--scales", type=_floats, default=[1.0], help="multi-scale test, e.g. 0.5,0.75,1.0,1.25,1.5,1.75")
+    p.add_argument("--stride", type=_pair, default=None, help="slide stride (default: 2/3 of the crop)")
+    p.add_argument("--scales", type=_scales, default=[1.0], help="multi-scale test, e.g. 0.5,0.75,1.0,1.25,1.5,1.75")
     p.add_argument("--flip", action="store_true", help="add horizontally flipped inputs")
     p.add_argument("--scale", type=_pair, default=None, help="keep-ratio resize before inference, e.g. 2048x512")
     p.add_argument("--isr", default=None, help="inference spatial reduction ENC[:DEC]")
-    p.add_argument("--fb-background", type=int, default=None, help="report FB-IoU with this background class")
+    p.add_argument("--fb-background", type=int_range(0, 65535), default=None, help="report FB-IoU with this background class")
     p.add_argument("--labels", default=None, help="LSeg: labels in class order (e.g. synonyms), comma-separated")
     p.add_argument("--labels-file", default=None, help="LSeg: labels in class order, one per line")
-    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("--limit", type=int_range(1), default=None, help="only the first N images")
     p.add_argument("--out", default=None, help="write metrics as JSON here")
     p.add_argument("--device", default="cpu")
     p.add_argument("--backend", choices=["eager", "onnx"], default="eager")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int_range(1, 1024), default=None)
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("fewshot", help="zero-shot LSeg on few-shot benchmarks (PASCAL-5i, COCO-20i, FSS-1000)")
@@ -513,10 +713,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=lambda s: [int(v) for v in s.split(",")], default=[0],
                    help="comma-separated folds (PASCAL/COCO 0..3; FSS-1000 has one split: 0)")
     p.add_argument("--split", default="val", help="val (PASCAL/COCO), test (FSS-1000)")
-    p.add_argument("--episodes", type=int, default=1000)
-    p.add_argument("--shots", type=int, default=1, help="support images drawn per episode (unused zero-shot)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=480, help="square input size (a multiple of the ViT patch)")
+    p.add_argument("--episodes", type=int_range(1), default=1000)
+    p.add_argument("--shots", type=int_range(1, 100), default=1, help="support images drawn per episode (unused zero-shot)")
+    p.add_argument("--seed", type=int_range(0), default=0)
+    p.add_argument("--size", type=int_range(16, 8192), default=480, help="square input size (a multiple of the ViT patch)")
     p.add_argument("--background", default="other", help="the background label")
     p.add_argument("--out", default=None, help="write results as JSON here")
     p.add_argument("--device", default="cpu")
@@ -525,7 +725,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export to ONNX (dynamic batch/height/width; ISR settings baked in)")
     p.add_argument("--model", required=True, help="registered name (random weights) or checkpoint")
     p.add_argument("--arch", default=None)
-    p.add_argument("--num-classes", type=int, default=150, help="classes (LSeg: number of labels); default 150")
+    p.add_argument("--num-classes", type=int_range(1, 4096), default=150,
+                   help="classes (LSeg: number of labels); default 150")
     p.add_argument("--format", choices=["onnx"], default="onnx")
     p.add_argument("--out", required=True, help="output .onnx file")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
@@ -539,7 +740,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="registered name (random weights) or checkpoint")
     p.add_argument("--arch", default=None)
     p.add_argument("--size", type=_pair, default=(512, 512))
-    p.add_argument("--num-classes", type=int, default=150, help="classes (LSeg: number of labels); default 150")
+    p.add_argument("--num-classes", type=int_range(1, 4096), default=150,
+                   help="classes (LSeg: number of labels); default 150")
     p.add_argument("--isr", default=None, help="ENC[:DEC], e.g. 2,2,1,1:2,2,2")
     p.add_argument("--as-run", action="store_true",
                    help="count the operations actually executed (SegFormer's fused decoder) instead of the paper's")
@@ -548,16 +750,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("benchmark", help="latency, throughput and peak memory")
     p.add_argument("--model", required=True, help="registered name (random weights) or checkpoint")
     p.add_argument("--arch", default=None)
-    p.add_argument("--num-classes", type=int, default=150, help="classes (LSeg: number of labels); default 150")
+    p.add_argument("--num-classes", type=int_range(1, 4096), default=150,
+                   help="classes (LSeg: number of labels); default 150")
     p.add_argument("--size", type=_pair, default=(512, 512))
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--batch", type=int_range(1, 1024), default=1)
+    p.add_argument("--threads", type=int_range(1, 1024), default=None)
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--backend", choices=["eager", "compile", "onnx"], default="eager")
     p.add_argument("--device", default="cpu")
     p.add_argument("--isr", default=None)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--warmup", type=int_range(0, 100000), default=3)
+    p.add_argument("--iters", type=int_range(1, 100000), default=10)
     p.add_argument("--json", action="store_true", help="also print the result as one JSON line")
     p.set_defaults(fn=cmd_benchmark)
 
@@ -568,9 +771,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     p.add_argument("--settings", default=None, help="';'-separated ENC:DEC settings (first = baseline)")
     p.add_argument("--size", type=_pair, default=None, help="size for GFLOPs/latency (default: the images')")
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--latency-iters", type=int, default=5)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--limit", type=int_range(1), default=None)
+    p.add_argument("--latency-iters", type=int_range(1, 10000), default=5)
+    p.add_argument("--threads", type=int_range(1, 1024), default=None)
     p.add_argument("--out", default="isr_sweep")
     p.set_defaults(fn=cmd_isr_sweep)
     return ap

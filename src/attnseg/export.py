@@ -22,6 +22,21 @@ import numpy as np
 import torch
 
 
+class ExportError(RuntimeError):
+    """The model could not be exported; the message is one line."""
+
+
+def quiet_exporter_logs() -> None:
+    """The exporter logs one 'torchvision is not installed' line per torchvision op it would register."""
+    import logging
+
+    class _NoTorchvision(logging.Filter):
+        def filter(self, record):
+            return "torchvision is not installed" not in record.getMessage()
+
+    logging.getLogger("torch.onnx._internal.exporter._registration").addFilter(_NoTorchvision())
+
+
 class _LSegGraph(torch.nn.Module):
     """LSeg with the label embeddings as a graph input (the text encoder stays outside the graph)."""
 
@@ -47,6 +62,13 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, dynamic: bool =
     from .models.lseg import is_language_driven
 
     lseg = is_language_driven(model)
+    variant = getattr(model, "variant", None)
+    if variant is not None and not lseg:
+        from .models import has_classifier
+
+        if not has_classifier(variant):
+            raise ExportError(f"{variant} is an encoder (it returns a feature pyramid, not logits); export a "
+                              "segmentation variant that uses it, e.g. segformer-b0 for mit-b0")
     args, names, graph = (x,), ["images"], model
     shapes = None
     if dynamic:
@@ -58,21 +80,37 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, dynamic: bool =
         args, names, graph = (x, text), ["images", "text_embeddings"], _LSegGraph(model)
         if dynamic:
             shapes["text_embeddings"] = {0: torch.export.Dim("labels", min=1, max=4096)}
-    tmp = path.with_name(f".{path.name}.tmp")
+    from .io import atomic_write
     from .models.layers import export_forms
 
-    with export_forms():  # the onnxruntime-friendly forms of a few layers (same outputs)
-        prog = torch.onnx.export(graph, args, dynamo=True, input_names=names, output_names=["logits"],
-                                 dynamic_shapes=shapes, opset_version=opset, optimize=True, verbose=False)
+    quiet_exporter_logs()
+
+    def run(dynamic_shapes):
+        with export_forms():  # the onnxruntime-friendly forms of a few layers (same outputs)
+            return torch.onnx.export(graph, args, dynamo=True, input_names=names, output_names=["logits"],
+                                     dynamic_shapes=dynamic_shapes, opset_version=opset, optimize=True, verbose=False)
+
+    try:
+        try:
+            prog = run(shapes)
+        except Exception:
+            if not dynamic:
+                raise
+            # torch.export cannot state the bounds of some derived sizes (SANet's ceil-mode pooling on
+            # EfficientNet's "same" padding: "Cannot create Dim with inconsistent min/max"); unnamed
+            # DYNAMIC dims take the same graph without asking for bounds
+            prog = run({k: {ax: torch.export.Dim.DYNAMIC for ax in v} for k, v in shapes.items()})
+    except Exception as e:
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise ExportError(f"cannot export {getattr(model, 'variant', type(model).__name__)} to ONNX"
+                          f"{' with dynamic shapes' if dynamic else ''}: {type(e).__name__}: {first[:300]}") from e
     info = {k: getattr(model, "meta", {}).get(k) for k in ("class_names", "palette", "mean", "std")}
     info.update(model=getattr(model, "variant", None), output_stride=getattr(model, "output_stride", None))
     if lseg:
         info.update(text_encoder=model.cfg.text_encoder, template=model.cfg.template,
                     default_labels=model.default_labels)
     prog.model.metadata_props["attnseg"] = json.dumps(info)
-    prog.save(str(tmp))
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: prog.save(str(tmp)))
 
 
 class OnnxModel:
@@ -94,6 +132,9 @@ class OnnxModel:
 
         self.meta = {k: info.get(k) or default_meta().get(k) for k in ("class_names", "palette", "mean", "std")}
         self.variant = info.get("model")
+        dims = self.session.get_inputs()[0].shape
+        self.fixed_size = tuple(dims[2:4]) if all(isinstance(d, int) for d in dims[2:4]) else None
+        self.fixed_batch = dims[0] if isinstance(dims[0], int) else None
         out = self.session.get_outputs()[0]
         self.num_classes = out.shape[1] if isinstance(out.shape[1], int) else None
         self.training = False
@@ -115,6 +156,12 @@ class OnnxModel:
 
     def __call__(self, images: torch.Tensor, labels: list[str] | None = None,
                  text_embeddings: torch.Tensor | None = None, **kw) -> torch.Tensor:
+        if self.fixed_size and tuple(images.shape[-2:]) != self.fixed_size:
+            raise ValueError(f"this ONNX graph was exported for {self.fixed_size[0]}x{self.fixed_size[1]} inputs, got "
+                             f"{images.shape[-2]}x{images.shape[-1]}; export with --dynamic for any size")
+        if self.fixed_batch and images.shape[0] != self.fixed_batch:  # e.g. slide windows through a batch-1 graph
+            b = self.fixed_batch
+            return torch.cat([self(images[i:i + b], labels, text_embeddings) for i in range(0, images.shape[0], b)])
         feeds = {"images": np.ascontiguousarray(images.detach().float().cpu().numpy())}
         if self.lseg:
             if text_embeddings is None:

@@ -13,15 +13,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .convert import lseg as conv_lseg
+from .convert import nonlocal_blocks as conv_nl
 from .convert import segformer as conv_segformer
 from .convert.keymap import ConversionError, check_against
+from .io import atomic_write
 from .models import MODELS, create_model, unknown_model_error
 from .models.mit import MIT_CONFIGS
 
@@ -45,31 +46,18 @@ def list_pretrained() -> list[str]:
 
 
 def default_meta(num_classes: int | None = None) -> dict:
-    return {"class_names": None, "palette": None, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    return {"class_names": None, "palette": None, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+            "short_side": None}
 
 
 def _family(name: str) -> str:
     return name.split("-")[0]
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give a saved model the usual mode
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_model(model: nn.Module, path: str | os.PathLike, class_names: list[str] | None = None,
                palette: list[list[int]] | None = None, mean: list[float] | None = None,
-               std: list[float] | None = None, dtype: torch.dtype | None = None, extra: dict | None = None) -> Path:
+               std: list[float] | None = None, dtype: torch.dtype | None = None, extra: dict | None = None,
+               short_side: int | None = None) -> Path:
     """Write `model` as one .safetensors file with its config and label metadata (atomically)."""
     from safetensors.torch import save_file
 
@@ -79,6 +67,8 @@ def save_model(model: nn.Module, path: str | os.PathLike, class_names: list[str]
     for k, v in (("class_names", class_names), ("palette", palette), ("mean", mean), ("std", std)):
         if v is not None:
             meta[k] = list(v)
+    if short_side is not None:  # the short side it was trained/evaluated at: `attnseg predict` runs images there
+        meta["short_side"] = int(short_side)
     num_classes = model.config.get("num_classes")
     if meta.get("class_names") and num_classes and len(meta["class_names"]) != num_classes:
         raise ValueError(f"{len(meta['class_names'])} class names for a model with {num_classes} classes")
@@ -93,7 +83,7 @@ def save_model(model: nn.Module, path: str | os.PathLike, class_names: list[str]
     path = Path(path)
     if path.suffix != ".safetensors":
         path = path / "model.safetensors" if path.is_dir() or not path.suffix else path.with_suffix(".safetensors")
-    _atomic_write(path, lambda tmp: save_file(sd, tmp, metadata={"attnseg": json.dumps(info)}))
+    atomic_write(path, lambda tmp: save_file(sd, tmp, metadata={"attnseg": json.dumps(info)}))
     return path
 
 
@@ -138,13 +128,15 @@ def _detect_format(sd: dict[str, torch.Tensor]) -> str:
         return "transformers"
     if any(re.match(r"(backbone\.)?layers\.\d+\.0\.projection\.weight", k) for k in keys):
         return "mmseg"
+    if conv_nl.is_mmseg_nlnet(sd):
+        return "mmseg_nlnet"
     if any(re.match(r"(backbone\.)?patch_embed1\.proj\.weight", k) for k in keys):
         return "official"
     if conv_lseg.is_lseg(sd):
         return "lseg"
     sample = ", ".join(keys[:5])
     raise ModelLoadError(f"unrecognised checkpoint layout (first keys: {sample}). Supported: attnseg, official "
-                         "NVlabs/EDAFormer releases, transformers Segformer, mmsegmentation 1.x SegFormer, LSeg releases "
+                         "NVlabs/EDAFormer releases, transformers Segformer, mmsegmentation 1.x SegFormer and NLNet, LSeg releases "
                          "(isl-org/lang-seg).")
 
 
@@ -190,13 +182,25 @@ def _from_hub(repo_id: str) -> Path:
             "attnseg.load_model('DIR') / --model DIR.") from e
 
 
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".onnx")
+
+
+def _looks_like_local_path(src: str) -> bool:
+    """A missing local file, not a hub id: a checkpoint suffix, a path form, or a first folder that exists."""
+    first = src.split("/")[0]
+    return (src.endswith(CHECKPOINT_SUFFIXES) or src.startswith((".", "/", "~")) or src.count("/") > 1
+            or os.sep != "/" and os.sep in src or (bool(first) and "/" in src and os.path.isdir(first)))
+
+
 def load_model(source: str | os.PathLike, model: str | None = None, num_classes: int | None = None,
-               device: str | torch.device = "cpu", **overrides) -> nn.Module:
+               device: str | torch.device = "cpu", dtype: torch.dtype | None = None, **overrides) -> nn.Module:
     """Load trained weights into the right architecture; returns the model in eval mode.
 
     `model=` names the architecture where the checkpoint does not say it (official `.pth` files);
     where it does (attnseg files, transformers config.json) it is optional and checked.
-    `num_classes` is inferred from the classifier weight when not given.
+    `num_classes` is inferred from the classifier weight when not given; widths the checkpoint determines
+    (decoder widths, LSeg features, NLNet head channels) are read from its tensors. `dtype` builds the
+    model in that dtype before loading (float64 keeps a float64 checkpoint exact).
     """
     if model is not None and model not in MODELS:
         raise unknown_model_error(model)
@@ -214,6 +218,8 @@ def load_model(source: str | os.PathLike, model: str | None = None, num_classes:
         raise ModelLoadError(f"{src!r} is an architecture with no shipped weights. Use attnseg.create_model("
                              f"{src!r}) for random weights, or pass a checkpoint: load_model(PATH, model={src!r}). "
                              f"Shipped weights: {', '.join(list_pretrained()) or 'none'}")
+    elif _looks_like_local_path(src):
+        raise ModelLoadError(f"checkpoint not found: {src} (no such file or folder; a hub id looks like org/name)")
     elif re.fullmatch(r"[\w.-]+/[\w.-]+", src) and not src.startswith((".", "/")):
         path = _from_hub(src)
     else:
@@ -237,7 +243,7 @@ def load_model(source: str | os.PathLike, model: str | None = None, num_classes:
         if info is not None:
             fmt, variant = "attnseg", info["model"]
             cfg_over = dict(info["config"])
-            meta = {k: info.get(k, meta.get(k)) for k in ("class_names", "palette", "mean", "std")}
+            meta = {k: info.get(k, meta.get(k)) for k in ("class_names", "palette", "mean", "std", "short_side")}
         else:
             fmt = _detect_format(sd)
             if fmt == "lseg":
@@ -270,6 +276,8 @@ def load_model(source: str | os.PathLike, model: str | None = None, num_classes:
                              "was given; fine-tune from it with --set model.num_classes instead")
     cfg_over.update(overrides)
     net = create_model(variant, **cfg_over)
+    if dtype is not None:  # e.g. float64 for parity checks: the file's tensors are copied in without rounding
+        net = net.to(dtype)
     try:
         check_against(sd, net.state_dict(), f"{fmt} checkpoint {path}")
     except ConversionError as e:
@@ -288,6 +296,7 @@ ENCODER_FAMILIES = {"mit", "eft"}  # variants without a decode head
 CONVERTERS = {  # (family, format) -> converter; "official" layouts are our own names
     ("segformer", "transformers"): conv_segformer.from_transformers, ("mit", "transformers"): conv_segformer.from_transformers,
     ("segformer", "mmseg"): conv_segformer.from_mmseg, ("mit", "mmseg"): conv_segformer.from_mmseg,
+    ("nlnet", "mmseg_nlnet"): conv_nl.from_mmseg_nlnet,
 }
 
 
@@ -306,6 +315,8 @@ def _convert(sd: dict, fmt: str, variant: str, hf_config: dict | None = None) ->
             out, cfg, has_head = conv_segformer.from_official(sd)
     except ConversionError as e:
         raise ModelLoadError(str(e)) from None
+    if family not in ENCODER_FAMILIES:  # widths from the tensors (the variant names depth and family only)
+        cfg = {**conv_segformer.head_widths(out), **cfg}
     if family in ENCODER_FAMILIES:
         if has_head:  # a full segmentation checkpoint loaded as an encoder: keep the backbone
             out = {k: v for k, v in out.items() if k.startswith("backbone.")}
@@ -318,5 +329,5 @@ def _convert(sd: dict, fmt: str, variant: str, hf_config: dict | None = None) ->
 
 
 def _infer_num_classes(sd: dict) -> int | None:
-    w = sd.get("decode_head.linear_pred.weight")
+    w = sd.get("decode_head.linear_pred.weight", sd.get("decode_head.cls.weight"))
     return int(w.shape[0]) if w is not None else None

@@ -1,63 +1,163 @@
-"""Image and label-map input/output with clear errors and atomic writes."""
+"""Image and label-map input/output: one reader for every path, clear errors, atomic writes.
+
+`read_image` is the only way attnseg turns a file into pixels (predict, datasets, training, the server):
+  * the pixel count is checked from the header before anything is decoded (`max_pixels`), so a
+    decompression bomb costs nothing and is reported as one line;
+  * EXIF orientation is applied: a phone photo is segmented as it is displayed;
+  * every Pillow mode becomes RGB uint8 without clipping: 16-bit images are scaled by 1/257 (so an
+    8-bit image saved as 16 bits gives back the same pixels), 32-bit integer images likewise when
+    their values fit in 16 bits (else min-max), float images from [0, 1] (or min-max); modes with
+    transparency (RGBA, LA, P with a transparent index) are composited over white, as a viewer shows
+    them; CMYK, YCbCr, 1-bit and palette images through Pillow's conversions.
+Every write is atomic (temp file in the target folder, then rename) with the umask's permissions;
+a failure leaves neither a partial file nor a temp file.
+"""
 from __future__ import annotations
 
 import colorsys
+import io
 import os
 import tempfile
+import warnings
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+DEFAULT_MAX_PIXELS = 250_000_000  # 250 megapixels (e.g. 20000x12500); decoding needs about 1 GB per 250 MP
+MAX_LABELS = 256  # label maps are written as palette PNGs: one byte per pixel
 
 
 class ImageReadError(ValueError):
     pass
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """RGB uint8 (H, W, 3); raises ImageReadError naming the file if it is missing, truncated or not an image."""
+def _open(source, name: str, max_pixels: int | None, what: str = "image") -> Image.Image:
+    """Open (header only) and check the pixel count before any decoding."""
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
+    if Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = limit  # Pillow's own bomb check must not fire below our limit
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        source = io.BytesIO(source)
     try:
-        with Image.open(path) as im:
-            im.load()
-            return np.array(im.convert("RGB"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(source)
     except FileNotFoundError:
-        raise ImageReadError(f"image not found: {path}") from None
+        raise ImageReadError(f"{what} not found: {name}") from None
+    except IsADirectoryError:
+        raise ImageReadError(f"{what} {name} is a folder, not a file") from None
+    except Image.DecompressionBombError:
+        raise ImageReadError(f"{what} {name} is larger than the limit of {limit:,} pixels (a decompression bomb "
+                             "or a huge scan); raise --max-pixels if you trust it") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ImageReadError(f"cannot read image {path}: {e} (corrupt, truncated or not an image)") from None
+        raise ImageReadError(f"cannot read {what} {name}: {e} (corrupt, truncated or not an image)") from None
+    w, h = im.size
+    if w * h > limit:
+        im.close()
+        raise ImageReadError(f"{what} {name} is {w}x{h} = {w * h:,} pixels, over the limit of {limit:,}; "
+                             "raise --max-pixels if you trust it")
+    if w < 1 or h < 1:
+        im.close()
+        raise ImageReadError(f"{what} {name} is empty ({w}x{h})")
+    return im
 
 
-def read_label(path: str | os.PathLike) -> np.ndarray:
-    """Label map as int64 (H, W); a palette PNG gives its indices, an RGB file is an error."""
+def _scale_to_uint8(a: np.ndarray, bits16: bool = False) -> np.ndarray:
+    """Integer or float grey values -> uint8 without clipping (see the module docstring)."""
+    if bits16:
+        return np.round(a.astype(np.float32) / 257.0).astype(np.uint8)
+    if a.dtype.kind == "f":
+        a = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        lo, hi = float(a.min(initial=0.0)), float(a.max(initial=0.0))
+        if lo >= 0.0 and hi <= 1.0:
+            return np.round(a * 255.0).astype(np.uint8)
+    else:
+        lo, hi = int(a.min(initial=0)), int(a.max(initial=0))
+        if lo >= 0 and hi <= 255:
+            return a.astype(np.uint8)
+        if lo >= 0 and hi <= 65535:
+            return np.round(a.astype(np.float32) / 257.0).astype(np.uint8)
+    span = max(hi - lo, 1e-12)
+    return np.round((a.astype(np.float64) - lo) * (255.0 / span)).astype(np.uint8)
+
+
+def pil_to_rgb(im: Image.Image) -> np.ndarray:
+    """Any Pillow image -> RGB uint8 (H, W, 3), orientation not applied (see `read_image`)."""
+    mode = im.mode
+    if mode == "RGB":
+        return np.asarray(im)
+    if mode == "L":
+        g = np.asarray(im)
+        return np.repeat(g[:, :, None], 3, axis=2)
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        g = _scale_to_uint8(np.asarray(im), bits16=mode.startswith("I;16"))
+        return np.repeat(g[:, :, None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode in ("P", "L", "RGB") and "transparency" in im.info):
+        rgba = np.asarray(im.convert("RGBA")).astype(np.float32)
+        a = rgba[..., 3:] / 255.0
+        return np.round(rgba[..., :3] * a + 255.0 * (1.0 - a)).astype(np.uint8)  # over white
+    return np.asarray(im.convert("RGB"))  # 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def read_image(source: str | os.PathLike | bytes | BinaryIO, max_pixels: int | None = None,
+               name: str | None = None) -> np.ndarray:
+    """RGB uint8 (H, W, 3) as the image is displayed (EXIF orientation applied).
+
+    source: a path, the file's bytes or a binary file object; `name` labels it in errors.
+    Raises ImageReadError (one line, naming the file) for a missing, corrupt, truncated or too large file.
+    """
+    name = name or (str(source) if isinstance(source, (str, os.PathLike)) else "upload")
+    im = _open(source, name, max_pixels)
     try:
-        with Image.open(path) as im:
+        with im:
             im.load()
+            im = ImageOps.exif_transpose(im) or im
+            out = pil_to_rgb(im)
+    except ImageReadError:
+        raise
+    except MemoryError:
+        raise ImageReadError(f"not enough memory to decode image {name}") from None
+    except (OSError, SyntaxError, ValueError, TypeError, KeyError, IndexError, ZeroDivisionError) as e:
+        raise ImageReadError(f"cannot read image {name}: {e} (corrupt, truncated or not an image)") from None
+    return np.ascontiguousarray(out)
+
+
+def read_label(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
+    """Label map as int64 (H, W); a palette PNG gives its indices, an RGB file is an error."""
+    im = _open(path, str(path), max_pixels, what="label map")
+    try:
+        with im:
             if im.mode in ("RGB", "RGBA"):
                 raise ImageReadError(f"label map {path} is an {im.mode} image; label maps must be single-channel "
                                      "(mode L or P) with one class index per pixel")
+            im.load()
             return np.asarray(im).astype(np.int64)
-    except FileNotFoundError:
-        raise ImageReadError(f"label map not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+    except ImageReadError:
+        raise
+    except (OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(f"cannot read label map {path}: {e} (corrupt or truncated)") from None
 
 
-def to_rgb_array(image) -> np.ndarray:
-    """Accept a path, a PIL image or an (H, W, 3) uint8 array; return RGB uint8 (H, W, 3)."""
-    if isinstance(image, (str, os.PathLike)):
-        return read_image(image)
+def to_rgb_array(image, max_pixels: int | None = None) -> np.ndarray:
+    """Accept a path, bytes, a PIL image or an (H, W[, 3|4]) uint8/uint16 array; return RGB uint8 (H, W, 3)."""
+    if isinstance(image, (str, os.PathLike, bytes, bytearray)):
+        return read_image(image, max_pixels)
     if isinstance(image, Image.Image):
-        return np.array(image.convert("RGB"))
+        return np.ascontiguousarray(pil_to_rgb(ImageOps.exif_transpose(image) or image))
     if isinstance(image, np.ndarray):
         if image.ndim == 2:
             image = np.stack([image] * 3, -1)
-        if image.ndim != 3 or image.shape[2] not in (3, 4):
+        if image.ndim != 3 or image.shape[2] not in (3, 4) or min(image.shape[:2]) < 1:
             raise ValueError(f"image array must be (H, W, 3) RGB, got shape {image.shape}")
+        if image.dtype == np.uint16:
+            image = _scale_to_uint8(image, bits16=True)
         if image.dtype != np.uint8:
-            raise ValueError(f"image array must be uint8 RGB in 0..255, got dtype {image.dtype}")
+            raise ValueError(f"image array must be uint8 (0..255) or uint16 RGB, got dtype {image.dtype}")
         return np.ascontiguousarray(image[..., :3])
-    raise TypeError(f"image must be a path, PIL.Image or numpy array, got {type(image).__name__}")
+    raise TypeError(f"image must be a path, bytes, PIL.Image or numpy array, got {type(image).__name__}")
 
 
 def default_palette(n: int) -> list[list[int]]:
@@ -70,43 +170,92 @@ def default_palette(n: int) -> list[list[int]]:
     return out
 
 
-def atomic_save(img: Image.Image, path: str | os.PathLike, **kw) -> None:
+def extend_palette(palette: list[list[int]] | None, n: int) -> list[list[int]]:
+    """`palette` (e.g. a dataset's) followed by distinct generated colours, n in all (n <= MAX_LABELS)."""
+    if n > MAX_LABELS:
+        raise ValueError(f"{n} labels: label maps hold at most {MAX_LABELS} classes")
+    out = [list(map(int, c)) for c in (palette or [])][:n]
+    seen = {tuple(c) for c in out}
+    k = 0
+    while len(out) < n:
+        for c in default_palette(k + 1)[k:]:
+            if tuple(c) not in seen:
+                out.append(c)
+                seen.add(tuple(c))
+        k += 1
+        if k > 16 * MAX_LABELS:  # pragma: no cover - the hue walk yields thousands of distinct colours
+            raise RuntimeError("could not generate distinct colours")
+    return out
+
+
+# -- atomic writes ---------------------------------------------------------------------------------
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call write(tmp_path) on a temp file beside `path`, then rename it over `path`. The file gets the
+    umask's permissions (not mkstemp's 0600); on any failure the temp file is removed."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; name a file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        img.save(tmp, **kw)
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    return path
+
+
+def remove_stale_temps(folder: str | os.PathLike, name: str) -> list[Path]:
+    """Delete temp files `atomic_write` left for `name` in `folder` when a process was killed mid-write."""
+    removed = []
+    for p in Path(folder).glob(f".{name}.*.tmp"):
+        try:
+            p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
+
+
+def atomic_save(img: Image.Image, path: str | os.PathLike, **kw) -> None:
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower())
+    atomic_write(path, lambda tmp: img.save(tmp, format=fmt, **kw))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    atomic_write(path, write)
 
 
 def label_png(label: np.ndarray, palette: list[list[int]]) -> Image.Image:
     """Palette PNG whose pixel values are the class indices (readable as labels, viewable as colours)."""
-    if label.max(initial=0) > 255:
-        raise ValueError("palette PNG holds at most 256 classes")
+    if label.max(initial=0) >= MAX_LABELS:
+        raise ValueError(f"palette PNG holds at most {MAX_LABELS} classes")
     im = Image.fromarray(label.astype(np.uint8), mode="P")
-    flat = [c for rgb in palette[:256] for c in rgb]
+    flat = [c for rgb in palette[:MAX_LABELS] for c in rgb]
     im.putpalette(flat + [0] * (768 - len(flat)))
     return im
 
 
-def overlay(image: np.ndarray, label: np.ndarray, palette: list[list[int]], alpha: float = 0.5) -> Image.Image:
-    colours = np.asarray(palette, dtype=np.uint8)[np.clip(label, 0, len(palette) - 1)]
-    blend = (image.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha)
-    return Image.fromarray(blend.round().astype(np.uint8))
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def overlay(image: np.ndarray, label: np.ndarray, palette: list[list[int]], alpha: float = 0.5,
+            band: int = 512) -> Image.Image:
+    """Blend of the image and the label colours, computed in row bands (bounded memory on huge photos)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"overlay alpha must be in [0, 1], got {alpha}")
+    colours = np.asarray(extend_palette(palette, max(int(label.max(initial=0)) + 1, len(palette[:MAX_LABELS]))),
+                         dtype=np.float32)
+    out = np.empty_like(image)
+    for y in range(0, image.shape[0], band):
+        img = image[y:y + band].astype(np.float32)
+        blend = img * (1 - alpha) + colours[label[y:y + band]] * alpha
+        out[y:y + band] = np.clip(np.round(blend), 0, 255).astype(np.uint8)
+    return Image.fromarray(out)

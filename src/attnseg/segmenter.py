@@ -4,53 +4,116 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .data.transforms import resize_pair
 from .engine.inference import InferenceConfig, infer
 from .hub import default_meta
-from .io import default_palette, to_rgb_array
-from .models.layers import resize
+from .io import MAX_LABELS, extend_palette, to_rgb_array
+from .models.layers import interp_matrix, resize
+
+FALLBACK_SHORT_SIDE = 512  # a model whose checkpoint records no working size (official releases, hub ids)
+
+
+def working_short_side(model) -> int | None:
+    """The short side a model was trained/evaluated at, as its checkpoint records it (None if it does not)."""
+    v = (getattr(model, "meta", None) or {}).get("short_side")
+    return int(v) if v else None
 
 
 class Segmenter:
     """Wrap a model so that `Segmenter(model).predict(image)` gives an (H, W) label map at the image's size.
 
-    image: a path, PIL image or (H, W, 3) uint8 RGB array. `size` resizes the short side before
-    inference (None keeps the native resolution); `inference` chooses whole/slide/multi-scale.
+    image: a path, bytes, PIL image or (H, W, 3) uint8 RGB array (EXIF orientation applied).
+    size: "auto" (default) runs the image with its short side at the model's working size (the one its
+    checkpoint records, e.g. 360 for the CamVid models; 512 if it records none); an int sets that short
+    side; "native" (or None) runs at the image's own resolution. The result always comes back at the
+    image's size: the scores are upsampled and arg-maxed in row bands, so a 6000x8000 photo never holds
+    a full-size score tensor. `inference` chooses whole/slide/multi-scale.
     Normalisation, class names and palette come from the model's metadata (`model.meta`).
     """
 
-    def __init__(self, model, size: int | None = None, inference: InferenceConfig | None = None,
-                 device: str | torch.device | None = None, dtype: torch.dtype = torch.float32):
+    def __init__(self, model, size: int | str | None = "auto", inference: InferenceConfig | None = None,
+                 device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
+                 band_pixels: int = 4_000_000):
         self.model = model.eval()
         self.meta = dict(default_meta(), **(getattr(model, "meta", None) or {}))
-        self.size = size
+        if size is None or size == "native":
+            self.size = None
+        elif size == "auto":
+            self.size = working_short_side(model) or FALLBACK_SHORT_SIDE
+        elif isinstance(size, int) and not isinstance(size, bool) and size >= 1:
+            self.size = size
+        else:
+            raise ValueError(f"size must be 'auto', 'native' or a short side >= 1, got {size!r}")
         self.inference = inference or InferenceConfig()
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        params = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+        self.device = torch.device(device) if device is not None else (params.device if params is not None
+                                                                       else torch.device("cpu"))
         self.dtype = dtype
-        self.model.to(self.device)
+        if hasattr(self.model, "to"):
+            self.model.to(self.device)
+        self.band_pixels = band_pixels
         n = getattr(model, "num_classes", None)  # None for LSeg: the labels decide
         self.class_names = self.meta.get("class_names") or ([f"class {i}" for i in range(n)] if n else None)
-        self.palette = self.meta.get("palette") or default_palette(max(n or 0, 256))
+        self.palette = extend_palette(self.meta.get("palette"), max(n or 0, len(self.meta.get("palette") or []),
+                                                                    len(self.class_names or [])))
         self._mean = torch.tensor(self.meta["mean"], dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(self.meta["std"], dtype=torch.float32).view(1, 3, 1, 1)
 
+    def palette_for(self, n: int) -> list[list[int]]:
+        """The model's palette extended with distinct colours to n labels (LSeg: any number, at most 256)."""
+        return extend_palette(self.palette, n) if n > len(self.palette) else self.palette
+
+    def working_size(self, h: int, w: int) -> tuple[int, int]:
+        if not self.size:
+            return h, w
+        s = self.size / min(h, w)
+        return max(round(h * s), 1), max(round(w * s), 1)
+
     def preprocess(self, image) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Normalised (1, 3, h, w) at the working size (resized as uint8, like the datasets), and (H, W)."""
         rgb = to_rgb_array(image)
         h, w = rgb.shape[:2]
-        x = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).float()
-        x = (x - self._mean) / self._std
-        if self.size:
-            s = self.size / min(h, w)
-            x = resize(x, (max(round(h * s), 1), max(round(w * s), 1)))
-        return x, (h, w)
+        rgb, _ = resize_pair(rgb, None, self.working_size(h, w))
+        x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).unsqueeze(0).float()  # a writable copy
+        return (x - self._mean) / self._std, (h, w)
+
+    def _check_labels(self, kw):
+        labels = kw.get("labels")
+        if labels is not None and len(labels) > MAX_LABELS:
+            raise ValueError(f"{len(labels)} labels: at most {MAX_LABELS} (label maps are one byte per pixel)")
 
     @torch.inference_mode()
+    def raw_scores(self, image, **kw) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Per-class scores (K, h, w) at the working size, and the image's (H, W)."""
+        self._check_labels(kw)
+        x, hw = self.preprocess(image)
+        out = infer(self.model, x.to(self.device, self.dtype), self.inference, **kw)
+        return out[0].float().cpu(), hw
+
     def scores(self, image, **kw) -> torch.Tensor:
-        """Per-class scores (K, H, W) at the image's size (logits, or mean probabilities with TTA)."""
-        x, (h, w) = self.preprocess(image)
-        x = x.to(self.device, self.dtype)
-        out = infer(self.model, x, self.inference, **kw)
-        return resize(out.float(), (h, w))[0]
+        """Per-class scores (K, H, W) at the image's size (logits, or mean probabilities with TTA).
+        Holds K x H x W floats: for huge images use `predict`, which never does."""
+        s, (h, w) = self.raw_scores(image, **kw)
+        return resize(s[None], (h, w))[0]
 
     def predict(self, image, **kw) -> np.ndarray:
         """Label map (H, W) of class indices at the input's size."""
-        return self.scores(image, **kw).argmax(0).to(torch.int32).cpu().numpy()
+        s, (h, w) = self.raw_scores(image, **kw)
+        return upsample_argmax(s, (h, w), self.band_pixels)
+
+
+def upsample_argmax(scores: torch.Tensor, size: tuple[int, int], band_pixels: int = 4_000_000) -> np.ndarray:
+    """argmax over K of the bilinear (align_corners=False) resize of `scores` (K, h, w) to `size`, computed
+    in bands of rows as A_h[band] S A_w^T (the resize is separable), so memory is K x band x W floats."""
+    k, h, w = scores.shape
+    H, W = size
+    if (h, w) == (H, W):
+        return scores.argmax(0).to(torch.int32).numpy()
+    a_h = interp_matrix(h, H)  # (H, h)
+    a_w_t = interp_matrix(w, W).t().contiguous()  # (w, W)
+    out = np.empty((H, W), np.int32)
+    band = max(1, band_pixels // max(W * k, 1))
+    for y0 in range(0, H, band):
+        rows = torch.matmul(a_h[y0:y0 + band], scores)  # (K, b, w)
+        out[y0:y0 + band] = torch.matmul(rows, a_w_t).argmax(0).to(torch.int32).numpy()
+    return out

@@ -145,3 +145,17 @@ def from_official(sd: dict[str, torch.Tensor]) -> tuple[dict, dict, bool]:
             Rule(r"(.+)", r"\1")]
     out = apply_key_map(sd, drop, fmt="official SegFormer checkpoint")
     return out, {}, any(k.startswith("decode_head.") for k in out)
+
+
+def head_widths(out: dict[str, torch.Tensor]) -> dict:
+    """The decoder widths a converted SegFormer / EDAFormer state dict determines (not the variant name):
+    mmsegmentation 1.x trains B1-B5 with a 256-wide head where NVlabs uses 768, so a name cannot say."""
+    cfg = {}
+    for key in ("decode_head.linear_c1.proj.weight", "decode_head.linear_c1.conv.weight"):  # SegFormer
+        if key in out:
+            cfg["decoder_dim"] = int(out[key].shape[0])
+    if "decode_head.attn4.mlp.fc1.weight" in out:  # EDAFormer: fuse width and decoder MLP ratio
+        cfg["decoder_dim"] = int(out["decode_head.linear_fuse.conv.weight"].shape[0])
+        fc1 = out["decode_head.attn4.mlp.fc1.weight"]
+        cfg["decoder_mlp_ratio"] = fc1.shape[0] / fc1.shape[1]
+    return cfg

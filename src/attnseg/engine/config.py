@@ -5,6 +5,7 @@ Unknown keys are errors (with the valid ones listed); there is no inheritance be
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -152,6 +153,78 @@ def _merge(obj, data: dict, where: str) -> None:
             setattr(obj, k, _check_type(path, v, hints[k]))
 
 
+def _num(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+# field -> (check, what the accepted values are); each config field that takes a number or a choice
+_POS = (lambda v: _num(v) and v > 0, "a finite number > 0")
+_NONNEG = (lambda v: _num(v) and v >= 0, "a finite number >= 0")
+_POS_INT = (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
+_NONNEG_INT = (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
+_OPT_POS_INT = (lambda v: v is None or (isinstance(v, int) and v >= 1), "null or an integer >= 1")
+_PAIR = (lambda v: isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and x >= 1 for x in v),
+         "two integers >= 1, e.g. [512, 512]")
+_UNIT = (lambda v: _num(v) and 0 < v <= 1, "a number in (0, 1]")
+RULES: dict[str, tuple] = {
+    "model.num_classes": (lambda v: v is None or (isinstance(v, int) and 1 <= v <= 65535), "null or 1..65535"),
+    "data.crop": _PAIR, "data.scale": _PAIR,
+    "data.ratio_range": (lambda v: isinstance(v, list) and len(v) == 2 and all(_num(x) and x > 0 for x in v)
+                         and v[0] <= v[1], "[low, high] with 0 < low <= high"),
+    "data.cat_max_ratio": _UNIT,
+    "data.eval_scale": (lambda v: v is None or _PAIR[0](v), "null or two integers >= 1"),
+    "data.mean": (lambda v: isinstance(v, list) and len(v) == 3 and all(_num(x) for x in v), "three numbers"),
+    "data.std": (lambda v: isinstance(v, list) and len(v) == 3 and all(_num(x) and x > 0 for x in v),
+                 "three numbers > 0"),
+    "data.batch_size": _POS_INT, "data.workers": _NONNEG_INT, "data.limit": _OPT_POS_INT,
+    "data.val_limit": _OPT_POS_INT,
+    "optim.name": (lambda v: v in ("adamw", "sgd"), "adamw or sgd"),
+    "optim.lr": _POS, "optim.weight_decay": _NONNEG,
+    "optim.momentum": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "optim.betas": (lambda v: isinstance(v, list) and len(v) == 2 and all(_num(x) and 0 <= x < 1 for x in v),
+                    "two numbers in [0, 1)"),
+    "optim.head_lr_mult": _POS, "optim.power": _NONNEG, "optim.min_lr": _NONNEG,
+    "optim.warmup_iters": _NONNEG_INT, "optim.warmup_ratio": _UNIT,
+    "train.iters": _POS_INT, "train.stop_at": _OPT_POS_INT, "train.grad_accum": _POS_INT,
+    "train.amp": (lambda v: v in ("none", "bf16", "fp16"), "none, bf16 or fp16"),
+    "train.clip_grad": (lambda v: v is None or (_num(v) and v > 0), "null or a number > 0"),
+    "train.loss": (lambda v: v in ("ce", "ohem"), "ce or ohem"),
+    "train.class_weights": (lambda v: v is None or (isinstance(v, list) and all(_num(x) and x >= 0 for x in v)),
+                            "null or a list of numbers >= 0"),
+    "train.ohem_thresh": _UNIT, "train.ohem_min_kept": _NONNEG_INT, "train.aux_weight": _NONNEG,
+    "train.log_interval": _POS_INT, "train.val_interval": _POS_INT, "train.ckpt_interval": _POS_INT,
+    "train.device": (lambda v: v in ("auto", "cpu") or (isinstance(v, str) and v.split(":")[0] == "cuda"),
+                     "auto, cpu or cuda[:N]"),
+    "train.threads": _OPT_POS_INT, "train.work_dir": (lambda v: bool(v.strip()), "a folder path"),
+    "eval.mode": (lambda v: v in ("whole", "slide"), "whole or slide"),
+    "eval.crop": _PAIR, "eval.stride": _PAIR,
+    "eval.scales": (lambda v: isinstance(v, list) and len(v) >= 1 and all(_num(x) and 0 < x <= 16 for x in v),
+                    "a non-empty list of numbers in (0, 16]"),
+}
+
+
+def validate(cfg: Config) -> Config:
+    """Check every field against RULES (and across fields); ConfigError names the field, value and range."""
+    from ..models import MODELS
+
+    for key, (ok, accepted) in RULES.items():
+        section, name = key.split(".")
+        v = getattr(getattr(cfg, section), name)
+        if not ok(v):
+            raise ConfigError(f"{key} = {v!r} is out of range; expected {accepted}")
+    if cfg.model.name not in MODELS:
+        close = [n for n in MODELS if cfg.model.name.split("-")[0] in n][:8]
+        raise ConfigError(f"model.name = {cfg.model.name!r} is not a registered architecture"
+                          + (f" (did you mean {', '.join(close)}?)" if close else "; see `attnseg models`"))
+    if cfg.optim.min_lr > cfg.optim.lr:
+        raise ConfigError(f"optim.min_lr = {cfg.optim.min_lr} exceeds optim.lr = {cfg.optim.lr}")
+    if cfg.train.stop_at is not None and cfg.train.stop_at > cfg.train.iters:
+        raise ConfigError(f"train.stop_at = {cfg.train.stop_at} is after train.iters = {cfg.train.iters}")
+    if any(s > c for s, c in zip(cfg.eval.stride, cfg.eval.crop)):
+        raise ConfigError(f"eval.stride {cfg.eval.stride} must not exceed eval.crop {cfg.eval.crop}")
+    return cfg
+
+
 def load_config(path: str | Path | None = None, sets: list[str] | None = None) -> Config:
     cfg = Config()
     if path is not None:
@@ -186,7 +259,7 @@ def load_config(path: str | Path | None = None, sets: list[str] | None = None) -
             cur = cur[part]
         cur[parts[-1]] = value
         _merge(cfg, node, "")
-    return cfg
+    return validate(cfg)
 
 
 def config_to_dict(cfg: Config) -> dict:

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -26,8 +27,10 @@ from tqdm import tqdm
 
 from ..data import IGNORE_INDEX, EvalTransform, TrainTransform, build_dataset
 from ..models.lseg import is_language_driven
-from .checkpoint import atomic_torch_save, load_checkpoint, rng_state, set_rng_state
-from .config import Config, dump_config
+from ..io import atomic_write_text
+from .checkpoint import (atomic_torch_save, load_checkpoint, remove_stale_checkpoint_temps, rng_state,
+                         set_rng_state)
+from .config import Config, dump_config, validate
 from .distributed import all_reduce_sum, cleanup, init_distributed, is_main
 from .evaluate import evaluate, normalise
 from .inference import InferenceConfig
@@ -127,6 +130,25 @@ def build_model(cfg: Config, num_classes: int):
     return model
 
 
+def working_short_side(ds, eval_scale) -> int | None:
+    """The short side the model is evaluated at (recorded in its checkpoint for `attnseg predict`): the first
+    evaluation image's, after the keep-ratio resize to `eval_scale` when one is set."""
+    from PIL import Image
+
+    from ..data.transforms import rescale_size
+
+    if not len(ds):
+        return None
+    try:
+        with Image.open(ds.samples[0][0]) as im:
+            w, h = im.size
+    except OSError:
+        return None
+    if eval_scale:
+        h, w = rescale_size(h, w, tuple(eval_scale))
+    return min(h, w)
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -144,7 +166,29 @@ def model_loss(model, outputs, target, pixel_loss, cfg) -> tuple[torch.Tensor, d
     return loss, {"loss": loss.detach()}
 
 
-def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
+RUN_FILES = ("latest.pth", "metrics.csv", "best.safetensors", "final.safetensors")
+
+
+def prepare_work_dir(work: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix two runs in one folder; clear temp files a killed run left."""
+    if resume and overwrite:
+        raise TrainingError("--resume and --overwrite contradict each other; choose one")
+    held = [n for n in RUN_FILES if (work / n).exists()]
+    if resume and not (work / "latest.pth").is_file():
+        raise TrainingError(f"--resume: no checkpoint at {work / 'latest.pth'}; start without --resume")
+    if held and not resume:
+        if not overwrite:
+            raise TrainingError(f"work dir {work} already holds a run ({', '.join(held)}); pass --resume to continue "
+                                "it, --overwrite to replace it, or choose another --work-dir")
+        for n in held:
+            (work / n).unlink()
+        shutil.rmtree(work / "tb", ignore_errors=True)
+    if work.is_dir():
+        remove_stale_checkpoint_temps(work)
+
+
+def train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict:
+    validate(cfg)
     device = pick_device(cfg.train.device)
     rank, world, local_rank = init_distributed(device.type)
     if device.type == "cuda":
@@ -157,6 +201,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
         torch.backends.cudnn.benchmark = False
     work = Path(cfg.train.work_dir)
     t = cfg.train
+    if is_main():
+        prepare_work_dir(work, resume, overwrite)
     micro_global = cfg.data.batch_size // t.grad_accum
     if cfg.data.batch_size % (t.grad_accum * world):
         raise TrainingError(f"data.batch_size {cfg.data.batch_size} must be divisible by train.grad_accum "
@@ -188,7 +234,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
     if is_language_driven(model):  # LSeg: trained against the dataset's class names as labels
         model.default_labels = ds.class_names
     model.meta = {"class_names": ds.class_names if num_classes == ds.num_classes else None,
-                  "palette": ds.palette, "mean": list(d.mean), "std": list(d.std)}
+                  "palette": ds.palette, "mean": list(d.mean), "std": list(d.std),
+                  "short_side": working_short_side(val_ds or ds, d.eval_scale)}
     core = model
     if world > 1 and t.sync_bn:
         model = convert_sync_batchnorm(model, device.type)
@@ -203,8 +250,19 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
     start, best = 0, {"mIoU": -1.0, "iter": 0}
     ck = None
     if resume:
-        ck = load_checkpoint(work / "latest.pth")
-        core.load_state_dict(ck["model"])
+        try:
+            ck = load_checkpoint(work / "latest.pth")
+        except ValueError as e:
+            raise TrainingError(str(e)) from None
+        was = ((ck.get("config") or {}).get("model") or {}).get("name")
+        if was is not None and was != cfg.model.name:
+            raise TrainingError(f"--resume: {work / 'latest.pth'} is a {was} run but the config trains {cfg.model.name}; "
+                                "use the run's own config (its config.yaml) or another --work-dir")
+        try:
+            core.load_state_dict(ck["model"])
+        except RuntimeError as e:
+            raise TrainingError(f"--resume: {work / 'latest.pth'} does not fit this model "
+                                f"({str(e).splitlines()[-1].strip()}); use the run's own config.yaml") from None
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
         scaler.load_state_dict(ck["scaler"])
@@ -215,7 +273,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if is_main():
         work.mkdir(parents=True, exist_ok=True)
-        (work / "config.yaml").write_text(dump_config(cfg))
+        atomic_write_text(work / "config.yaml", dump_config(cfg))
 
     pixel_loss = PixelLoss(IGNORE_INDEX, t.class_weights, t.loss == "ohem", t.ohem_thresh, t.ohem_min_kept)
     steps_left = (t.iters - start) * t.grad_accum

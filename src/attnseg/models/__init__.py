@@ -65,3 +65,44 @@ def create_model(name: str, num_classes: int | None = None, **overrides) -> nn.M
     model.variant = name
     model.config = cfg
     return model
+
+
+PARAM_COUNTS_FILE = __import__("pathlib").Path(__file__).with_name("param_counts.json")
+
+
+def count_parameters(name: str, num_classes: int = 150) -> int:
+    """Parameters of `create_model(name, num_classes)` (built on the meta device: no memory, no weights read)."""
+    import warnings
+
+    import torch
+
+    kw = {"num_classes": num_classes} if has_classifier(name) else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with torch.device("meta"):
+                m = create_model(name, **kw)
+        except RuntimeError:  # a text encoder that will not load on the meta device (LSeg asks it its width)
+            m = create_model(name, **kw)
+    return sum(p.numel() for p in m.parameters())
+
+
+def recorded_parameters(name: str, num_classes: int = 150) -> int | None:
+    """The parameter count from `param_counts.json` (p(150) and p(151): counts are affine in the class
+    count), so `attnseg models` lists every variant without building one; None if not recorded."""
+    import json
+
+    table = json.loads(PARAM_COUNTS_FILE.read_text()) if PARAM_COUNTS_FILE.is_file() else {}
+    if name not in table:
+        return None
+    p150, p151 = table[name]
+    return p150 + (num_classes - 150) * (p151 - p150)
+
+
+def write_parameter_table() -> None:
+    """Regenerate param_counts.json (run after changing a variant: `python -c "import attnseg.models as m;
+    m.write_parameter_table()"`); tests/test_cli.py checks the table against the models."""
+    import json
+
+    table = {n: [count_parameters(n, 150), count_parameters(n, 151)] for n in sorted(MODELS)}
+    PARAM_COUNTS_FILE.write_text(json.dumps(table, indent=0) + "\n")

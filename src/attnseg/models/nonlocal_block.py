@@ -9,8 +9,11 @@ Pairwise functions f and normalisers C(x) (Sec. 3.2):
     embedded_gaussian   f = exp(theta(x_i)^T phi(x_j) [/ sqrt(C')]) C = sum_j f     (softmax; SDPA here)
     dot_product         f = theta(x_i)^T phi(x_j)                   C = N (number of positions j)
     concatenation       f = ReLU(w_f^T [theta(x_i), phi(x_j)])      C = N
-theta, phi, g map C -> C' = C / reduction channels. `sub_sample` max-pools phi and g (2x2, or 1x2x2 in
-time-space for 3d, 2 for 1d). For the concatenation mode w_f^T [a; b] = w_a^T a + w_b^T b, so f is
+theta, phi, g map C -> C' = C / reduction channels. `sub_sample` (Sec. 3.3, Fig. 2: "adding a max pooling
+layer after phi and g") max-pools the *outputs* of the phi and g 1x1 convolutions (2 for 1d, 2x2 for 2d,
+1x2x2 in time-space for 3d), as the cited implementation (AlexHex7/Non-local_pytorch) and mmcv do; the
+gaussian mode has no phi, so x itself is pooled for the keys. Pooling x before the convolutions is not the
+same function (a max does not commute with a 1x1 convolution across channels). For the concatenation mode w_f^T [a; b] = w_a^T a + w_b^T b, so f is
 computed as ReLU(s_i + t_j) without materialising the N x M x 2C' concatenation.
 A new block is an exact identity (W_z's BN weight, or W_z itself without BN, starts at zero).
 """
@@ -63,18 +66,19 @@ class _NonLocalNd(nn.Module):
         spatial = x.shape[2:]
         if len(spatial) != self.dim:
             raise ValueError(f"{type(self).__name__} expects a (B, C, {self.dim} spatial dims) input, got {tuple(x.shape)}")
-        xs = self.pool(x) if self.pool is not None else x  # positions j (sub-sampled)
-        g = self.g(xs).flatten(2).transpose(1, 2)  # (B, M, C')
-        if self.mode == "gaussian":
-            q = x.flatten(2).transpose(1, 2)  # (B, N, C)
-            k = xs.flatten(2).transpose(1, 2)  # (B, M, C)
-            y = F.scaled_dot_product_attention(q, k, g, scale=1.0)  # softmax_j(x_i^T x_j) g_j
+        pool = self.pool if self.pool is not None else (lambda t: t)
+        # Sec. 3.3 / Fig. 2: sub-sampling is "a max pooling layer after phi and g" (positions j only)
+        g = pool(self.g(x)).flatten(2).transpose(1, 2)  # (B, M, C')
+        if self.mode == "gaussian":  # no phi: the references pool x itself for the keys
+            q = x.flatten(2).transpose(1, 2)[:, None]  # (B, 1, N, C)
+            k = pool(x).flatten(2).transpose(1, 2)[:, None]  # (B, 1, M, C)
+            y = F.scaled_dot_product_attention(q, k, g[:, None], scale=1.0)[:, 0]  # softmax_j(x_i^T x_j) g_j
         else:
             theta = self.theta(x).flatten(2).transpose(1, 2)  # (B, N, C')
-            phi = self.phi(xs).flatten(2).transpose(1, 2)  # (B, M, C')
-            if self.mode == "embedded_gaussian":
+            phi = pool(self.phi(x)).flatten(2).transpose(1, 2)  # (B, M, C')
+            if self.mode == "embedded_gaussian":  # SDPA on 4-d tensors (what the ONNX exporter converts)
                 scale = self.inter ** -0.5 if self.use_scale else 1.0
-                y = F.scaled_dot_product_attention(theta, phi, g, scale=scale)
+                y = F.scaled_dot_product_attention(theta[:, None], phi[:, None], g[:, None], scale=scale)[:, 0]
             elif self.mode == "dot_product":
                 y = (theta @ phi.transpose(1, 2)) / phi.shape[1] @ g  # C(x) = N
             else:  # concatenation
