@@ -98,6 +98,14 @@ def test_official_layout_loads_strict_and_matches_equations(tmp_path, variant):
         want = reference_forward(sd, x, model.config)
     assert got.shape == want.shape == (1, 19, 12, 17)
     assert (got - want).abs().max() <= 1e-4 * max(1.0, want.abs().max().item())
+    # float64: the same weights upcast, compared at 1e-9 (a wrong epsilon would show here, not above)
+    sd64 = {k: v.double() if v.is_floating_point() else v for k, v in sd.items()}
+    torch.save({"state_dict": sd64, "meta": {"CLASSES": None}}, tmp_path / "official64.pth")
+    model64 = attnseg.load_model(tmp_path / "official64.pth", model=variant, dtype=torch.float64)
+    assert model64.config["decoder_dim"] == model.config["decoder_dim"]  # read from linear_fuse
+    with torch.no_grad():
+        got64, want64 = model64(x.double()), reference_forward(sd64, x.double(), model.config)
+    assert ((got64 - want64).abs().max() / want64.abs().max()).item() <= 1e-9
 
 
 @pytest.mark.parametrize("name", [n for n in MODELS if n.startswith(("edaformer", "eft"))])

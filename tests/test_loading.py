@@ -52,6 +52,12 @@ def test_transformers_parity(tmp_path, variant):
     assert got.shape == want.shape == (1, 11, 50, 82)
     assert (got - want).abs().max() <= 1e-5
     assert (got_literal - want).abs().max() <= 1e-5
+    ours64 = attnseg.load_model(tmp_path, dtype=torch.float64)  # float64 parity: 1e-9 relative
+    ref64 = ref.double()
+    with torch.no_grad():
+        want64 = ref64(pixel_values=x.double()).logits
+        got64 = ours64(x.double())
+    assert ((got64 - want64).abs().max() / want64.abs().max()).item() <= 1e-9
 
 
 def test_transformers_v5_module_names_and_model_arg(tmp_path):

@@ -160,6 +160,13 @@ def test_release_checkpoint_converts_and_matches_the_reference_forward(tmp_path)
         got = model(x, text_embeddings=t)
     assert got.shape == ref.shape == (2, 5, 64, 96)
     assert (got - ref).abs().max() < 1e-4 * ref.abs().max()
+    sd64 = {k: v.double() if v.is_floating_point() else v for k, v in sd.items()}
+    torch.save({"state_dict": sd64, "hyper_parameters": hp}, tmp_path / "m64.ckpt")
+    model64 = attnseg.load_model(tmp_path / "m64.ckpt", model="lseg-vit-tiny", dtype=torch.float64)
+    with torch.no_grad():
+        ref64 = _reference(sd64, x.double(), t.double(), block_depth=2)
+        got64 = model64(x.double(), text_embeddings=t.double())
+    assert ((got64 - ref64).abs().max() / ref64.abs().max()).item() <= 1e-9
 
 
 @pytest.mark.parametrize("arch_option", [1, 2])

@@ -78,7 +78,7 @@ def from_official(sd: dict[str, torch.Tensor], hparams: dict | None = None,
     if "block_depth" in given:
         hp["block_depth"] = given["block_depth"]
     out = apply_key_map(sd, rules(), fmt="LSeg release checkpoint")
-    out["logit_scale"] = torch.tensor(math.log(1 / 0.07))
+    out["logit_scale"] = torch.tensor(math.log(1 / 0.07), dtype=torch.float64)  # cast to the model dtype on load
     cfg: dict = {"features": int(out["layer_rn.0.weight"].shape[0]), "text_dim": int(out["head1.weight"].shape[0])}
     cfg["use_bn"] = "refinenet.0.resConfUnit1.bn1.weight" in out
     has_block = "head_block.depthwise.weight" in out
