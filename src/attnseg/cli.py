@@ -482,11 +482,13 @@ def cmd_fewshot(args) -> int:
     try:
         for fold in args.folds:
             bench = build_benchmark(args.benchmark, args.data_root, args.splits, fold, args.split, shots=args.shots,
-                                    episodes=args.episodes, seed=args.seed)
-            r = evaluate_episodes(ZeroShotLSeg(model, args.size, args.background, args.device), bench,
-                                  progress=sys.stderr.isatty())
-            print(f"{args.benchmark} fold {fold} ({r['episodes']} episodes): mIoU {r['mIoU']:.2f}  "
-                  f"FB-IoU {r['FB-IoU']:.2f}")
+                                    episodes=args.episodes, seed=args.seed, protocol=args.protocol)
+            size = args.size or bench.score_size
+            r = evaluate_episodes(ZeroShotLSeg(model, size, args.background, args.device), bench,
+                                  progress=sys.stderr.isatty(), score_size=None if args.original_size else size)
+            print(f"{args.benchmark} fold {fold} ({r['episodes']} episodes, {args.protocol} protocol): "
+                  f"mIoU {r['mIoU']:.2f}  FB-IoU {r['FB-IoU']:.2f}"
+                  + (f"  ({len(r['unseen_classes'])} class(es) drew no episode: IoU 0)" if r["unseen_classes"] else ""))
             results.append(r)
     except (DatasetError, ImageReadError, ValueError) as e:
         raise CLIError(str(e)) from None
@@ -713,10 +715,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=lambda s: [int(v) for v in s.split(",")], default=[0],
                    help="comma-separated folds (PASCAL/COCO 0..3; FSS-1000 has one split: 0)")
     p.add_argument("--split", default="val", help="val (PASCAL/COCO), test (FSS-1000)")
-    p.add_argument("--episodes", type=int_range(1), default=1000)
+    p.add_argument("--protocol", choices=["lseg", "hsnet"], default="lseg",
+                   help="episode schedule, mask reading and scoring size of LSeg's evaluation (default, 480) or "
+                        "HSNet's (400); see the README")
+    p.add_argument("--episodes", type=int_range(1), default=None,
+                   help="episodes per fold (default: the protocol's: 1000 PASCAL/COCO, every query for FSS-1000)")
+    p.add_argument("--original-size", action="store_true",
+                   help="score at the original mask size (HSNet's --use_original_imgsize)")
     p.add_argument("--shots", type=int_range(1, 100), default=1, help="support images drawn per episode (unused zero-shot)")
     p.add_argument("--seed", type=int_range(0), default=0)
-    p.add_argument("--size", type=int_range(16, 8192), default=480, help="square input size (a multiple of the ViT patch)")
+    p.add_argument("--size", type=int_range(16, 8192), default=None,
+                   help="square input (and scoring) size; default the protocol's (480 lseg, 400 hsnet)")
     p.add_argument("--background", default="other", help="the background label")
     p.add_argument("--out", default=None, help="write results as JSON here")
     p.add_argument("--device", default="cpu")

@@ -1,4 +1,5 @@
-"""Few-shot segmentation benchmarks in the layouts HSNet published (and LSeg evaluates on).
+"""Few-shot segmentation benchmarks in the layouts HSNet published (and LSeg evaluates on), with the
+episode schedules, mask reading and scoring resolution of HSNet's and LSeg's own evaluation code.
 
 An episode is a query image with a binary mask for one class, plus `shots` support images of the same
 class with their masks. Masks: 1 = the class, 0 = anything else, 255 = ignored (VOC borders).
@@ -10,10 +11,19 @@ COCO-20i (Nguyen & Todorovic 2019, HSNet's interleaved split), fold i holds clas
     ROOT/COCO2014/{train2014,val2014}/NAME.jpg, ROOT/COCO2014/annotations/{train2014,val2014}/NAME.png
     (pixel value = class + 1); SPLITS/coco/{trn,val}/fold{i}.pkl: {class (0-based): [`val2014/NAME.jpg`, ...]}
 FSS-1000 (Li et al. 2020), 520/240/240 classes for trn/val/test:
-    ROOT/FSS-1000/CLASS/{1..10}.jpg + .png (white = object); SPLITS/fss/{trn,val,test}.txt: class names
-Episodes are drawn as HSNet does: episode k takes class `classes[k % len(classes)]` (PASCAL: the k-th
-query of the list), a random query of that class, and `shots` other random images of it, all from a
-generator seeded per episode, so episode k is the same on every run and machine.
+    ROOT/FSS-1000/CLASS/{1..10}.jpg + .png (object where the grey value >= 128); SPLITS/fss/{trn,val,test}.txt
+
+Protocols (`protocol=`), facts from HSNet's `data/*.py`, `test.py`, `common/logger.py` and lang-seg's
+`fewshot_data/` copies and `test_lseg_zs.py`; both draw episodes from one legacy NumPy RandomState seeded
+with `seed` (their `fix_randseed(0)`), with the same calls in the same order, so seed 0 gives their episodes:
+    "lseg" (default, LSeg's tables): images and masks resized to 480x480 (masks nearest) and scored there;
+        PASCAL: min(1000, #queries) episodes walking the fold's list; COCO: 1000 episodes, each a random
+        class, then a random query of it; FSS-1000 1-shot test: every image but the first of each class
+        (in sorted path order) as the query, once, with that first image as the support (2,160 episodes).
+    "hsnet": the same at 400x400 (HSNet's test size); PASCAL: 1000 episodes wrapping around the list;
+        FSS-1000: every image of each class once as the query (2,400), random supports (never the query).
+Both read FSS-1000 masks as `convert('L') >= 128` and count a fold class that no episode drew as IoU 0.
+`score_size=None` scores at the original mask size instead (HSNet's --use_original_imgsize).
 """
 from __future__ import annotations
 
@@ -22,11 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from ..io import read_image, read_label
 from .datasets import COCO_THINGS, DatasetError, PascalVOC
 
 IGNORE = 255
+PROTOCOLS = {"lseg": {"size": 480}, "hsnet": {"size": 400}}
 
 
 @dataclass
@@ -46,23 +56,36 @@ def _require(path: Path, what: str) -> Path:
     return path
 
 
+def _draw(rs: np.random.RandomState, seq) -> object:
+    """One draw as the references make it: `np.random.choice(seq, 1, replace=False)[0]` (same stream use)."""
+    return rs.choice(seq, 1, replace=False)[0]
+
+
 class FewShotBenchmark:
     name = "fewshot"
     class_names: list[str]  # all classes of the benchmark
     classes: list[int]  # the classes of this fold/split (indices into class_names)
 
-    def __init__(self, root, splits, fold: int, split: str, shots: int = 1, episodes: int = 1000, seed: int = 0):
+    def __init__(self, root, splits, fold: int, split: str, shots: int = 1, episodes: int | None = None,
+                 seed: int = 0, protocol: str = "lseg"):
         self.root, self.splits = Path(root), Path(splits)
-        self.fold, self.split, self.shots, self.episodes, self.seed = fold, split, shots, episodes, seed
+        self.fold, self.split, self.shots, self.seed = fold, split, shots, seed
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
         if shots < 1:
             raise ValueError(f"shots must be >= 1, got {shots}")
+        if episodes is not None and episodes < 1:
+            raise ValueError(f"episodes must be >= 1, got {episodes}")
+        self.protocol = protocol
+        self.score_size: int | None = PROTOCOLS[protocol]["size"]
         self.by_class: dict[int, list[str]] = {}
         self.queries: list[tuple[str, int]] = []
         self.load_split()
-        small = [self.class_names[c] for c in self.classes if len(self.by_class.get(c, [])) < shots + 1]
+        small = [self.class_names[c] for c in self.classes if 0 < len(self.by_class.get(c, [])) < shots + 1]
         if small:
             raise DatasetError(f"{self.name} fold {fold} {split}: classes {small} have fewer than shots + 1 = "
                                f"{shots + 1} images, so no episode can be drawn")
+        self.plan = self.schedule(np.random.RandomState(seed), episodes)
 
     def load_split(self) -> None:
         raise NotImplementedError
@@ -70,20 +93,25 @@ class FewShotBenchmark:
     def read(self, name: str, class_id: int) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
-    def __len__(self) -> int:
-        return self.episodes
+    def schedule(self, rs: np.random.RandomState, episodes: int | None) -> list[tuple[str, list[str], int]]:
+        """[(query, supports, class)] for every episode, drawn in the references' order."""
+        raise NotImplementedError
 
-    def pick(self, k: int, rng: np.random.Generator) -> tuple[str, int]:
-        c = self.classes[k % len(self.classes)]
-        return self.by_class[c][rng.integers(len(self.by_class[c]))], c
+    def _supports(self, rs, query: str, pool) -> list[str]:
+        out = []
+        while len(out) < self.shots:  # the references redraw while the draw is the query
+            s = str(_draw(rs, pool))
+            if s != query:
+                out.append(s)
+        return out
+
+    def __len__(self) -> int:
+        return len(self.plan)
 
     def __getitem__(self, k: int) -> Episode:
-        if not 0 <= k < self.episodes:
+        if not 0 <= k < len(self.plan):
             raise IndexError(k)
-        rng = np.random.default_rng([self.seed, self.fold, k])
-        qname, c = self.pick(k, rng)
-        others = [n for n in self.by_class[c] if n != qname]
-        snames = [others[i] for i in rng.choice(len(others), self.shots, replace=False)]
+        qname, snames, c = self.plan[k]
         q, qm = self.read(qname, c)
         sup = [self.read(n, c) for n in snames]
         return Episode(q, qm, [s[0] for s in sup], [s[1] for s in sup], c, self.class_names[c], qname)
@@ -107,8 +135,14 @@ class Pascal5i(FewShotBenchmark):
             self.queries.append((name, c))
         self.voc = _require(self.root / "VOC2012", "PASCAL VOC 2012")
 
-    def pick(self, k, rng):  # HSNet walks the query list (wrapping), supports drawn at random
-        return self.queries[k % len(self.queries)]
+    def schedule(self, rs, episodes):
+        n = len(self.queries)  # HSNet: 1000 episodes walking the list (wrapping); LSeg: min(1000, n)
+        count = episodes or (1000 if self.protocol == "hsnet" else min(1000, n))
+        plan = []
+        for k in range(count):
+            q, c = self.queries[k % n]
+            plan.append((q, self._supports(rs, q, self.by_class[c]), c))
+        return plan
 
     def read(self, name, c):
         img = read_image(self.voc / "JPEGImages" / f"{name}.jpg")
@@ -132,6 +166,17 @@ class COCO20i(FewShotBenchmark):
             self.by_class[c] = list(meta.get(c, []))
         self.coco = _require(self.root / "COCO2014", "COCO 2014")
 
+    def schedule(self, rs, episodes):  # a random class per episode, then a random query of that class
+        empty = [self.class_names[c] for c in self.classes if not self.by_class[c]]
+        if empty:
+            raise DatasetError(f"coco20i fold {self.fold}: no images listed for classes {empty}")
+        plan = []
+        for _ in range(episodes or 1000):
+            c = int(_draw(rs, self.classes))
+            q = str(_draw(rs, self.by_class[c]))
+            plan.append((q, self._supports(rs, q, self.by_class[c]), c))
+        return plan
+
     def read(self, name, c):
         img = read_image(self.coco / name)
         lab = read_label(self.coco / "annotations" / Path(name).with_suffix(".png"))
@@ -143,21 +188,53 @@ class FSS1000(FewShotBenchmark):
 
     def load_split(self):
         lst = _require(self.splits / "fss" / f"{self.split}.txt", "FSS-1000 split list")
-        self.class_names = [s for s in lst.read_text().split("\n") if s.strip()]
+        self.class_names = sorted(s for s in lst.read_text().split("\n") if s.strip())  # the references sort
         self.classes = list(range(len(self.class_names)))
         self.base = _require(self.root / "FSS-1000", "FSS-1000")
         for c, cname in enumerate(self.class_names):
             d = _require(self.base / cname, f"FSS-1000 class {cname!r}")
-            self.by_class[c] = sorted(p.stem for p in d.glob("*.jpg"))
+            files = sorted(p.name for p in d.iterdir())  # sorted path order: 1.jpg, 1.png, 10.jpg, 2.jpg, ...
+            self.files[c] = files
+            self.by_class[c] = [f[:-4] for f in files if f.endswith(".jpg")]
+
+    def __init__(self, *a, **kw):
+        self.files: dict[int, list[str]] = {}
+        super().__init__(*a, **kw)
+
+    def schedule(self, rs, episodes):
+        plan = []
+        fixed_support = self.protocol == "lseg" and self.split == "test" and self.shots == 1
+        for c in self.classes:
+            names = self.files[c][1:] if fixed_support else self.files[c]  # LSeg: the first file is the support
+            for f in names:
+                if not f.endswith(".jpg"):
+                    continue
+                q = f[:-4]
+                if fixed_support:
+                    plan.append((q, ["1"], c))
+                else:  # HSNet: supports drawn from the names 1..10, never the query
+                    plan.append((q, self._supports(rs, q, range(1, 11)), c))
+        return plan[:episodes] if episodes else plan
 
     def read(self, name, c):
         d = self.base / self.class_names[c]
         img = read_image(d / f"{name}.jpg")
-        lab = read_image(d / f"{name}.png").max(-1)  # the masks are saved as gray or RGB images
-        return img, (lab > 128).astype(np.uint8)
+        return img, (read_grey(d / f"{name}.png") >= 128).astype(np.uint8)
 
     def label_text(self, c: int) -> str:
         return self.class_names[c].replace("_", " ")
+
+
+def read_grey(path) -> np.ndarray:
+    """A mask as the references read it: Pillow's `convert('L')` (ITU-R 601 luma of RGB), uint8."""
+    from ..io import ImageReadError, _open
+
+    im = _open(path, str(path), None, what="mask")
+    try:
+        with im:
+            return np.asarray(im.convert("L"))
+    except (OSError, ValueError) as e:
+        raise ImageReadError(f"cannot read mask {path}: {e}") from None
 
 
 BENCHMARKS = {"pascal5i": Pascal5i, "coco20i": COCO20i, "fss1000": FSS1000}

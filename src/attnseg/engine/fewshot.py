@@ -2,9 +2,12 @@
 
 For every episode the predicted binary mask is compared with the query mask (255 ignored):
     I[b, c] += |pred = b and gt = b|,  U[b, c] += |pred = b or gt = b|   for b in {background, foreground}
-    mIoU   = mean over the fold's classes c of I[1, c] / U[1, c]
+    mIoU   = mean over the fold's classes c of I[1, c] / max(U[1, c], 1)   (a class no episode drew: 0)
     FB-IoU = mean over b of (sum_c I[b, c]) / (sum_c U[b, c])
-A zero-shot LSeg predicts with the label set [background, class name] and ignores the supports.
+as HSNet's AverageMeter computes them. The query mask is scored at the benchmark's `score_size` (nearest
+resize, as `F.interpolate(mode='nearest')` does in the references) or at its original size.
+A zero-shot LSeg predicts with the label set [background, class name] and ignores the supports; its input
+is the query resized to `size` x `size` with Pillow's bilinear filter (torchvision's Resize on PIL images).
 """
 from __future__ import annotations
 
@@ -34,14 +37,22 @@ class FewShotMeter:
         self.count += 1
 
     def result(self) -> dict:
-        seen = [c for c in self.classes if self.union[c].sum() > 0]
-        if not seen:
+        if not self.count:
             return {"mIoU": float("nan"), "FB-IoU": float("nan"), "episodes": 0, "per_class": {}}
-        fg = {c: self.inter[c][1] / max(self.union[c][1], 1) for c in seen}
-        i = sum(self.inter[c] for c in seen)
-        u = sum(self.union[c] for c in seen)
+        fg = {c: self.inter[c][1] / max(self.union[c][1], 1) for c in self.classes}  # unseen classes: 0
+        i = sum(self.inter[c] for c in self.classes)
+        u = sum(self.union[c] for c in self.classes)
         return {"mIoU": 100 * float(np.mean(list(fg.values()))), "FB-IoU": 100 * float(np.mean(i / np.maximum(u, 1))),
-                "episodes": self.count, "per_class": {c: 100 * float(v) for c, v in fg.items()}}
+                "episodes": self.count, "per_class": {c: 100 * float(v) for c, v in fg.items()},
+                "unseen_classes": [c for c in self.classes if self.union[c].sum() == 0]}
+
+
+def resize_mask_nearest(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """torch's nearest resize (source index floor(dst * in / out)), the references' mask resize."""
+    if mask.shape == tuple(size):
+        return mask
+    t = torch.from_numpy(mask.astype(np.float32))[None, None]
+    return F.interpolate(t, size=tuple(size), mode="nearest")[0, 0].numpy().astype(mask.dtype)
 
 
 class ZeroShotLSeg:
@@ -54,23 +65,32 @@ class ZeroShotLSeg:
         self.std = torch.tensor(meta.get("std", [127.5] * 3)).view(1, 3, 1, 1)
 
     @torch.inference_mode()
-    def __call__(self, ep: Episode, label: str) -> np.ndarray:
-        x = torch.from_numpy(ep.query).permute(2, 0, 1)[None].float()
-        x = F.interpolate((x - self.mean) / self.std, size=(self.size, self.size), mode="bilinear",
-                          align_corners=False)
-        logits = self.model(x.to(self.device), labels=[self.background, label])
-        logits = F.interpolate(logits.float(), size=ep.query_mask.shape, mode="bilinear", align_corners=False)
+    def __call__(self, ep: Episode, label: str, out_size: tuple[int, int] | None = None) -> np.ndarray:
+        from PIL import Image
+
+        img = np.asarray(Image.fromarray(ep.query).resize((self.size, self.size), Image.BILINEAR))
+        x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float()
+        logits = self.model(((x - self.mean) / self.std).to(self.device), labels=[self.background, label]).float()
+        out_size = tuple(out_size or ep.query_mask.shape)
+        if tuple(logits.shape[-2:]) != out_size:
+            logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
         return (logits[0].argmax(0) == 1).cpu().numpy().astype(np.uint8)
 
 
-def evaluate_episodes(predict, bench: FewShotBenchmark, progress: bool = False) -> dict:
-    """`predict(episode, label_text) -> (H, W) {0, 1}` over every episode of `bench`."""
+def evaluate_episodes(predict, bench: FewShotBenchmark, progress: bool = False,
+                      score_size: int | None | str = "protocol") -> dict:
+    """`predict(episode, label_text, out_size) -> (h, w) {0, 1}` over every episode of `bench`, scored at
+    the protocol's resolution (`score_size="protocol"`), an int S (S x S), or None (original mask size)."""
+    size = bench.score_size if score_size == "protocol" else score_size
     meter = FewShotMeter(bench.classes)
     text = getattr(bench, "label_text", lambda c: bench.class_names[c])
     for k in tqdm(range(len(bench)), desc=f"{bench.name} fold {bench.fold}", disable=not progress):
         ep = bench[k]
-        meter.update(predict(ep, text(ep.class_id)), ep.query_mask, ep.class_id)
+        gt = ep.query_mask if size is None else resize_mask_nearest(ep.query_mask, (size, size))
+        meter.update(predict(ep, text(ep.class_id), gt.shape), gt, ep.class_id)
     res = meter.result()
     res["per_class"] = {bench.class_names[c]: v for c, v in res["per_class"].items()}
-    res.update(benchmark=bench.name, fold=bench.fold, split=bench.split, shots=bench.shots)
+    res["unseen_classes"] = [bench.class_names[c] for c in res.get("unseen_classes", [])]
+    res.update(benchmark=bench.name, fold=bench.fold, split=bench.split, shots=bench.shots,
+               protocol=bench.protocol, score_size=size)
     return res
