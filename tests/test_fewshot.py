@@ -62,9 +62,10 @@ def test_pascal5i_episodes(pascal):
         Pascal5i(pascal, pascal / "splits", 0, "val")
 
 
-def test_coco20i_interleaved_classes_and_masks(tmp_path):
+def _coco(tmp_path, fold):
+    """Two images per class of COCO-20i fold `fold`, masks with value class + 1, and HSNet's split pickle."""
     meta = {}
-    for c in [1 + 4 * v for v in range(20)]:  # fold 1: classes 1, 5, ..., 77 (0-based); pixel value = class + 1
+    for c in [fold + 4 * v for v in range(20)]:
         meta[c] = []
         for j in range(2):
             name = f"val2014/COCO_val2014_{c:03d}{j}.jpg"
@@ -72,8 +73,13 @@ def test_coco20i_interleaved_classes_and_masks(tmp_path):
             _lab(tmp_path / "COCO2014" / "annotations" / name.replace(".jpg", ".png"), c + 1)
             meta[c].append(name)
     (tmp_path / "splits" / "coco" / "val").mkdir(parents=True)
-    with open(tmp_path / "splits" / "coco" / "val" / "fold1.pkl", "wb") as f:
+    with open(tmp_path / "splits" / "coco" / "val" / f"fold{fold}.pkl", "wb") as f:
         pickle.dump(meta, f)
+    return meta
+
+
+def test_coco20i_interleaved_classes_and_masks(tmp_path):
+    _coco(tmp_path, 1)  # fold 1: classes 1, 5, ..., 77 (0-based); pixel value = class + 1
     b = COCO20i(tmp_path, tmp_path / "splits", 1, "val", episodes=40)
     assert b.classes[:3] == [1, 5, 9] and b.class_names[1] == "bicycle"
     ep = b[1]  # a random class of the fold (HSNet's schedule); the mask marks class + 1 pixels
@@ -312,17 +318,7 @@ def test_fss_scores_equal_hsnets_pipeline(tmp_path, protocol):
 
 
 def test_coco_with_unseen_classes_and_pascal_with_ignore_equal_hsnets_pipeline(tmp_path, pascal):
-    meta = {}
-    for c in [2 + 4 * v for v in range(20)]:  # fold 2
-        meta[c] = []
-        for j in range(2):
-            name = f"val2014/COCO_val2014_{c:03d}{j}.jpg"
-            _img(tmp_path / "COCO2014" / name, c * 7 + j)
-            _lab(tmp_path / "COCO2014" / "annotations" / name.replace(".jpg", ".png"), c + 1)
-            meta[c].append(name)
-    (tmp_path / "splits" / "coco" / "val").mkdir(parents=True)
-    with open(tmp_path / "splits" / "coco" / "val" / "fold2.pkl", "wb") as f:
-        pickle.dump(meta, f)
+    _coco(tmp_path, 2)
     b = COCO20i(tmp_path, tmp_path / "splits", 2, "val", episodes=12, protocol="lseg")
     got = evaluate_episodes(_red_predictor, b)
     assert got["unseen_classes"]  # 12 random draws leave some of the 20 classes out: they count as 0
