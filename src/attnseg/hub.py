@@ -243,6 +243,10 @@ def load_model(source: str | os.PathLike, model: str | None = None, num_classes:
         if info is not None:
             fmt, variant = "attnseg", info["model"]
             cfg_over = dict(info["config"])
+            if _family(variant) == "sanet":  # saved before the paper's options existed: the choices it had
+                from .models.sanet import upgrade_config
+
+                cfg_over = upgrade_config(cfg_over)
             meta = {k: info.get(k, meta.get(k)) for k in ("class_names", "palette", "mean", "std", "short_side")}
         else:
             fmt = _detect_format(sd)
