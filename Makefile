@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.attnseg-installed
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test e2e chromium clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,16 @@ demo: setup
 	$(BIN)/attnseg predict examples/ --out demo_out
 	@echo "outputs in demo_out/ (NAME.png label maps with a palette, NAME_overlay.jpg blends)"
 
-test: setup
+# the browser test drives Debian's Chromium through Playwright (Playwright's own browser download is unreachable)
+chromium:
+	@command -v chromium >/dev/null || apt-get install -y -q chromium >/dev/null \
+		|| (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)
+
+test: setup chromium
 	$(BIN)/python -m pytest -q
+
+e2e: setup chromium
+	$(BIN)/python -m pytest -q tests/test_serve_e2e.py
 
 clean:
 	rm -rf $(VENV) demo_out outputs

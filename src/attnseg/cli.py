@@ -501,6 +501,43 @@ def cmd_fewshot(args) -> int:
     return 0
 
 
+def _limit_malloc_arenas(n: int = 2) -> None:
+    """glibc gives each thread that allocates its own malloc arena; a server's request threads then grow RSS
+    with fragmentation. Two arenas keep it flat (the effect of MALLOC_ARENA_MAX=2; no-op off glibc)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-8, n)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
+def cmd_serve(args) -> int:
+    try:
+        import uvicorn
+
+        from .serve.app import Settings, create_app, load_models
+    except ImportError as e:
+        raise CLIError(f"attnseg serve needs the serve extra: pip install 'attnseg[serve]' ({e.name} missing)") from None
+    _limit_malloc_arenas()
+    sources = args.model or [m for m in ("sanet-effnet-lite0-camvid", "lseg-effnet-lite0-camvid")
+                             if m in __import__("attnseg").list_pretrained()]
+    if not sources:
+        raise CLIError("no model to serve: pass --model SOURCE (repeatable)")
+    try:
+        models = load_models(sources, args.backend, args.threads)
+    except (ValueError, OSError, ImportError) as e:
+        raise CLIError(str(e)) from None
+    settings = Settings(max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, max_batch=args.max_batch,
+                        max_wait_ms=args.max_wait_ms, queue=args.queue, timeout_s=args.timeout, cors=args.cors)
+    from .serve.app import BodyLimit
+
+    app = BodyLimit(create_app(models, settings), int(args.max_upload_mb * 2**20))
+    print(f"serving {', '.join(models)} on http://{args.host}:{args.port}/ (API docs: /docs)", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)
+    return 0
+
+
 def _model_from_name_or_source(args, fixed_labels: bool = False):
     """Registered architecture name -> random weights (for speed/FLOPs); anything else -> load_model.
     With `fixed_labels`, an LSeg model is wrapped to take images only, with --num-classes random label
@@ -772,6 +809,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int_range(1, 100000), default=10)
     p.add_argument("--json", action="store_true", help="also print the result as one JSON line")
     p.set_defaults(fn=cmd_benchmark)
+
+    p = sub.add_parser("serve", help="web page and HTTP API over loaded models (pip install 'attnseg[serve]')")
+    p.add_argument("--model", action="append", default=None,
+                   help="model to load (repeatable; default: every shipped model); requests pick them by name")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int_range(1, 65535), default=8000)
+    p.add_argument("--backend", choices=["eager", "onnx"], default="eager")
+    p.add_argument("--threads", type=int_range(1, 1024), default=None)
+    p.add_argument("--max-batch", type=int_range(1, 256), default=8, help="requests per model batch")
+    p.add_argument("--max-wait-ms", type=float_range(0.0, 10000.0), default=10.0,
+                   help="how long the worker waits for requests to batch with the first (0: no micro-batching)")
+    p.add_argument("--queue", type=int_range(1, 100000), default=32, help="queued requests before 503")
+    p.add_argument("--max-upload-mb", type=float_range(0.001, 10000.0), default=20.0)
+    p.add_argument("--max-pixels", type=int_range(1), default=40_000_000, help="per image, read from the header")
+    p.add_argument("--timeout", type=float_range(0.1, 3600.0), default=60.0, help="seconds per request")
+    p.add_argument("--cors", default=None, metavar="ORIGIN", help="allow this origin (no CORS headers otherwise)")
+    p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("isr-sweep", help="mIoU / GFLOPs / latency over a grid of ISR settings, with a plot")
     _add_model_args(p)

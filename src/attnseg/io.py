@@ -34,6 +34,10 @@ class ImageReadError(ValueError):
     pass
 
 
+class ImageTooLarge(ImageReadError):
+    """More pixels than the limit (read from the header, before decoding)."""
+
+
 def _open(source, name: str, max_pixels: int | None, what: str = "image") -> Image.Image:
     """Open (header only) and check the pixel count before any decoding."""
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
@@ -50,14 +54,17 @@ def _open(source, name: str, max_pixels: int | None, what: str = "image") -> Ima
     except IsADirectoryError:
         raise ImageReadError(f"{what} {name} is a folder, not a file") from None
     except Image.DecompressionBombError:
-        raise ImageReadError(f"{what} {name} is larger than the limit of {limit:,} pixels (a decompression bomb "
+        raise ImageTooLarge(f"{what} {name} is larger than the limit of {limit:,} pixels (a decompression bomb "
                              "or a huge scan); raise --max-pixels if you trust it") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except UnidentifiedImageError:
+        raise ImageReadError(f"cannot read {what} {name}: not an image file (or one in a format Pillow cannot "
+                             "read)") from None
+    except (OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(f"cannot read {what} {name}: {e} (corrupt, truncated or not an image)") from None
     w, h = im.size
     if w * h > limit:
         im.close()
-        raise ImageReadError(f"{what} {name} is {w}x{h} = {w * h:,} pixels, over the limit of {limit:,}; "
+        raise ImageTooLarge(f"{what} {name} is {w}x{h} = {w * h:,} pixels, over the limit of {limit:,}; "
                              "raise --max-pixels if you trust it")
     if w < 1 or h < 1:
         im.close()

