@@ -818,8 +818,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["eager", "onnx"], default="eager")
     p.add_argument("--threads", type=int_range(1, 1024), default=None)
     p.add_argument("--max-batch", type=int_range(1, 256), default=8, help="requests per model batch")
-    p.add_argument("--max-wait-ms", type=float_range(0.0, 10000.0), default=10.0,
-                   help="how long the worker waits for requests to batch with the first (0: no micro-batching)")
+    p.add_argument("--max-wait-ms", type=float_range(0.0, 10000.0), default=0.0,
+                   help="how long the worker waits for requests to batch with the first; default 0 (no "
+                        "micro-batching: on a 2-core CPU batching measured slower, see the README); e.g. 10 on GPUs")
     p.add_argument("--queue", type=int_range(1, 100000), default=32, help="queued requests before 503")
     p.add_argument("--max-upload-mb", type=float_range(0.001, 10000.0), default=20.0)
     p.add_argument("--max-pixels", type=int_range(1), default=40_000_000, help="per image, read from the header")

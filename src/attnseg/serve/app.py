@@ -38,7 +38,7 @@ class Settings:
     max_upload_mb: float = 20.0
     max_pixels: int = 40_000_000
     max_batch: int = 8
-    max_wait_ms: float = 10.0
+    max_wait_ms: float = 0.0  # micro-batching off by default: slower on CPUs (benchmarks/serve_load.py)
     queue: int = 32
     timeout_s: float = 60.0
     max_labels: int = 64
