@@ -429,6 +429,9 @@ def cmd_eval(args) -> int:
     check_device(args.device)
     if args.out:
         _check_file_out(args.out)
+    if args.plot:
+        _require_plots()
+        _check_out_dir(Path(args.plot))
     inference = _inference_config(args, args.scales, args.flip)
     model = _load(args)
     _check_onnx_size(model, args)
@@ -464,6 +467,76 @@ def cmd_eval(args) -> int:
                                                     "class_names": ds.class_names, **m},
                                                    indent=2))
             print(f"wrote {args.out}")
+        if args.plot:
+            from .plots import confusion_plot, iou_bars
+
+            names = ds.class_names
+            confusion_plot(m["confusion"], names, Path(args.plot) / "confusion.png")
+            iou_bars(m["IoU"], names, Path(args.plot) / "per_class_iou.png",
+                     f"{Path(str(args.model)).name} on {args.dataset} {args.split}")
+            print(f"wrote {args.plot}/confusion.png, {args.plot}/per_class_iou.png")
+    return 0
+
+
+def _require_plots() -> None:
+    from .plots import PlotUnavailable, pyplot
+
+    try:
+        pyplot()
+    except PlotUnavailable as e:
+        raise CLIError(str(e)) from None
+
+
+def cmd_erf(args) -> int:
+    import json
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from .io import IMAGE_EXTENSIONS, ImageReadError, atomic_write_text, read_image
+    from .tools.erf import compute_erf, plot_erf, square_sides
+
+    _require_plots()
+    _check_file_out(args.out)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if str(args.model).endswith(".onnx"):
+        raise CLIError("erf needs gradients: pass a PyTorch checkpoint or a registered name, not an .onnx graph")
+    model = _model_from_name_or_source(args)  # LSeg: its stages and fused decoder features need no labels
+    if args.images:
+        paths = sorted(p for p in Path(args.images).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    elif args.dataset:
+        from .data import DatasetError, build_dataset
+
+        try:
+            paths = [img for img, _ in build_dataset(args.dataset, args.data_root, args.split).samples]
+        except DatasetError as e:
+            raise CLIError(str(e)) from None
+    else:
+        raise CLIError("erf needs images: --images DIR or --dataset NAME --data-root PATH")
+    paths = paths[: args.num_images]
+    if not paths:
+        raise CLIError("erf: no images found")
+    meta = dict(getattr(model, "meta", None) or {})
+    mean = torch.tensor(meta.get("mean") or [123.675, 116.28, 103.53]).view(1, 3, 1, 1)
+    std = torch.tensor(meta.get("std") or [58.395, 57.12, 57.375]).view(1, 3, 1, 1)
+    xs = []
+    for p in paths:
+        try:
+            rgb = np.asarray(Image.fromarray(read_image(p)).resize((args.size, args.size), Image.BILINEAR))
+        except ImageReadError as e:
+            raise CLIError(str(e)) from None
+        xs.append((torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float() - mean) / std)
+    maps = compute_erf(model, xs, progress=sys.stderr.isatty())
+    title = f"{getattr(model, 'variant', args.model)}: ERF over {len(xs)} images at {args.size}x{args.size}"
+    plot_erf(maps, args.out, title)
+    res = {name: square_sides(m) for name, m in maps.items()}
+    for name, sides in res.items():
+        print(f"{name:<10} side of the centred square holding " + ", ".join(f"{k}: {v} px" for k, v in sides.items()))
+    atomic_write_text(Path(args.out).with_suffix(".json"), json.dumps(
+        {"model": str(args.model), "images": len(xs), "size": args.size, "square_sides": res}, indent=2))
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.json')}")
     return 0
 
 
@@ -739,6 +812,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels-file", default=None, help="LSeg: labels in class order, one per line")
     p.add_argument("--limit", type=int_range(1), default=None, help="only the first N images")
     p.add_argument("--out", default=None, help="write metrics as JSON here")
+    p.add_argument("--plot", default=None, metavar="DIR",
+                   help="write confusion.png (normalised confusion matrix) and per_class_iou.png here")
     p.add_argument("--device", default="cpu")
     p.add_argument("--backend", choices=["eager", "onnx"], default="eager")
     p.add_argument("--threads", type=int_range(1, 1024), default=None)
@@ -809,6 +884,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int_range(1, 100000), default=10)
     p.add_argument("--json", action="store_true", help="also print the result as one JSON line")
     p.set_defaults(fn=cmd_benchmark)
+
+    p = sub.add_parser("erf", help="effective receptive field of each encoder stage and the decoder (a PNG)")
+    p.add_argument("--model", required=True, help="registered name (random weights) or checkpoint")
+    p.add_argument("--arch", default=None)
+    p.add_argument("--num-classes", type=int_range(1, 4096), default=150)
+    p.add_argument("--images", default=None, help="a folder of images")
+    p.add_argument("--dataset", default=None, help="or a dataset (with --data-root, --split)")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--split", default="val")
+    p.add_argument("--num-images", type=int_range(1), default=100)
+    p.add_argument("--size", type=int_range(32, 4096), default=512, help="images are resized to SIZE x SIZE")
+    p.add_argument("--threads", type=int_range(1, 1024), default=None)
+    p.add_argument("--out", required=True, help="output PNG (a JSON with the square sides is written beside it)")
+    p.set_defaults(fn=cmd_erf)
 
     p = sub.add_parser("serve", help="web page and HTTP API over loaded models (pip install 'attnseg[serve]')")
     p.add_argument("--model", action="append", default=None,

@@ -60,6 +60,9 @@ def iou_bars(iou: list[float], class_names: list[str], path, title: str = "per-c
     v = [100 * (x if x == x else 0.0) for x in iou]  # nan (absent class) drawn as 0
     fig, ax = plt.subplots(figsize=(1.5 + 0.45 * len(v), 3.6))
     ax.bar(range(len(v)), v, color="#3b6fb6")
+    for i, x in enumerate(iou):
+        if x != x:  # nan: the class is in neither the ground truth nor the prediction
+            ax.text(i, 2, "absent", rotation=90, ha="center", va="bottom", fontsize=7, color="#777")
     ax.set_xticks(range(len(v)), class_names, rotation=60, ha="right", fontsize=8)
     ax.set_ylim(0, 100), ax.set_ylabel("IoU (%)")
     ax.set_title(f"{title} (mean {np.nanmean([x for x in iou]) * 100:.2f}%)")

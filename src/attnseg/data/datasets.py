@@ -85,7 +85,7 @@ class SegDataset(Dataset):
         if self.transform is not None:
             rng = np.random.default_rng(seed)
             img, lab = self.transform(img, lab, rng)
-        out = {"image": torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1),
+        out = {"image": torch.from_numpy(np.require(img, requirements=["C", "W"])).permute(2, 0, 1),
                "name": self.samples[i][0].stem, "index": i}
         if lab is not None:
             out["label"] = torch.from_numpy(np.ascontiguousarray(lab).astype(np.int64))

@@ -43,4 +43,5 @@ def evaluate(model, dataset, inference: InferenceConfig, mean, std, device="cpu"
     model.train(was_training)
     out = cm.compute(background)
     out["images"] = len(dataset)
+    out["confusion"] = cm.mat.long().tolist()  # rows: ground truth, columns: prediction
     return out

@@ -362,6 +362,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: b
             writer.close()
     if is_main() and it == t.iters:
         _export(core, work / "final.safetensors", None)
+    if is_main() and csv_path.exists():
+        _curves(csv_path, work / "curves.png")
     cleanup()
     return {"iter": it, "best": {k: v for k, v in best.items() if k != "metrics"}, "last": last}
 
@@ -377,6 +379,16 @@ def _export(core, path, best):
 
     extra = {"trained_iters_best": best["iter"], "val_mIoU": best["mIoU"]} if best else None
     save_model(core, path, extra=extra)
+
+
+def _curves(csv_path: Path, png: Path) -> None:
+    """loss / lr / val mIoU curves beside metrics.csv (needs matplotlib: the `plot` extra)."""
+    from ..plots import PlotUnavailable, training_curves
+
+    try:
+        training_curves(csv_path, png)
+    except PlotUnavailable as e:
+        print(f"note: no {png.name}: {e}", file=sys.stderr)
 
 
 def _csv(path: Path, row: dict) -> None:

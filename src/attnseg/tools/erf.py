@@ -1,7 +1,8 @@
 """Effective receptive fields (Luo et al., NeurIPS 2016; SegFormer Fig. 3; RepLKNet's area analysis).
 
 For an output map Y (B, C, h, w) of a stage, the ERF is the gradient of the centre position
-sum_c Y[:, c, h/2, w/2] with respect to the input image, in absolute value, summed over the input
+sum_c ReLU(Y[:, c, h/2, w/2]) with respect to the input image (the ReLU as in RepLKNet's ERF code: a plain
+channel sum of a LayerNorm output has zero gradient wherever the norm's scale is uniform), in absolute value, summed over the input
 channels and averaged over images. Shown as log10(1 + ERF / max) normalised to [0, 1], one panel per
 encoder stage and one for the decoder output. `square_sides` gives the side of the smallest centred
 square holding 20 / 50 / 99% of the total (RepLKNet's high-contribution area ratio, as a side length).
@@ -15,12 +16,12 @@ import torch
 
 
 def centre_gradient(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> np.ndarray:
-    """|d (sum_c fn(x)[:, c, h/2, w/2]) / d x| summed over input channels and batch: (H, W)."""
+    """|d (sum_c ReLU(fn(x)[:, c, h/2, w/2])) / d x| summed over input channels and batch: (H, W)."""
     x = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         y = fn(x)
         h, w = y.shape[-2:]
-        y[:, :, h // 2, w // 2].sum().backward()
+        torch.relu(y[:, :, h // 2, w // 2]).sum().backward()
     return x.grad.abs().sum((0, 1)).double().numpy()
 
 
@@ -34,7 +35,7 @@ def square_sides(erf: np.ndarray, fractions=(0.2, 0.5, 0.99)) -> dict[str, int]:
         side = max(H, W)
         for r in range(max(H, W)):
             if erf[max(cy - r, 0):cy + r + 1, max(cx - r, 0):cx + r + 1].sum() >= f * total - 1e-12 * total:
-                side = 2 * r + 1
+                side = min(2 * r + 1, max(H, W))
                 break
         out[f"{round(100 * f)}%"] = side
     return out
