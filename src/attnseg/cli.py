@@ -540,6 +540,52 @@ def cmd_erf(args) -> int:
     return 0
 
 
+def cmd_explain(args) -> int:
+    import torch
+
+    from .io import ImageReadError, read_image
+    from .tools.explain import explain, save_maps
+
+    _require_plots()
+    _check_out_dir(Path(args.out))
+    if str(args.model).endswith(".onnx"):
+        raise CLIError("explain reads the model's attention layers: pass a PyTorch checkpoint, not an .onnx graph")
+    try:
+        py, px = (int(v) for v in args.pixel.split(","))
+    except ValueError:
+        raise CLIError(f"--pixel expects Y,X (row, column in the image), got {args.pixel!r}") from None
+    model = _load(args)
+    labels = _read_labels(args)
+    if is_language_driven(model):
+        labels = labels or getattr(model, "default_labels", None)
+        if not labels:
+            raise CLIError("this LSeg model needs --labels \"sky, road, car, other\"")
+    elif labels:
+        raise CLIError(f"--labels needs a language-driven model (lseg-*); {args.model} has fixed classes")
+    try:
+        rgb = read_image(args.image)
+    except ImageReadError as e:
+        raise CLIError(str(e)) from None
+    seg = __import__("attnseg").Segmenter(model, size=args.size)
+    x, (H, W) = seg.preprocess(rgb)
+    if not (0 <= py < H and 0 <= px < W):
+        raise CLIError(f"--pixel {py},{px} is outside the {H}x{W} image")
+    h, w = x.shape[-2:]
+    from PIL import Image
+    import numpy as np
+
+    small = np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR))
+    pixel = (min(int(py * h / H), h - 1), min(int(px * w / W), w - 1))
+    with torch.no_grad():
+        maps = explain(model, x, pixel, labels)
+    if not maps:
+        raise CLIError(f"{args.model} has no attention layers to show")
+    files = save_maps(maps, small, pixel, args.out, f"{getattr(model, 'variant', args.model)}: attention of pixel "
+                                                    f"{py},{px}")
+    print(f"wrote {len(files)} PNG(s) to {args.out} ({len(maps)} maps + contact_sheet.png)")
+    return 0
+
+
 def cmd_fewshot(args) -> int:
     import json
 
@@ -884,6 +930,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int_range(1, 100000), default=10)
     p.add_argument("--json", action="store_true", help="also print the result as one JSON line")
     p.set_defaults(fn=cmd_benchmark)
+
+    p = sub.add_parser("explain", help="attention maps of one pixel in every attention layer (PNGs)")
+    p.add_argument("image", help="an image file")
+    _add_model_args(p)
+    p.add_argument("--pixel", required=True, help="Y,X: row and column in the image")
+    p.add_argument("--labels", default=None, help="LSeg: comma-separated labels (per-label similarity maps)")
+    p.add_argument("--labels-file", default=None)
+    p.add_argument("--size", type=_size, default="auto", help="short side to run at (as predict)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(fn=cmd_explain)
 
     p = sub.add_parser("erf", help="effective receptive field of each encoder stage and the decoder (a PNG)")
     p.add_argument("--model", required=True, help="registered name (random weights) or checkpoint")

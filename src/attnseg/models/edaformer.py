@@ -77,6 +77,7 @@ class EFA(nn.Module):
         if post_norm:
             self.norm = nn.LayerNorm(dim)  # eps 1e-5 (decoder)
             self.act = nn.GELU()
+        self.record: list | None = None  # tools/explain.py: a list to append the attention weights to
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         B, N, C = x.shape
@@ -87,10 +88,13 @@ class EFA(nn.Module):
         if r > 1:
             kh, kw = min(r, h), min(r, w)
             x_ = F.avg_pool2d(x_, (kh, kw), (kh, kw))  # (B, C, H/r, W/r)
+        kgrid = tuple(x_.shape[-2:])
         x_ = self.sr(x_).permute(0, 2, 3, 1).flatten(1, 2)  # 1x1 conv, (B, M, C)
         if self.post_norm:
             x_ = self.act(self.norm(x_))
         kv = x_.view(B, -1, nh, d).transpose(1, 2)  # K = V, (B, nh, M, d)
+        if self.record is not None:  # the weights SDPA applies, kept for inspection (not on the fast path)
+            self.record.append((((q @ kv.transpose(-2, -1)) * d ** -0.5).softmax(-1).detach(), (h, w), kgrid))
         out = F.scaled_dot_product_attention(q, kv, kv, dropout_p=self.attn_drop if self.training else 0.0)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
 

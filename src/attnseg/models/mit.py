@@ -91,17 +91,20 @@ class Attention(nn.Module):
             self.sr = nn.Conv2d(dim, dim, sr_ratio, sr_ratio)
             self.norm = nn.LayerNorm(dim, eps=sr_norm_eps)
         self.isr = 1  # extra inference-time pooling factor (ISR); 1 = off
+        self.record: list | None = None  # tools/explain.py: a list to append the attention weights to
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         B, N, C = x.shape
         nh, d = self.num_heads, C // self.num_heads
         q = self.q(x).view(B, N, nh, d).transpose(1, 2)  # (B, nh, N, d)
+        kh, kw = h, w
         if self.sr_ratio > 1 or self.isr > 1:
             x_ = tokens_to_map(x, h, w)  # (B, C, H, W), channels-last view
             if self.sr_ratio > 1:
                 x_ = self.sr(x_)  # (B, C, H/R, W/R)
             if self.isr > 1:
                 x_ = F.avg_pool2d(x_, self.isr, self.isr, ceil_mode=True)
+            kh, kw = x_.shape[-2:]
             x_ = map_to_tokens(x_)  # (B, N/R^2, C)
             if self.sr_ratio > 1:
                 x_ = self.norm(x_)
@@ -109,6 +112,8 @@ class Attention(nn.Module):
             x_ = x
         k, v = self.kv(x_).view(B, -1, 2, nh, d).permute(2, 0, 3, 1, 4)  # 2 x (B, nh, M, d)
         drop = self.attn_drop if self.training else 0.0
+        if self.record is not None:  # the weights SDPA applies, kept for inspection (not on the fast path)
+            self.record.append((((q @ k.transpose(-2, -1)) * d ** -0.5).softmax(-1).detach(), (h, w), (kh, kw)))
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # softmax(q k^T / sqrt(d)) v
         out = out.transpose(1, 2).reshape(B, N, C)
         return self.proj_drop(self.proj(out))

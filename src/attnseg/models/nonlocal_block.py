@@ -52,6 +52,7 @@ class _NonLocalNd(nn.Module):
             self.concat_project = nn.Conv2d(2 * inter, 1, 1, bias=False)  # w_f
         pool_cls, k = _POOL[self.dim]
         self.pool = pool_cls(k) if sub_sample else None
+        self.record: list | None = None  # tools/explain.py: pairwise weights f(x_i, x_j) / C(x) appended here
         if use_bn:
             self.W_z = nn.Sequential(conv(inter, in_channels, 1), _BN[self.dim](in_channels))
             nn.init.zeros_(self.W_z[1].weight)
@@ -87,6 +88,17 @@ class _NonLocalNd(nn.Module):
                 t = phi @ w[1]  # (B, M): w_b^T phi_j
                 f = torch.relu(s[:, :, None] + t[:, None, :])
                 y = f / phi.shape[1] @ g
+        if self.record is not None:  # the normalised pairwise weights (B, N, M) this forward applied
+            keys = pool(x) if self.mode == "gaussian" else pool(self.phi(x))
+            if self.mode == "gaussian":
+                f = (x.flatten(2).transpose(1, 2) @ keys.flatten(2)).softmax(-1)
+            elif self.mode == "embedded_gaussian":
+                f = ((theta @ phi.transpose(1, 2)) * (self.inter ** -0.5 if self.use_scale else 1.0)).softmax(-1)
+            elif self.mode == "dot_product":
+                f = theta @ phi.transpose(1, 2) / phi.shape[1]
+            else:
+                f = torch.relu(s[:, :, None] + t[:, None, :]) / phi.shape[1]
+            self.record.append((f[:, None].detach(), tuple(spatial[-2:]), tuple(keys.shape[-2:])))
         y = y.transpose(1, 2).reshape(B, self.inter, *spatial)
         return self.W_z(y) + x  # z = W_z y + x
 

@@ -58,6 +58,7 @@ class SAModule(nn.Module):
         self.pool, self.pool_type, self.attention_act = pool, pool_type, attention_act
         self.conv = nn.Sequential(ConvBNAct(cin, mid, 3, groups=g), ConvBNAct(mid, cout, 3))  # F
         self.conv_attn = nn.Sequential(ConvBNAct(cin, mid, 3, groups=g), ConvBNAct(mid, cout, 3, act=None))  # F_attn
+        self.record: list | None = None  # tools/explain.py: X_attn (the attention channels) appended here
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_res = self.conv(x)  # X_res = F(X_in)
@@ -66,6 +67,8 @@ class SAModule(nn.Module):
         x_hat = self.conv_attn(p)  # X^_attn = F_attn(Pool(X_in))
         act = torch.relu if self.attention_act == "relu" else torch.sigmoid
         x_attn = resize(act(x_hat), x_res.shape[-2:])  # X_attn = Up(sigma(X^_attn))
+        if self.record is not None:
+            self.record.append(x_attn.detach())
         return x_attn * x_res + x_attn  # Eq. 4
 
 
