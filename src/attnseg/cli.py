@@ -586,6 +586,57 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def cmd_robustness(args) -> int:
+    import attnseg
+    from .data import DatasetError, EvalTransform, build_dataset
+    from .tools.corruptions import CORRUPTIONS
+    from .tools.robustness import run, write
+
+    _require_plots()
+    check_device(args.device)
+    try:
+        __import__("cv2")
+    except ImportError:
+        raise CLIError("robustness needs OpenCV for the corruptions: pip install 'attnseg[robustness]'") from None
+    corruptions = CORRUPTIONS if args.corruptions == "all" else [c.strip() for c in args.corruptions.split(",")]
+    bad = [c for c in corruptions if c not in CORRUPTIONS]
+    if bad:
+        raise CLIError(f"--corruptions: unknown {', '.join(bad)}; choose from {', '.join(CORRUPTIONS)}")
+    severities = None
+    if args.severities:
+        try:
+            severities = sorted({int(v) for v in args.severities.split(",")})
+        except ValueError:
+            raise CLIError(f"--severities expects comma-separated integers 1..5, got {args.severities!r}") from None
+        if not severities or min(severities) < 1 or max(severities) > 5:
+            raise CLIError(f"--severities must be within 1..5, got {args.severities!r}")
+    _check_out_dir(Path(args.out))
+    try:
+        ds = build_dataset(args.dataset, args.data_root, args.split, EvalTransform())
+    except DatasetError as e:
+        raise CLIError(str(e)) from None
+    if args.limit:
+        ds.samples = ds.samples[: args.limit]
+    models = {}
+    for src in args.model:
+        try:
+            m = attnseg.load_model(src, device=args.device)
+        except (ValueError, OSError) as e:
+            raise CLIError(str(e)) from None
+        k = getattr(m, "num_classes", None)
+        if k is not None and k != ds.num_classes:
+            raise CLIError(f"{src} has {k} classes but {args.dataset} has {ds.num_classes}")
+        models[Path(src).stem if Path(src).exists() else src] = m
+    inference = _inference_config(args)
+    rows = run(models, ds, inference, args.device, severities, corruptions, progress=sys.stderr.isatty())
+    summary = write(rows, args.out, f"{args.dataset} {args.split}: mIoU under corruption")
+    for name, s in summary.items():
+        print(f"{name}: clean {100 * s['clean']:.2f}  mean corrupted {100 * s['mean']:.2f}  " + "  ".join(
+            f"{g} {100 * v:.2f}" for g, v in s["per_group"].items()))
+    print(f"wrote {args.out}/robustness.json, .csv, .md and .png")
+    return 0
+
+
 def cmd_fewshot(args) -> int:
     import json
 
@@ -940,6 +991,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_size, default="auto", help="short side to run at (as predict)")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(fn=cmd_explain)
+
+    p = sub.add_parser("robustness", help="mIoU under the 16 Cityscapes-C corruptions (table, JSON, CSV, plot)")
+    p.add_argument("--model", action="append", required=True, help="model to test (repeatable: one line each)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--corruptions", default="all", help="all, or comma-separated names")
+    p.add_argument("--severities", default=None,
+                   help="comma-separated 1..5 (default: the protocol's: 1-5, and 1-3 for the four noises)")
+    p.add_argument("--limit", type=int_range(1), default=None, help="only the first N images")
+    p.add_argument("--mode", choices=["whole", "slide"], default="whole")
+    p.add_argument("--crop", type=_pair, default=(512, 512))
+    p.add_argument("--stride", type=_pair, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="robustness", help="output folder")
+    p.set_defaults(fn=cmd_robustness)
 
     p = sub.add_parser("erf", help="effective receptive field of each encoder stage and the decoder (a PNG)")
     p.add_argument("--model", required=True, help="registered name (random weights) or checkpoint")
