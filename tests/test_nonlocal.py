@@ -7,7 +7,6 @@ into attnseg through `convert/nonlocal_blocks.py`'s key maps. Every mode x dim x
 non-square inputs, in float32 (1e-5) and float64 (1e-9). mmsegmentation NLNet-R50 checkpoints load with
 `load_model(..., model="nlnet-r50")` and match a reference forward of mmseg's layer order.
 """
-import math
 
 import pytest
 import torch

@@ -3,7 +3,6 @@
 schema (no 5xx for any generated request)."""
 import io
 import struct
-import threading
 import time
 import zlib
 from pathlib import Path

@@ -3,8 +3,6 @@
 uploads a CamVid example, checks the overlay and the legend against the label map, hovers, downloads the
 label PNG and compares it with `attnseg predict`, types LSeg labels as chips, changes ISR on EDAFormer, sees
 an API error on the page, and saves a screenshot to results/serve_screenshot.png for the README."""
-import io
-import os
 import shutil
 import socket
 import subprocess

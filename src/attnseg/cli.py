@@ -586,9 +586,21 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def _eval_dataset(args):
+    """--dataset/--data-root/--split at native resolution, first --limit samples; one-line errors."""
+    from .data import DatasetError, EvalTransform, build_dataset
+
+    try:
+        ds = build_dataset(args.dataset, args.data_root, args.split, EvalTransform())
+    except DatasetError as e:
+        raise CLIError(str(e)) from None
+    if args.limit:
+        ds.samples = ds.samples[: args.limit]
+    return ds
+
+
 def cmd_robustness(args) -> int:
     import attnseg
-    from .data import DatasetError, EvalTransform, build_dataset
     from .tools.corruptions import CORRUPTIONS
     from .tools.robustness import run, write
 
@@ -611,12 +623,7 @@ def cmd_robustness(args) -> int:
         if not severities or min(severities) < 1 or max(severities) > 5:
             raise CLIError(f"--severities must be within 1..5, got {args.severities!r}")
     _check_out_dir(Path(args.out))
-    try:
-        ds = build_dataset(args.dataset, args.data_root, args.split, EvalTransform())
-    except DatasetError as e:
-        raise CLIError(str(e)) from None
-    if args.limit:
-        ds.samples = ds.samples[: args.limit]
+    ds = _eval_dataset(args)
     models = {}
     for src in args.model:
         try:
@@ -791,7 +798,6 @@ def cmd_benchmark(args) -> int:
 def cmd_isr_sweep(args) -> int:
     import torch
 
-    from .data import DatasetError, EvalTransform, build_dataset
     from .tools.isr_sweep import DEFAULT_GRID, markdown, sweep, write_outputs
 
     if args.threads:
@@ -799,12 +805,7 @@ def cmd_isr_sweep(args) -> int:
     model = _load(args)
     if not hasattr(model, "set_isr"):
         raise CLIError(f"{args.model} has no spatial-reduction attention to reduce")
-    try:
-        ds = build_dataset(args.dataset, args.data_root, args.split, EvalTransform())
-    except DatasetError as e:
-        raise CLIError(str(e)) from None
-    if args.limit:
-        ds.samples = ds.samples[: args.limit]
+    ds = _eval_dataset(args)
     grid = args.settings.split(";") if args.settings else DEFAULT_GRID
     img = ds[0]["image"]
     size = tuple(args.size) if args.size else tuple(img.shape[-2:])
