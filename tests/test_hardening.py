@@ -222,9 +222,7 @@ def test_6_decompression_bomb_is_named_and_skipped(tmp_path, tiny_ckpt, capsys):
     Image.fromarray(photo()).save(d / "a_good.png")
     (d / "b_bomb.png").write_bytes(bomb_png())
     Image.fromarray(photo(seed=1)).save(d / "c_good.png")
-    t = time.time()
     rc = main(["predict", str(d), "--model", tiny_ckpt, "--out", str(tmp_path / "o")])
-    assert time.time() - t < 30
     captured = capsys.readouterr()
     assert rc == 1 and "b_bomb.png" in captured.err and "pixels" in captured.err
     assert "Traceback" not in captured.err
@@ -337,10 +335,10 @@ def test_9_export_and_eval_out_naming_a_folder(tmp_path, tiny_ckpt, capsys, camv
     one_line_error(capsys, main(["export", "--model", tiny_ckpt, "--out", str(tmp_path)]), "is a folder")
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     m3 = attnseg.save_model(attnseg.create_model("segformer-tiny", num_classes=11), tmp_path / "m11.safetensors")
-    t = time.time()
     one_line_error(capsys, main(["eval", "--model", str(m3), "--dataset", "camvid", "--data-root", str(camvid_root),
-                                 "--split", "test", "--out", str(tmp_path)]), "is a folder")
-    assert time.time() - t < 20  # refused before evaluating
+                                 "--split", "test", "--out", str(tmp_path), "--plot", str(tmp_path / "p")]),
+                   "is a folder")
+    assert not (tmp_path / "p").exists()  # refused before anything ran or was written
 
 
 BAD_FLAGS = [  # (command, flag, bad values): each must exit 2 with one line and write nothing
@@ -458,13 +456,13 @@ def test_11_palette_for_many_labels_is_distinct(tmp_path):
         extend_palette(base, 257)
 
 
-def test_11_models_lists_fast_without_building():
+def test_11_models_lists_without_building_or_importing_torch():
     r = subprocess.run([*ATTNSEG, "models"], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 0 and "lseg-vitl16" in r.stdout and "342.83" in r.stdout
     assert "Loading weights" not in r.stderr and "%|" not in r.stderr
-    t = time.time()
-    subprocess.run([*ATTNSEG, "models"], capture_output=True, timeout=60, cwd=ROOT)
-    assert time.time() - t < 6  # < 2 s on an idle 2-core machine; CI shares the cores
+    code = "import sys; from attnseg.cli import main; main(['models']); print('torch' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.stdout.strip().endswith("False")  # the table is JSON: nothing heavy is imported (0.2 s here)
 
 
 def test_11_recorded_parameter_counts_match_the_models():

@@ -1,10 +1,26 @@
-"""attnseg: attention-based semantic segmentation (SegFormer, EDAFormer, SANet, Non-local, LSeg)."""
+"""attnseg: attention-based semantic segmentation (SegFormer, EDAFormer, SANet, Non-local, LSeg).
+
+The public names are imported on first use (PEP 562), so `attnseg --version` or `attnseg models` do not pay
+for importing torch.
+"""
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .models import create_model, list_models  # noqa: E402
-from .hub import list_pretrained, load_model, save_model  # noqa: E402
-from .segmenter import Segmenter  # noqa: E402
+_LAZY = {"create_model": "models", "list_models": "models", "list_pretrained": "pretrained",
+         "load_model": "hub", "save_model": "hub", "Segmenter": "segmenter"}
+__all__ = [*_LAZY, "__version__"]
 
-__all__ = ["create_model", "list_models", "load_model", "save_model", "list_pretrained", "Segmenter", "__version__"]
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'attnseg' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

@@ -144,16 +144,19 @@ def _check_onnx_size(model, args) -> None:
 
 
 def cmd_models(args) -> int:
-    from .hub import list_pretrained
-    from .models import MODELS, count_parameters, recorded_parameters
+    """Lists the registry from models/param_counts.json: no model is built and torch is not imported."""
+    import json
 
+    from .pretrained import list_pretrained
+
+    table = json.loads((Path(__file__).parent / "models" / "param_counts.json").read_text())
     print(f"{'name':<20} {'params (M)':>10}  description")
-    for name in sorted(MODELS):
+    for name in sorted(table):
         if args.filter and args.filter not in name:
             continue
-        n = recorded_parameters(name, args.num_classes)  # from the table the tests keep true: no model is built
-        n = count_parameters(name, args.num_classes) if n is None else n
-        print(f"{name:<20} {n / 1e6:>10.2f}  {MODELS[name]['description']}")
+        p150, p151 = table[name]["params"]
+        n = p150 + (args.num_classes - 150) * (p151 - p150)
+        print(f"{name:<20} {n / 1e6:>10.2f}  {table[name]['description']}")
     shipped = list_pretrained()
     print(f"\nshipped trained weights: {', '.join(shipped) if shipped else 'none yet'}")
     return 0
@@ -283,7 +286,7 @@ def _inference_config(args, scales=None, flip=False):
 
 
 def default_model_source() -> str | None:
-    from .hub import list_pretrained
+    from .pretrained import list_pretrained
 
     shipped = list_pretrained()
     for name in ("sanet-effnet-lite0-camvid", "lseg-effnet-lite0-camvid"):

@@ -23,26 +23,14 @@ from .convert import nonlocal_blocks as conv_nl
 from .convert import segformer as conv_segformer
 from .convert.keymap import ConversionError, check_against
 from .io import atomic_write
+from .pretrained import PRETRAINED, PRETRAINED_DIR, list_pretrained  # noqa: F401 (re-exported)
 from .models import MODELS, create_model, unknown_model_error
 from .models.mit import MIT_CONFIGS
 
 IMAGENET_MEAN = [123.675, 116.28, 103.53]
 IMAGENET_STD = [58.395, 57.12, 57.375]
-PRETRAINED_DIR = Path(__file__).parent / "pretrained"
-# shipped weights: name -> file under attnseg/pretrained (trained with the configs/ of the same name)
-PRETRAINED: dict[str, str] = {
-    "sanet-effnet-lite0-camvid": "sanet-effnet-lite0-camvid.safetensors",
-    "lseg-effnet-lite0-camvid": "lseg-effnet-lite0-camvid.safetensors",
-}
-
-
 class ModelLoadError(ValueError):
     pass
-
-
-def list_pretrained() -> list[str]:
-    """Names of trained weights shipped inside the package (load offline with load_model(name))."""
-    return sorted(n for n, f in PRETRAINED.items() if (PRETRAINED_DIR / f).is_file())
 
 
 def default_meta(num_classes: int | None = None) -> dict:

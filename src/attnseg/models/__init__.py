@@ -90,19 +90,25 @@ def count_parameters(name: str, num_classes: int = 150) -> int:
 def recorded_parameters(name: str, num_classes: int = 150) -> int | None:
     """The parameter count from `param_counts.json` (p(150) and p(151): counts are affine in the class
     count), so `attnseg models` lists every variant without building one; None if not recorded."""
+    entry = read_parameter_table().get(name)
+    if entry is None:
+        return None
+    p150, p151 = entry["params"]
+    return p150 + (num_classes - 150) * (p151 - p150)
+
+
+def read_parameter_table() -> dict:
+    """{name: {"params": [p150, p151], "description": str}}; json only, no torch needed."""
     import json
 
-    table = json.loads(PARAM_COUNTS_FILE.read_text()) if PARAM_COUNTS_FILE.is_file() else {}
-    if name not in table:
-        return None
-    p150, p151 = table[name]
-    return p150 + (num_classes - 150) * (p151 - p150)
+    return json.loads(PARAM_COUNTS_FILE.read_text()) if PARAM_COUNTS_FILE.is_file() else {}
 
 
 def write_parameter_table() -> None:
     """Regenerate param_counts.json (run after changing a variant: `python -c "import attnseg.models as m;
-    m.write_parameter_table()"`); tests/test_cli.py checks the table against the models."""
+    m.write_parameter_table()"`); tests keep the table equal to the models."""
     import json
 
-    table = {n: [count_parameters(n, 150), count_parameters(n, 151)] for n in sorted(MODELS)}
-    PARAM_COUNTS_FILE.write_text(json.dumps(table, indent=0) + "\n")
+    table = {n: {"params": [count_parameters(n, 150), count_parameters(n, 151)],
+                 "description": MODELS[n]["description"]} for n in sorted(MODELS)}
+    PARAM_COUNTS_FILE.write_text(json.dumps(table, indent=1) + "\n")
