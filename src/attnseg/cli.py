@@ -145,17 +145,15 @@ def _check_onnx_size(model, args) -> None:
 
 def cmd_models(args) -> int:
     """Lists the registry from models/param_counts.json: no model is built and torch is not imported."""
-    import json
-
+    from .param_table import params_at, read_table
     from .pretrained import list_pretrained
 
-    table = json.loads((Path(__file__).parent / "models" / "param_counts.json").read_text())
+    table = read_table()
     print(f"{'name':<20} {'params (M)':>10}  description")
     for name in sorted(table):
         if args.filter and args.filter not in name:
             continue
-        p150, p151 = table[name]["params"]
-        n = p150 + (args.num_classes - 150) * (p151 - p150)
+        n = params_at(table[name]["params"], args.num_classes)
         print(f"{name:<20} {n / 1e6:>10.2f}  {table[name]['description']}")
     shipped = list_pretrained()
     print(f"\nshipped trained weights: {', '.join(shipped) if shipped else 'none yet'}")

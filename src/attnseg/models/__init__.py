@@ -67,7 +67,7 @@ def create_model(name: str, num_classes: int | None = None, **overrides) -> nn.M
     return model
 
 
-PARAM_COUNTS_FILE = __import__("pathlib").Path(__file__).with_name("param_counts.json")
+from ..param_table import PARAM_COUNTS_FILE, params_at, read_table  # noqa: E402
 
 
 def count_parameters(name: str, num_classes: int = 150) -> int:
@@ -88,20 +88,10 @@ def count_parameters(name: str, num_classes: int = 150) -> int:
 
 
 def recorded_parameters(name: str, num_classes: int = 150) -> int | None:
-    """The parameter count from `param_counts.json` (p(150) and p(151): counts are affine in the class
-    count), so `attnseg models` lists every variant without building one; None if not recorded."""
-    entry = read_parameter_table().get(name)
-    if entry is None:
-        return None
-    p150, p151 = entry["params"]
-    return p150 + (num_classes - 150) * (p151 - p150)
-
-
-def read_parameter_table() -> dict:
-    """{name: {"params": [p150, p151], "description": str}}; json only, no torch needed."""
-    import json
-
-    return json.loads(PARAM_COUNTS_FILE.read_text()) if PARAM_COUNTS_FILE.is_file() else {}
+    """The parameter count from `param_counts.json`, so `attnseg models` lists every variant without building
+    one; None if not recorded."""
+    entry = read_table().get(name)
+    return None if entry is None else params_at(entry["params"], num_classes)
 
 
 def write_parameter_table() -> None:
@@ -109,6 +99,6 @@ def write_parameter_table() -> None:
     m.write_parameter_table()"`); tests keep the table equal to the models."""
     import json
 
-    table = {n: {"params": [count_parameters(n, 150), count_parameters(n, 151)],
+    table = {n: {"params": [count_parameters(n, k) for k in (150, 151, 152)],
                  "description": MODELS[n]["description"]} for n in sorted(MODELS)}
     PARAM_COUNTS_FILE.write_text(json.dumps(table, indent=1) + "\n")
