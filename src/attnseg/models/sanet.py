@@ -226,6 +226,11 @@ VARIANTS = {
         config=dict(backbone="efficientnet-lite0", backbone_options={"output_stride": 16}, sa_min_channels=32,
                     mask_channels=128, dense_channels=128),
         description="SANet on EfficientNet-Lite0 (packaged ImageNet weights, output stride 16; inputs (x-127)/128)"),
+    "sanet-effnet-lite2": dict(
+        build=build_sanet, config_class=SANetConfig,
+        config=dict(backbone="efficientnet-lite2", backbone_options={"output_stride": 16}, sa_min_channels=32,
+                    mask_channels=128, dense_channels=128),
+        description="SANet on EfficientNet-Lite2 (packaged ImageNet weights, the lite12 extra; output stride 16)"),
     "sanet-tiny": dict(build=build_sanet, config_class=SANetConfig,
                        config=dict(backbone="efficientnet-lite0", backbone_options={"pretrained": False,
                                                                                     "output_stride": 32},

@@ -211,6 +211,11 @@ VARIANTS["allmlp-effnet-lite0"] = dict(
     config=dict(backbone="efficientnet-lite0"),
     description="All-MLP decoder (C=256) on EfficientNet-Lite0 (packaged ImageNet weights, output stride 32): "
                 "SANet's plain-head baseline")
+for _v in ("lite1", "lite2"):
+    VARIANTS[f"allmlp-effnet-{_v}"] = dict(
+        build=build_allmlp, config_class=AllMLPConfig, config=dict(backbone=f"efficientnet-{_v}"),
+        description=f"All-MLP decoder (C=256) on EfficientNet-{_v.capitalize()} (packaged ImageNet weights, "
+                    "the lite12 extra)")
 VARIANTS["allmlp-tiny"] = dict(
     build=build_allmlp, config_class=AllMLPConfig,
     config=dict(backbone="efficientnet-lite0", backbone_options={"pretrained": False}, decoder_dim=16),
