@@ -86,7 +86,7 @@ def plot_erf(maps: dict[str, np.ndarray], path, title: str) -> None:
         ax.set_title(f"{name}\n99%: {sides['99%']} px, 50%: {sides['50%']} px", fontsize=9)
         ax.set_xticks([]), ax.set_yticks([])
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.9))  # room for the title above the panel titles
     from ..io import atomic_write
 
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
