@@ -510,3 +510,18 @@ def test_kill_9_during_checkpoint_writes_leaves_a_loadable_checkpoint(tmp_path):
         assert ck["iter"] >= 1 and torch.equal(ck["model"]["w"], torch.full((300_000,), float(ck["iter"])))
         remove_stale_checkpoint_temps(tmp_path)
         assert sorted(os.listdir(tmp_path)) == ["latest.pth"]
+
+
+def test_bf16_autocast_in_predict_and_eval(tmp_path, tiny_ckpt, capsys):
+    Image.fromarray(photo(48, 64)).save(tmp_path / "a.png")
+    assert main(["predict", str(tmp_path / "a.png"), "--model", tiny_ckpt, "--dtype", "bf16", "--out",
+                 str(tmp_path / "b")]) == 0
+    assert main(["predict", str(tmp_path / "a.png"), "--model", tiny_ckpt, "--out", str(tmp_path / "f")]) == 0
+    a = np.asarray(Image.open(tmp_path / "b" / "a.png"))
+    b = np.asarray(Image.open(tmp_path / "f" / "a.png"))
+    assert a.shape == b.shape and (a == b).mean() > 0.8  # bf16 rounding moves few argmaxes
+    pytest.importorskip("onnxruntime")
+    assert main(["export", "--model", tiny_ckpt, "--out", str(tmp_path / "m.onnx"), "--dynamic"]) == 0
+    capsys.readouterr()
+    one_line_error(capsys, main(["predict", str(tmp_path / "a.png"), "--model", str(tmp_path / "m.onnx"), "--dtype",
+                                 "bf16", "--out", str(tmp_path / "o")]), "bf16")

@@ -253,6 +253,17 @@ def _check_file_out(path: str, flag: str = "--out") -> Path:
     return p
 
 
+def _amp_dtype(args, model):
+    """--dtype: None for fp32, torch.bfloat16 for bf16 (autocast; eager PyTorch models only)."""
+    import torch
+
+    if getattr(args, "dtype", "fp32") == "fp32":
+        return None
+    if not isinstance(model, torch.nn.Module):
+        raise CLIError("--dtype bf16 runs eager PyTorch models; an ONNX graph runs in its own precision")
+    return torch.bfloat16
+
+
 def check_device(name: str) -> str:
     import torch
 
@@ -301,6 +312,8 @@ def cmd_predict(args) -> int:
     from .io import MAX_LABELS, ImageReadError, atomic_save, label_png, overlay, read_image
 
     check_device(args.device)
+    if args.threads:
+        __import__("torch").set_num_threads(args.threads)
     out = Path(args.out)
     plan = plan_outputs(args.inputs, out)
     inference = _inference_config(args)
@@ -319,7 +332,8 @@ def cmd_predict(args) -> int:
     _apply_isr(model, args)
     _check_onnx_size(model, args)
     try:
-        seg = attnseg.Segmenter(model, size=args.size, inference=inference, device=args.device)
+        seg = attnseg.Segmenter(model, size=args.size, inference=inference, device=args.device,
+                                dtype=_amp_dtype(args, model) or __import__("torch").float32)
     except ValueError as e:
         raise CLIError(str(e)) from None
     kw = {}
@@ -428,6 +442,8 @@ def cmd_eval(args) -> int:
     from .io import ImageReadError, atomic_write_text
 
     check_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.out:
         _check_file_out(args.out)
     if args.plot:
@@ -453,7 +469,8 @@ def cmd_eval(args) -> int:
         meta = getattr(model, "meta", {}) or {}
         _apply_isr(model, args)
         m = evaluate(model, ds, inference, meta.get("mean"), meta.get("std"), args.device, ds.num_classes,
-                     rank, world, background=args.fb_background, model_kwargs=model_kwargs)
+                     rank, world, amp_dtype=_amp_dtype(args, model), background=args.fb_background,
+                     model_kwargs=model_kwargs)
     except (DatasetError, ImageReadError, ValueError) as e:
         raise CLIError(str(e)) from None
     finally:
@@ -464,7 +481,7 @@ def cmd_eval(args) -> int:
             atomic_write_text(args.out, json.dumps({"model": str(args.model), "dataset": args.dataset,
                                                     "split": args.split, "model_options": args.model_option,
                                                     "resize": args.scale, "isr": args.isr, "mode": args.mode,
-                                                    "scales": args.scales, "flip": args.flip,
+                                                    "scales": args.scales, "flip": args.flip, "dtype": args.dtype,
                                                     "class_names": ds.class_names, **m},
                                                    indent=2))
             print(f"wrote {args.out}")
@@ -882,6 +899,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", default=None, help='LSeg: comma-separated labels, e.g. "sky, road, car, other"')
     p.add_argument("--labels-file", default=None, help="LSeg: labels, one per line")
     p.add_argument("--threads", type=int_range(1, 1024), default=None)
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast (eager models)")
     p.set_defaults(fn=cmd_predict)
 
     p = sub.add_parser("train", help="train a model from a YAML config (torchrun for multi-process)")
@@ -916,6 +934,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--backend", choices=["eager", "onnx"], default="eager")
     p.add_argument("--threads", type=int_range(1, 1024), default=None)
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast (eager models)")
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("fewshot", help="zero-shot LSeg on few-shot benchmarks (PASCAL-5i, COCO-20i, FSS-1000)")

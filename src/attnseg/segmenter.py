@@ -27,7 +27,8 @@ class Segmenter:
     checkpoint records, e.g. 360 for the CamVid models; 512 if it records none); an int sets that short
     side; "native" (or None) runs at the image's own resolution. The result always comes back at the
     image's size: the scores are upsampled and arg-maxed in row bands, so a 6000x8000 photo never holds
-    a full-size score tensor. `inference` chooses whole/slide/multi-scale.
+    a full-size score tensor. `inference` chooses whole/slide/multi-scale. `dtype=torch.bfloat16` runs the
+    model under autocast (weights stay fp32).
     Normalisation, class names and palette come from the model's metadata (`model.meta`).
     """
 
@@ -87,7 +88,9 @@ class Segmenter:
         """Per-class scores (K, h, w) at the working size, and the image's (H, W)."""
         self._check_labels(kw)
         x, hw = self.preprocess(image)
-        out = infer(self.model, x.to(self.device, self.dtype), self.inference, **kw)
+        x = x.to(self.device)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):  # bf16
+            out = infer(self.model, x, self.inference, **kw)
         return out[0].float().cpu(), hw
 
     def scores(self, image, **kw) -> torch.Tensor:
