@@ -109,3 +109,37 @@ def test_isr_sweep_writes_table_and_plot(camvid_root, tmp_path, capsys):
     assert [r["isr"] for r in rows] == ["1,1,1,1:1,1,1", "2,2,1,1:2,2,2"]
     assert rows[1]["gmacs"] < rows[0]["gmacs"]
     assert (tmp_path / "s" / "isr_sweep.png").stat().st_size > 1000
+
+
+def test_int8_export_structure_metadata_and_agreement(tmp_path, camvid_root):
+    """int8 QDQ graph: quantize/dequantize nodes and int8 weights, the choices in its metadata, and the
+    same argmax as fp32 on most pixels of a real image (no timing here: benchmarks measure speed)."""
+    import json
+
+    import numpy as np
+    import onnx
+
+    from attnseg.export import OnnxModel
+
+    torch.manual_seed(0)
+    ck = attnseg.save_model(attnseg.create_model("sanet-tiny", num_classes=11), tmp_path / "m.safetensors",
+                            short_side=96)
+    assert main(["export", "--model", str(ck), "--out", str(tmp_path / "q.onnx"), "--quantize", "int8",
+                 "--calibrate", f"camvid:{camvid_root}:train", "--calib-images", "4"]) == 0
+    g = onnx.load(str(tmp_path / "q.onnx"))
+    ops = {n.op_type for n in g.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert any(t.data_type == onnx.TensorProto.INT8 for t in g.graph.initializer)
+    meta = {p.key: p.value for p in g.metadata_props}
+    info = json.loads(meta["attnseg_quantization"])
+    assert info["calibration_images"] == 4 and info["per_channel"] and "Conv" in info["quantized_ops"]
+    model = attnseg.load_model(ck)
+    seg = attnseg.Segmenter(model)
+    img = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(
+        sorted((camvid_root / "test").glob("*.png"))[0]).convert("RGB"))
+    x, _ = seg.preprocess(img)
+    with torch.no_grad():
+        want = model(x).argmax(1)
+    got = OnnxModel(tmp_path / "q.onnx", threads=1)(x).argmax(1)
+    assert (got == want).float().mean() > 0.9
+    assert main(["export", "--model", str(ck), "--out", str(tmp_path / "x.onnx"), "--quantize", "int8"]) == 2

@@ -761,12 +761,37 @@ def cmd_export(args) -> int:
     _check_file_out(args.out)
     model = _model_from_name_or_source(args)
     _apply_isr(model, args)
+    if args.quantize == "int8":
+        return _export_int8(model, args)
     try:
         path = export_onnx(model, args.out, dynamic=args.dynamic, example_size=args.size, opset=args.opset)
     except (ImportError, ExportError) as e:
         raise CLIError(str(e)) from None
     print(f"wrote {path} ({'dynamic batch/height/width' if args.dynamic else f'fixed {args.size[0]}x{args.size[1]}'}"
           + (f", ISR {args.isr} baked in" if args.isr else "") + ")")
+    return 0
+
+
+def _export_int8(model, args) -> int:
+    from .data import DatasetError, EvalTransform, build_dataset
+    from .export import ExportError
+    from .quantize import calibration_inputs, quantize_int8
+
+    if not args.calibrate:
+        raise CLIError("--quantize int8 needs --calibrate DATASET:ROOT:SPLIT (real images for the activation ranges)")
+    parts = args.calibrate.split(":")
+    if len(parts) != 3:
+        raise CLIError(f"--calibrate expects DATASET:ROOT:SPLIT, e.g. camvid:../shared/data/camvid:train; got "
+                       f"{args.calibrate!r}")
+    try:
+        ds = build_dataset(parts[0], parts[1], parts[2], EvalTransform())
+        calib = calibration_inputs(model, ds, args.calib_images)
+        path = quantize_int8(model, args.out, calib, args.calib_method,
+                             [o for o in (args.exclude_ops or "").split(",") if o])
+    except (DatasetError, ValueError, ImportError, ExportError) as e:
+        raise CLIError(str(e)) from None
+    print(f"wrote {path} (int8 QDQ, per-channel weights, {args.calib_method} calibration on {len(calib)} images"
+          + (f", fp32 ops: {args.exclude_ops}" if args.exclude_ops else "") + ")")
     return 0
 
 
@@ -973,6 +998,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=20, choices=range(18, 24), metavar="{18..23}",
                    help="ONNX opset (default 20: onnxruntime >= 1.17; 18 for older runtimes, GELU then unfused)")
     p.add_argument("--isr", default=None)
+    p.add_argument("--quantize", choices=["int8"], default=None, help="int8: onnxruntime static QDQ quantization")
+    p.add_argument("--calibrate", default=None, metavar="DATASET:ROOT:SPLIT", help="calibration images (int8)")
+    p.add_argument("--calib-images", type=int_range(1, 10000), default=64)
+    p.add_argument("--calib-method", choices=["minmax", "percentile", "entropy"], default="minmax")
+    p.add_argument("--exclude-ops", default=None, help="comma-separated ONNX op types kept in fp32, e.g. Softmax")
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("flops", help="GFLOPs (MACs) and parameters at an input size")
