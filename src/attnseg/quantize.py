@@ -13,7 +13,6 @@ was made. OnnxModel runs the result like any other graph.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 
