@@ -25,7 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..io import ImageReadError, ImageTooLarge, extend_palette, label_png, read_image
+from ..io import ImageReadError, ImageTooLarge, label_png, read_image
 from .batcher import Batcher, Job, Overloaded
 
 STATIC = Path(__file__).parent / "static"
@@ -333,8 +333,7 @@ def create_app(models: dict[str, ServedModel], settings: Settings | None = None)
             raise APIError(504, f"no result within {s.timeout_s:g} s") from None
         names = list(label_tuple) if label_tuple else list(
             served.segmenter.class_names if not served.language else served.model.default_labels)
-        palette = extend_palette(served.segmenter.palette, max(len(names), 1)) if len(names) > len(
-            served.segmenter.palette) else served.segmenter.palette
+        palette = served.segmenter.palette_for(max(len(names), 1))  # the palette `attnseg predict` uses
         headers = {"X-Latency-Ms": f"{result.latency_ms:.1f}", "X-Queue-Ms": f"{result.queue_ms:.1f}",
                    "X-Batch-Size": str(result.batch_size)}
         m_latency.observe(time.perf_counter() - t0)
