@@ -26,6 +26,17 @@ def ade_sample_root():
     return ADE_SAMPLE
 
 
+@pytest.fixture
+def tiny_ckpt(tmp_path):
+    """A random segformer-tiny checkpoint (3 classes) that records a working short side of 48."""
+    import attnseg
+
+    torch.manual_seed(0)
+    m = attnseg.create_model("segformer-tiny", num_classes=3)
+    return str(attnseg.save_model(m, tmp_path / "tiny.safetensors", class_names=["sky", "road", "car"],
+                                  short_side=48))
+
+
 def randomize_bn(model: torch.nn.Module, seed: int = 0) -> None:
     """Give every BatchNorm non-trivial running stats and affine params (parity tests must see them)."""
     g = torch.Generator().manual_seed(seed)

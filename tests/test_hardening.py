@@ -53,14 +53,6 @@ def photo(h=40, w=60, seed=0) -> np.ndarray:
     return (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
 
 
-@pytest.fixture
-def tiny_ckpt(tmp_path):
-    torch.manual_seed(0)
-    m = attnseg.create_model("segformer-tiny", num_classes=3)
-    return str(attnseg.save_model(m, tmp_path / "tiny.safetensors", class_names=["sky", "road", "car"],
-                                  short_side=48))
-
-
 def one_line_error(capsys, rc, *needles):
     err = capsys.readouterr().err.strip()
     assert rc == 2, err
@@ -503,7 +495,10 @@ def test_kill_9_during_checkpoint_writes_leaves_a_loadable_checkpoint(tmp_path):
     rng = np.random.default_rng(0)
     for _ in range(6):
         p = subprocess.Popen([sys.executable, "-c", WRITER, str(path)])
-        time.sleep(1.5 + rng.random())
+        deadline = time.monotonic() + 120  # a loaded machine may take long to import torch: wait for a first file
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5 + rng.random())
         p.send_signal(signal.SIGKILL)
         p.wait()
         ck = load_checkpoint(path)

@@ -81,13 +81,21 @@ def _load(args):
 
             if not Path(args.model).is_file():
                 raise CLIError(f"--model {args.model}: file not found")
-            return OnnxModel(args.model, getattr(args, "threads", None))
+            return OnnxModel(args.model, *_onnx_session(args))
         over = {"text_encoder": args.text_encoder} if getattr(args, "text_encoder", None) else {}
         over.update(_model_options(getattr(args, "model_option", [])))
         model = attnseg.load_model(args.model, model=args.arch, device=getattr(args, "device", "cpu"), **over)
     except (ValueError, OSError, ImportError) as e:
         raise CLIError(str(e)) from None
     return _maybe_onnx(model, args)
+
+
+def _onnx_session(args) -> tuple[int | None, bool]:
+    """onnxruntime (threads, spinning): a video run calls one session from `video_workers` threads, each run
+    on one non-spinning thread (batches overlap each other, decoding and encoding); else --threads."""
+    if getattr(args, "video_workers", 1) > 1:
+        return 1, False
+    return getattr(args, "threads", None), not getattr(args, "video_workers", 0)
 
 
 def _model_options(items: list[str]) -> dict:
@@ -117,7 +125,7 @@ def _maybe_onnx(model, args):
         path = Path(tmp) / "model.onnx"
         try:
             export_onnx(model, path)
-            return OnnxModel(path, getattr(args, "threads", None))
+            return OnnxModel(path, *_onnx_session(args))
         except ImportError as e:
             raise CLIError(str(e)) from None
         except Exception as e:
@@ -170,6 +178,7 @@ def plan_outputs(inputs: list[str], out: Path) -> list[tuple[Path, Path]]:
     never replaces an input, and two inputs never share an output (refused if no rule separates them).
     """
     from .io import IMAGE_EXTENSIONS
+    from .video import VIDEO_EXTENSIONS
 
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} is a file; name a folder for the label maps and overlays")
@@ -182,7 +191,8 @@ def plan_outputs(inputs: list[str], out: Path) -> list[tuple[Path, Path]]:
                 raise CLIError(f"--out {out} is the input folder {s}: the outputs would be mixed with (and could "
                                "replace) the images; choose another --out")
             for f in sorted(p.rglob("*")):
-                if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file() and out_r not in f.resolve().parents:
+                if (f.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS and f.is_file()
+                        and out_r not in f.resolve().parents):
                     entries.append((f, f.relative_to(p), p.resolve().name or "input"))
         elif p.is_file():
             entries.append((p, Path(p.name), p.resolve().parent.name or "input"))
@@ -191,7 +201,8 @@ def plan_outputs(inputs: list[str], out: Path) -> list[tuple[Path, Path]]:
         else:
             raise CLIError(f"input not found: {s}")
     if not entries:
-        raise CLIError(f"no images found in {', '.join(inputs)} (looked for {', '.join(IMAGE_EXTENSIONS)}"
+        raise CLIError(f"no images or videos found in {', '.join(inputs)} (looked for "
+                       f"{', '.join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)}"
                        + (f"; {out} itself is skipped" if any(Path(i).resolve() in out_r.parents for i in inputs)
                           else "") + ")")
 
@@ -219,7 +230,7 @@ def plan_outputs(inputs: list[str], out: Path) -> list[tuple[Path, Path]]:
     plan = [(f, out / b) for (f, _, _), b in zip(entries, bases)]
     inputs_r = {f.resolve() for f, _ in plan}
     for _, b in plan:
-        for o in output_files(b):
+        for o in _all_outputs(b):
             if o.resolve() in inputs_r:
                 raise CLIError(f"output {o} would replace an input image; choose another --out")
     return plan
@@ -228,6 +239,12 @@ def plan_outputs(inputs: list[str], out: Path) -> list[tuple[Path, Path]]:
 def output_files(base: Path) -> tuple[Path, Path]:
     """The label map and the overlay written for one image."""
     return base.with_name(base.name + ".png"), base.with_name(base.name + "_overlay.jpg")
+
+
+def _all_outputs(base: Path) -> tuple[Path, ...]:
+    from .video import video_outputs
+
+    return output_files(base) + video_outputs(base)
 
 
 def _check_out_dir(out: Path) -> None:
@@ -316,6 +333,16 @@ def cmd_predict(args) -> int:
         __import__("torch").set_num_threads(args.threads)
     out = Path(args.out)
     plan = plan_outputs(args.inputs, out)
+    from .video import VideoReadError, _require_av, is_video
+
+    videos = [f for f, _ in plan if is_video(f)]
+    if videos:
+        try:
+            _require_av()
+        except ImportError as e:
+            raise CLIError(f"{videos[0]}: {e}") from None
+        onnx = args.backend == "onnx" or str(args.model).endswith(".onnx")
+        args.video_workers = max(1, min(args.threads or 2, 4)) if onnx else 0  # see _onnx_session
     inference = _inference_config(args)
     labels = _read_labels(args)
     if labels is not None and len(labels) > MAX_LABELS:
@@ -348,8 +375,15 @@ def cmd_predict(args) -> int:
         raise CLIError("this LSeg model needs --labels \"sky, road, car, other\" (or --labels-file FILE)")
     _check_out_dir(out)
     failed, replaced = [], 0
-    bar = tqdm(plan, unit="img", disable=len(plan) < 2 or not sys.stderr.isatty())
+    bar = tqdm(plan, unit="img", disable=len(plan) < 2 or not sys.stderr.isatty() or bool(videos))
     for f, base in bar:
+        if is_video(f):
+            try:
+                replaced += _predict_video(seg, f, base, args, palette, kw)
+            except (VideoReadError, ImageReadError, MemoryError, RuntimeError) as e:
+                failed.append(f)
+                print(f"error: {_first_line(e)}; skipped", file=sys.stderr)
+            continue
         try:
             rgb = read_image(f, args.max_pixels)
             label = seg.predict(rgb, **kw)
@@ -371,11 +405,32 @@ def cmd_predict(args) -> int:
         desc = ", ".join(f"{names[i] if i < len(names) else i} {100 * counts[i] / label.size:.0f}%" for i in top
                          if counts[i])
         print(f"{f} -> {lab_path} ({desc})")
-    ok = len(plan) - len(failed)
-    print(f"wrote {ok} label map(s) and overlay(s) to {out}" + (f" (replaced {replaced} existing file(s))"
+    ok_videos = len(set(videos) - set(failed))
+    ok = len(plan) - len(failed) - ok_videos
+    what = ([f"{ok} label map(s) and overlay(s)"] if ok or not ok_videos else []) + \
+        ([f"{ok_videos} overlay video(s)" + (" and their frame masks" if args.save_masks else "")] if ok_videos else [])
+    print(f"wrote {' and '.join(what)} to {out}" + (f" (replaced {replaced} existing file(s))"
                                                                  if replaced else "")
           + (f"; {len(failed)} failed: " + ", ".join(map(str, failed)) if failed else ""))
     return 1 if failed else 0
+
+
+def _predict_video(seg, f: Path, base: Path, args, palette, kw) -> int:
+    """One video through the decode -> infer -> encode pipeline; prints frames/s; returns files replaced."""
+    from tqdm import tqdm
+
+    from .video import segment_video, video_outputs
+
+    dst, masks = video_outputs(base)
+    replaced = int(dst.exists()) + (sum(1 for _ in masks.glob("*.png")) if args.save_masks and masks.is_dir() else 0)
+    with tqdm(unit="frame", desc=f.name, disable=not sys.stderr.isatty(), mininterval=0.5) as bar:
+        r = segment_video(seg, f, dst, masks_dir=masks if args.save_masks else None, batch=args.batch,
+                          alpha=args.alpha, palette=palette, max_pixels=args.max_pixels, progress=bar.update,
+                          workers=max(getattr(args, "video_workers", 1), 1), **kw)
+    h, w = r["size"]
+    print(f"{f} -> {dst}" + (f" and {masks}/" if args.save_masks else "") +
+          f" ({r['frames']} frames of {w}x{h} in {r['seconds']:.1f} s: {r['fps']:.1f} frames/s end to end)")
+    return replaced
 
 
 def _read_labels(args) -> list[str] | None:
@@ -925,6 +980,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels-file", default=None, help="LSeg: labels, one per line")
     p.add_argument("--threads", type=int_range(1, 1024), default=None)
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast (eager models)")
+    p.add_argument("--save-masks", action="store_true",
+                   help="videos: also write one label PNG per frame (NAME_masks/000000.png, ...)")
+    p.add_argument("--batch", type=int_range(1, 256), default=4,
+                   help="videos: frames per forward pass (default 4); videos become NAME_overlay.mp4 (H.264, no "
+                        "audio) and need PyAV: pip install 'attnseg[video]'")
     p.set_defaults(fn=cmd_predict)
 
     p = sub.add_parser("train", help="train a model from a YAML config (torchrun for multi-process)")

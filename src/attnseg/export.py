@@ -51,7 +51,7 @@ class _LSegGraph(torch.nn.Module):
 def export_onnx(model: torch.nn.Module, path: str | os.PathLike, dynamic: bool = True,
                 example_size: tuple[int, int] = (256, 320), opset: int = 20) -> Path:
     try:
-        import onnx  # noqa: F401
+        import onnx
         import onnxscript  # noqa: F401
     except ImportError as e:
         raise ImportError("ONNX export needs the onnx extra: pip install 'attnseg[onnx]'") from e
@@ -104,19 +104,85 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, dynamic: bool =
         first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
         raise ExportError(f"cannot export {getattr(model, 'variant', type(model).__name__)} to ONNX"
                           f"{' with dynamic shapes' if dynamic else ''}: {type(e).__name__}: {first[:300]}") from e
-    info = {k: getattr(model, "meta", {}).get(k) for k in ("class_names", "palette", "mean", "std")}
+    info = {k: (getattr(model, "meta", None) or {}).get(k)
+            for k in ("class_names", "palette", "mean", "std", "short_side")}  # short_side: predict's working size
     info.update(model=getattr(model, "variant", None), output_stride=getattr(model, "output_stride", None))
     if lseg:
         info.update(text_encoder=model.cfg.text_encoder, template=model.cfg.template,
                     default_labels=model.default_labels)
     prog.model.metadata_props["attnseg"] = json.dumps(info)
-    return atomic_write(path, lambda tmp: prog.save(str(tmp)))
+    proto = prog.model_proto
+    fold_same_padding(proto)
+    return atomic_write(path, lambda tmp: onnx.save(proto, str(tmp)))
+
+
+SAME_PAD_MODULE = "attnseg.models.efficientnet.SameConv2d"
+
+
+def fold_same_padding(proto) -> int:
+    """Fold the dynamic Pad of each TF-"same" convolution (EfficientNet's stride-2 convs, `SameConv2d`) into
+    its Conv as auto_pad=SAME_UPPER: ONNX's definition (output ceil(i/s), total padding
+    max((ceil(i/s) - 1) s + k_eff - i, 0), the odd pixel at the end) is SameConv2d's, so the graph computes
+    the same function for every input size. Without it the pad amounts are shape arithmetic at run time,
+    and in an int8 graph each Pad runs in fp32 between a DequantizeLinear and a QuantizeLinear. Returns the
+    number of Pads folded; shape nodes left without consumers are removed."""
+    import onnx
+
+    g = proto.graph
+    consumers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in g.initializer}
+    for n in g.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            consts[n.output[0]] = onnx.numpy_helper.to_array(n.attribute[0].t)
+    folded = []
+    for n in g.node:
+        if n.op_type != "Pad":
+            continue
+        meta = {p.key: p.value for p in n.metadata_props}
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        if SAME_PAD_MODULE not in meta.get("pkg.torch.onnx.class_hierarchy", ""):
+            continue
+        if attrs.get("mode", b"constant") not in (b"constant", "constant"):
+            continue
+        if len(n.input) > 2 and n.input[2] and not (n.input[2] in consts and float(consts[n.input[2]]) == 0.0):
+            continue
+        users = consumers.get(n.output[0], [])
+        if len(users) != 1 or users[0].op_type != "Conv" or users[0].input[0] != n.output[0]:
+            continue
+        conv = users[0]
+        cattrs = {a.name: onnx.helper.get_attribute_value(a) for a in conv.attribute}
+        if any(cattrs.get("pads", [0])) or cattrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            continue
+        keep = [a for a in conv.attribute if a.name not in ("pads", "auto_pad")]
+        del conv.attribute[:]
+        conv.attribute.extend(keep + [onnx.helper.make_attribute("auto_pad", "SAME_UPPER")])
+        conv.input[0] = n.input[0]
+        folded.append(n)
+    for n in folded:
+        g.node.remove(n)
+    while True:  # drop nodes none of whose outputs is used any more (the pads' shape arithmetic)
+        used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+        dead = [n for n in g.node if not any(o in used for o in n.output if o)]
+        if not dead:
+            break
+        for n in dead:
+            g.node.remove(n)
+    used = {i for n in g.node for i in n.input}
+    for t in [t for t in g.initializer if t.name not in used]:
+        g.initializer.remove(t)
+    return len(folded)
 
 
 class OnnxModel:
     """A callable with the model interface (`images` tensor in, logits tensor out) running in onnxruntime."""
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, spinning: bool = True):
+        """threads: onnxruntime's intra-op threads (default: its own choice). spinning=False makes idle pool
+        threads sleep instead of spin after each run: slower for back-to-back runs, faster when other
+        threads need the cores between runs (the video pipeline's decoder and encoder)."""
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -125,12 +191,15 @@ class OnnxModel:
         if threads:
             so.intra_op_num_threads = threads
             so.inter_op_num_threads = 1
+        if not spinning:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         meta = self.session.get_modelmeta().custom_metadata_map.get("attnseg")
         info = json.loads(meta) if meta else {}
         from .hub import default_meta
 
-        self.meta = {k: info.get(k) or default_meta().get(k) for k in ("class_names", "palette", "mean", "std")}
+        self.meta = {k: info.get(k) or default_meta().get(k)
+                     for k in ("class_names", "palette", "mean", "std", "short_side")}
         self.variant = info.get("model")
         dims = self.session.get_inputs()[0].shape
         self.fixed_size = tuple(dims[2:4]) if all(isinstance(d, int) for d in dims[2:4]) else None

@@ -8,7 +8,7 @@ from .data.transforms import resize_pair
 from .engine.inference import InferenceConfig, infer
 from .hub import default_meta
 from .io import MAX_LABELS, extend_palette, to_rgb_array
-from .models.layers import interp_matrix, resize
+from .models.layers import class_index, interp_matrix, resize
 
 FALLBACK_SHORT_SIDE = 512  # a model whose checkpoint records no working size (official releases, hub ids)
 
@@ -75,8 +75,11 @@ class Segmenter:
         rgb = to_rgb_array(image)
         h, w = rgb.shape[:2]
         rgb, _ = resize_pair(rgb, None, self.working_size(h, w))
-        x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).unsqueeze(0).float()  # a writable copy
-        return (x - self._mean) / self._std, (h, w)
+        rgb = np.asarray(rgb)
+        x = torch.from_numpy(rgb if rgb.flags.writeable else rgb.copy()).float()  # normalised in HWC order
+        # (contiguous, fast), then NCHW
+        x = (x - self._mean.view(3)) / self._std.view(3)
+        return x.permute(2, 0, 1).unsqueeze(0).contiguous(), (h, w)
 
     def _check_labels(self, kw):
         labels = kw.get("labels")
@@ -84,14 +87,41 @@ class Segmenter:
             raise ValueError(f"{len(labels)} labels: at most {MAX_LABELS} (label maps are one byte per pixel)")
 
     @torch.inference_mode()
+    def _forward(self, x: torch.Tensor, **kw) -> torch.Tensor:
+        self._check_labels(kw)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):  # bf16
+            return infer(self.model, x.to(self.device), self.inference, **kw).float().cpu()
+
     def raw_scores(self, image, **kw) -> tuple[torch.Tensor, tuple[int, int]]:
         """Per-class scores (K, h, w) at the working size, and the image's (H, W)."""
-        self._check_labels(kw)
         x, hw = self.preprocess(image)
-        x = x.to(self.device)
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):  # bf16
-            out = infer(self.model, x, self.inference, **kw)
-        return out[0].float().cpu(), hw
+        return self._forward(x, **kw)[0], hw
+
+    def predict_batch(self, images, **kw) -> list[np.ndarray]:
+        """Label maps for several images of one size (e.g. video frames) from one batched forward pass."""
+        xs, sizes = zip(*(self.preprocess(im) for im in images))
+        if len(set(sizes)) > 1:
+            raise ValueError(f"predict_batch needs images of one size, got {sorted(set(sizes))}")
+        return [self.labels(s, sizes[0]) for s in self.batch_scores(torch.cat(xs), sizes[0], **kw)]
+
+    def batch_scores(self, x: torch.Tensor, size: tuple[int, int], **kw) -> torch.Tensor:
+        """Scores (B, K, h', w') for a preprocessed batch of images of `size`; `labels` turns each into a map.
+
+        With plain whole-image inference at the image's own size these are the model's low-resolution
+        logits, upsampled and arg-maxed in one separable step by `labels` instead of first being resized to
+        full size: the same bilinear function, so labels equal `predict`'s up to float rounding at ties.
+        """
+        cfg = self.inference
+        if cfg.mode == "whole" and list(cfg.scales) == [1.0] and not cfg.flip and tuple(x.shape[-2:]) == size:
+            self._check_labels(kw)
+            with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype,
+                                                        enabled=self.dtype != torch.float32):
+                return self.model(x.to(self.device), **kw).float().cpu()
+        return self._forward(x, **kw)
+
+    def labels(self, scores: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+        """(H, W) label map from one image's (K, h', w') scores."""
+        return upsample_argmax(scores, size, self.band_pixels)
 
     def scores(self, image, **kw) -> torch.Tensor:
         """Per-class scores (K, H, W) at the image's size (logits, or mean probabilities with TTA).
@@ -111,12 +141,12 @@ def upsample_argmax(scores: torch.Tensor, size: tuple[int, int], band_pixels: in
     k, h, w = scores.shape
     H, W = size
     if (h, w) == (H, W):
-        return scores.argmax(0).to(torch.int32).numpy()
+        return class_index(scores).to(torch.int32).numpy()
     a_h = interp_matrix(h, H)  # (H, h)
     a_w_t = interp_matrix(w, W).t().contiguous()  # (w, W)
     out = np.empty((H, W), np.int32)
     band = max(1, band_pixels // max(W * k, 1))
     for y0 in range(0, H, band):
         rows = torch.matmul(a_h[y0:y0 + band], scores)  # (K, b, w)
-        out[y0:y0 + band] = torch.matmul(rows, a_w_t).argmax(0).to(torch.int32).numpy()
+        out[y0:y0 + band] = class_index(torch.matmul(rows, a_w_t)).to(torch.int32).numpy()
     return out

@@ -6,7 +6,7 @@ import sys
 import torch
 from tqdm import tqdm
 
-from ..models.layers import resize
+from ..models.layers import class_index, resize
 from .distributed import is_main
 from .inference import InferenceConfig, infer
 from .metrics import ConfusionMatrix
@@ -37,7 +37,7 @@ def evaluate(model, dataset, inference: InferenceConfig, mean, std, device="cpu"
                             enabled=amp_dtype is not None):
             scores = infer(model, x, inference, num_classes=k, **(model_kwargs or {}))
         lab = s["label"]
-        pred = resize(scores.float(), lab.shape[-2:]).argmax(1)[0].cpu()
+        pred = class_index(resize(scores.float(), lab.shape[-2:]), 1)[0].cpu()
         cm.update(pred, lab)
     cm.all_reduce()
     model.train(was_training)

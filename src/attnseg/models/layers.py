@@ -68,6 +68,13 @@ class ConvBNAct(nn.Module):
         return self.act(self.bn(self.conv(x)))
 
 
+def class_index(scores: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """argmax over the class dimension. `max(dim).indices` is the same function (first maximum on ties,
+    NaN wins) but on CPU about 9x faster than `argmax(dim)` when `dim` is not the innermost one
+    (measured: 3.6 vs 33.7 ms for 11 x 360 x 480 on 2 threads)."""
+    return scores.max(dim).indices
+
+
 def resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
     """Bilinear resize with align_corners=False (the convention of every model here); no-op at same size
     (except while torch.compile/export traces, where the shortcut would specialise the graph's shapes)."""
