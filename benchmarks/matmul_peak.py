@@ -1,8 +1,10 @@
-"""Measured fp32 matmul peak of this machine, and the GFLOP/s attnseg models achieve against it.
+"""Measured matmul peaks of this machine (fp32, bf16, int8), and the GFLOP/s attnseg models achieve.
 
-Peak: best of several large square fp32 matmuls (2 * n^3 FLOPs each). Achieved: the model's
-multiply-accumulates as executed (`count_flops(..., paper=False)`, x2 for FLOPs) divided by its
-median inference latency.
+Peaks: best of several large square matmuls (2 * n^3 operations each) in fp32 (MKL), bf16 (oneDNN on
+AVX512-BF16 / AMX where present) and int8 x int8 -> int32 (`torch._int_mm`, oneDNN on AVX512-VNNI) and,
+when installed, onnxruntime's MatMulInteger (u8 x s8, the kernel its int8 QDQ graphs use).
+Achieved: the model's multiply-accumulates as executed (`count_flops(..., paper=False)`, x2 for FLOPs)
+divided by its median fp32 inference latency (benchmarks/precision.py does bf16 and int8).
 Usage: python benchmarks/matmul_peak.py [--threads 2] [--models segformer-b0,segformer-b2,edaformer-t]
 """
 from __future__ import annotations
@@ -17,15 +19,58 @@ from attnseg.tools.benchmark import benchmark_model
 from attnseg.tools.flops import count_flops
 
 
-def matmul_peak(n: int = 2048, reps: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
+def _best(fn, reps: int) -> float:
+    fn()
     best = float("inf")
     for _ in range(reps):
         t = time.perf_counter()
-        a @ b
+        fn()
         best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best / 1e9
+    return best
+
+
+def matmul_peak(n: int = 2048, reps: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s (GOP/s for int8) of an n x n x n matmul in `dtype` (float32, bfloat16 or int8)."""
+    if dtype == torch.int8:
+        a = torch.randint(-128, 128, (n, n), dtype=torch.int8)
+        b = torch.randint(-128, 128, (n, n), dtype=torch.int8)
+        return 2 * n ** 3 / _best(lambda: torch._int_mm(a, b), reps) / 1e9
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    return 2 * n ** 3 / _best(lambda: a @ b, reps) / 1e9
+
+
+def ort_int8_peak(n: int = 2048, reps: int = 5, threads: int = 2) -> float | None:
+    """GOP/s of onnxruntime's MatMulInteger (uint8 x int8 -> int32), or None without onnxruntime."""
+    try:
+        import numpy as np
+        import onnx
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+    except ImportError:
+        return None
+    g = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["c"])], "mm",
+                          [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n]),
+                           helper.make_tensor_value_info("b", TensorProto.INT8, [n, n])],
+                          [helper.make_tensor_value_info("c", TensorProto.INT32, [n, n])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    s = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {"a": rng.integers(0, 256, (n, n), dtype=np.uint8), "b": rng.integers(-128, 128, (n, n), dtype=np.int8)}
+    del onnx
+    return 2 * n ** 3 / _best(lambda: s.run(None, feeds), reps) / 1e9
+
+
+def peaks(threads: int = 2) -> dict:
+    """{"fp32", "bf16", "int8_torch", "int8_ort"}: the best over a few sizes, in G(FL)OP/s."""
+    torch.set_num_threads(threads)
+    out = {"fp32": max(matmul_peak(n) for n in (1024, 2048, 3072)),
+           "bf16": max(matmul_peak(n, dtype=torch.bfloat16) for n in (1024, 2048, 3072)),
+           "int8_torch": max(matmul_peak(n, dtype=torch.int8) for n in (1024, 2048, 3072))}
+    ort_peak = [ort_int8_peak(n, threads=threads) for n in (1024, 2048)]
+    out["int8_ort"] = max(ort_peak) if None not in ort_peak else None
+    return out
 
 
 def main():
@@ -36,8 +81,11 @@ def main():
     ap.add_argument("--iters", type=int, default=5)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    peak = max(matmul_peak(n) for n in (1024, 2048, 3072))
-    print(f"fp32 matmul peak: {peak:.1f} GFLOP/s ({args.threads} threads)")
+    pk = peaks(args.threads)
+    peak = pk["fp32"]
+    print(f"matmul peaks ({args.threads} threads): fp32 {pk['fp32']:.1f} GFLOP/s, bf16 {pk['bf16']:.1f} GFLOP/s, "
+          f"int8 {pk['int8_torch']:.1f} GOP/s (torch._int_mm)"
+          + (f", {pk['int8_ort']:.1f} GOP/s (onnxruntime MatMulInteger)" if pk["int8_ort"] else ""))
     print(f"{'model':<14} {'GMACs run':>9} {'median ms':>10} {'GFLOP/s':>8} {'of peak':>8}")
     for name in args.models.split(","):
         m = attnseg.create_model(name, num_classes=150).eval()
