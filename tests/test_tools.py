@@ -143,3 +143,66 @@ def test_int8_export_structure_metadata_and_agreement(tmp_path, camvid_root):
     got = OnnxModel(tmp_path / "q.onnx", threads=1)(x).argmax(1)
     assert (got == want).float().mean() > 0.9
     assert main(["export", "--model", str(ck), "--out", str(tmp_path / "x.onnx"), "--quantize", "int8"]) == 2
+
+
+def _producers(graph):
+    return {o: n for n in graph.node for o in n.output}
+
+
+def test_int8_transformer_keeps_attention_products_and_softmax_in_fp32(tmp_path, camvid_root):
+    """SegFormer: products of two activations (q k^T, attn v) are not quantized, so no Softmax sits
+    between DequantizeLinear and QuantizeLinear (onnxruntime would fuse it into the slow QLinearSoftmax);
+    the family's fp32 op types are recorded in the metadata; the weights' MatMuls are quantized."""
+    import json
+
+    import onnx
+
+    from attnseg.quantize import default_fp32_ops
+
+    torch.manual_seed(0)
+    model = attnseg.create_model("segformer-tiny", num_classes=11)
+    ck = attnseg.save_model(model, tmp_path / "m.safetensors", short_side=64)
+    assert "Softmax" in default_fp32_ops(model) and "MatMul" not in default_fp32_ops(model)
+    assert default_fp32_ops(attnseg.create_model("sanet-tiny", num_classes=11)) == []
+    assert main(["export", "--model", str(ck), "--out", str(tmp_path / "q.onnx"), "--quantize", "int8",
+                 "--calibrate", f"camvid:{camvid_root}:train", "--calib-images", "2"]) == 0
+    g = onnx.load(str(tmp_path / "q.onnx")).graph
+    prod = _producers(g)
+    consts = {t.name for t in g.initializer}
+
+    def from_dq(name):
+        n = prod.get(name)
+        return n is not None and n.op_type == "DequantizeLinear"
+
+    softmax = [n for n in g.node if n.op_type == "Softmax"]
+    assert softmax and not any(from_dq(n.input[0]) for n in softmax)
+    act_mm = [n for n in g.node if n.op_type == "MatMul" and not any(from_dq(i) or i in consts for i in n.input)]
+    assert act_mm  # attention products, fp32 on both sides
+    weight_mm = [n for n in g.node if n.op_type == "MatMul" and from_dq(n.input[1])
+                 and prod[n.input[1]].input[0] in consts]
+    assert weight_mm  # linear layers: int8 weights
+    info = json.loads({p.key: p.value for p in onnx.load(str(tmp_path / "q.onnx")).metadata_props}
+                      ["attnseg_quantization"])
+    assert "Softmax" in info["fp32_ops"] and info["fp32_activation_products"] >= len(act_mm) > 0
+
+
+def test_int8_lseg_calibrates_with_its_labels_and_keeps_them_an_input(tmp_path, camvid_root):
+    import numpy as np
+    from PIL import Image
+
+    from attnseg.export import OnnxModel
+
+    model = attnseg.load_model("lseg-effnet-lite0-camvid")
+    out = tmp_path / "lseg.int8.onnx"
+    assert main(["export", "--model", "lseg-effnet-lite0-camvid", "--out", str(out), "--quantize", "int8",
+                 "--calibrate", f"camvid:{camvid_root}:train", "--calib-images", "2"]) == 0
+    q = OnnxModel(out, threads=2)
+    assert q.lseg and q.default_labels == model.default_labels
+    img = np.asarray(Image.open(sorted((camvid_root / "test").glob("*.png"))[0]).convert("RGB"))
+    seg = attnseg.Segmenter(model)
+    want = seg.predict(img)
+    got = attnseg.Segmenter(q).predict(img)
+    assert (got == want).mean() > 0.9
+    swapped = list(reversed(model.default_labels))  # any label set still works: the labels stay a graph input
+    got2 = attnseg.Segmenter(q).predict(img, labels=swapped)
+    assert (len(swapped) - 1 - got2 == got).mean() > 0.9

@@ -830,7 +830,7 @@ def cmd_export(args) -> int:
 def _export_int8(model, args) -> int:
     from .data import DatasetError, EvalTransform, build_dataset
     from .export import ExportError
-    from .quantize import calibration_inputs, quantize_int8
+    from .quantize import calibration_inputs, default_fp32_ops, quantize_int8
 
     if not args.calibrate:
         raise CLIError("--quantize int8 needs --calibrate DATASET:ROOT:SPLIT (real images for the activation ranges)")
@@ -841,12 +841,13 @@ def _export_int8(model, args) -> int:
     try:
         ds = build_dataset(parts[0], parts[1], parts[2], EvalTransform())
         calib = calibration_inputs(model, ds, args.calib_images)
-        path = quantize_int8(model, args.out, calib, args.calib_method,
-                             [o for o in (args.exclude_ops or "").split(",") if o])
+        excl = (default_fp32_ops(model) if args.exclude_ops is None
+                else [o.strip() for o in args.exclude_ops.split(",") if o.strip() and o.strip() != "none"])
+        path = quantize_int8(model, args.out, calib, args.calib_method, excl)
     except (DatasetError, ValueError, ImportError, ExportError) as e:
         raise CLIError(str(e)) from None
     print(f"wrote {path} (int8 QDQ, per-channel weights, {args.calib_method} calibration on {len(calib)} images"
-          + (f", fp32 ops: {args.exclude_ops}" if args.exclude_ops else "") + ")")
+          + (f", fp32 op types: {','.join(excl)}" if excl else "") + "; products of two activations in fp32)")
     return 0
 
 
@@ -1062,7 +1063,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibrate", default=None, metavar="DATASET:ROOT:SPLIT", help="calibration images (int8)")
     p.add_argument("--calib-images", type=int_range(1, 10000), default=64)
     p.add_argument("--calib-method", choices=["minmax", "percentile", "entropy"], default="minmax")
-    p.add_argument("--exclude-ops", default=None, help="comma-separated ONNX op types kept in fp32, e.g. Softmax")
+    p.add_argument("--exclude-ops", default=None,
+                   help="comma-separated ONNX op types kept in fp32 (default: the model family's measured choice, "
+                        "'none' for none); products of two activations always stay fp32")
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("flops", help="GFLOPs (MACs) and parameters at an input size")

@@ -77,7 +77,7 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, dynamic: bool =
                              3: dim("width", min=64, max=8192)}}
     if lseg:
         text = torch.nn.functional.normalize(torch.randn(3, model.head1.out_channels), dim=1)
-        args, names, graph = (x, text), ["images", "text_embeddings"], _LSegGraph(model)
+        args, names, graph = (x, text), ["images", "text_embeddings"], _LSegGraph(model).eval()
         if dynamic:
             shapes["text_embeddings"] = {0: torch.export.Dim("labels", min=1, max=4096)}
     from .io import atomic_write
