@@ -18,7 +18,12 @@ Which operations stay fp32 was decided by measuring (README, "int8 onnxruntime")
 * transformer models (SegFormer, EDAFormer) quantize only Conv/MatMul/Gemm/Add/Mul (`default_fp32_ops`):
   with every op type quantized SegFormer-B0 ran 0.79x the fp32 graph's speed, with these 1.06x;
 * convolutional models (SANet, LSeg on EfficientNet) quantize every supported op type, so activations stay
-  int8 from one convolution to the next (QLinearAdd/Concat/AveragePool): the shipped SANet 1.9-2.4x.
+  int8 from one convolution to the next (QLinearAdd/Concat/AveragePool): the shipped SANet 1.1-1.5x over
+  its fp32 graph (1.9-2.4x before `export.fold_same_padding` sped up the fp32 graph as well);
+* LSeg's label-dependent tail (everything downstream of the `text_embeddings` input: the pixel-label
+  similarity, the spatial blocks on the logits, the upsampling) stays fp32: its ranges depend on the label
+  set, which changes at run time, and with it quantized the shipped LSeg lost 0.71 mIoU (0.70 with
+  percentile calibration, 0.71 with Mul in fp32).
 """
 from __future__ import annotations
 
@@ -61,6 +66,16 @@ def activation_products(graph) -> list[str]:
     consts = {t.name for t in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant"}
     return [n.name for n in graph.node
             if n.op_type in ("Conv", "MatMul", "Gemm") and len(n.input) > 1 and n.input[1] not in consts]
+
+
+def downstream_of(graph, input_name: str) -> list[str]:
+    """Names of the nodes that depend on graph input `input_name` (LSeg: the label-dependent tail)."""
+    reached, names = {input_name}, []
+    for n in graph.node:  # ONNX graphs are topologically sorted
+        if any(i in reached for i in n.input):
+            reached.update(n.output)
+            names.append(n.name)
+    return names
 
 
 def quantize_int8(model, out_path, calib: list[np.ndarray], method: str = "minmax", exclude_ops=None,
@@ -109,6 +124,9 @@ def quantize_int8(model, out_path, calib: list[np.ndarray], method: str = "minma
         graph_ops = {n.op_type for n in pre_model.graph.node}
         ops = sorted(graph_ops & set(QUANTIZABLE) - set(exclude_ops))
         fp32_nodes = activation_products(pre_model.graph)
+        if extra:  # LSeg: everything the labels reach stays fp32; its ranges change with every label set, so
+            # calibrating it on the trained names would not hold for others (and int8 logits cost 0.7 mIoU)
+            fp32_nodes = sorted(set(fp32_nodes) | set(downstream_of(pre_model.graph, "text_embeddings")))
         quantize_static(str(pre), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=methods[method], op_types_to_quantize=ops, nodes_to_exclude=fp32_nodes,

@@ -1,0 +1,162 @@
+"""Precision and backend speed in one run: fp32 / bf16 eager PyTorch and fp32 / int8 onnxruntime.
+
+For each model and input size the four variants are timed interleaved (round r runs fp32, bf16, onnx
+fp32, onnx int8 one after the other, `--iters` forward passes each, median per variant and round), so
+drift of this machine's speed hits all four alike; speed-ups are medians of per-round ratios. Achieved
+throughput is the model's executed multiply-accumulates x 2 over the median latency, against the
+machine's measured matmul peak of the same precision (benchmarks/matmul_peak.py).
+
+int8 graphs are made as `attnseg export --quantize int8` makes them (static QDQ, per-channel weights,
+calibrated on `--calib-images` images of `--calibrate`), with the fp32 op types the model's recorded
+choice keeps (`attnseg.quantize.default_fp32_ops`), or pass ready files with --int8 NAME=PATH.
+
+    python benchmarks/precision.py --threads 2 --rounds 5 --json results/precision.json
+Models without trained weights (segformer-b0/b2, edaformer-t) run with seeded random weights, 150 classes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import attnseg  # noqa: E402
+from attnseg.export import OnnxModel, export_onnx  # noqa: E402
+from attnseg.tools.flops import count_flops  # noqa: E402
+from matmul_peak import peaks  # noqa: E402
+
+VARIANTS = ("fp32", "bf16", "onnx_fp32", "onnx_int8")
+
+
+def load(name: str):
+    if name in attnseg.list_pretrained() or Path(name).exists():
+        return attnseg.load_model(name).eval()
+    torch.manual_seed(0)
+    return attnseg.create_model(name, num_classes=150).eval()
+
+
+def int8_graph(model, name: str, out: Path, calibrate: str, n: int) -> Path:
+    from attnseg.data import EvalTransform, build_dataset
+    from attnseg.quantize import calibration_inputs, default_fp32_ops, quantize_int8
+
+    ds_name, root, split = calibrate.split(":")
+    calib = calibration_inputs(model, build_dataset(ds_name, root, split, EvalTransform()), n)
+    return quantize_int8(model, out, calib, exclude_ops=default_fp32_ops(model))
+
+
+def agreement(model, int8_path: Path, spec: str, n: int | None, threads: int) -> dict:
+    """Share of pixels whose int8 (onnxruntime) and bf16 (eager) argmax equals fp32 eager's, over the images
+    of DATASET:ROOT:SPLIT run as `attnseg predict` runs them (the model's working size; 512 if unrecorded)."""
+    import numpy as np
+
+    from attnseg.data import EvalTransform, build_dataset
+
+    ds_name, root, split = spec.split(":")
+    ds = build_dataset(ds_name, root, split, EvalTransform())
+    idx = range(len(ds)) if not n else np.linspace(0, len(ds) - 1, num=min(n, len(ds))).round().astype(int)
+    seg = attnseg.Segmenter(model)
+    others = {"onnx_int8": attnseg.Segmenter(OnnxModel(int8_path, threads)),
+              "bf16": attnseg.Segmenter(model, dtype=torch.bfloat16)}
+    same = dict.fromkeys(others, 0)
+    total = 0
+    for i in dict.fromkeys(int(i) for i in idx):
+        rgb = np.ascontiguousarray(ds[i]["image"].permute(1, 2, 0).numpy())
+        ref = seg.predict(rgb)
+        total += ref.size
+        for k, s in others.items():
+            same[k] += int((s.predict(rgb) == ref).sum())
+    return {"images": len(dict.fromkeys(int(i) for i in idx)), **{k: v / total for k, v in same.items()}}
+
+
+def time_once(fn, x, iters: int) -> float:
+    ts = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn(x)
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts) * 1000
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default="segformer-b0,segformer-b2,edaformer-t,sanet-effnet-lite0-camvid")
+    ap.add_argument("--sizes", default="512x512,360x480")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--calibrate", default="camvid:../shared/data/camvid:train")
+    ap.add_argument("--calib-images", type=int, default=16)
+    ap.add_argument("--int8", action="append", default=[], metavar="NAME=PATH", help="a ready int8 graph")
+    ap.add_argument("--agreement", default=None, metavar="DATASET:ROOT:SPLIT",
+                    help="also the pixel agreement of int8 and bf16 argmax with fp32 on these images")
+    ap.add_argument("--agreement-images", type=int, default=None, help="evenly spaced subset (default: all)")
+    ap.add_argument("--no-timing", action="store_true", help="only the agreement (no timings)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    ready = dict(kv.split("=", 1) for kv in args.int8)
+    pk = peaks(args.threads) if not args.no_timing else {"fp32": 0, "bf16": 0, "int8_ort": 0, "int8_torch": 0}
+    print(f"peaks ({args.threads} threads): fp32 {pk['fp32']:.0f} GFLOP/s, bf16 {pk['bf16']:.0f} GFLOP/s, int8 "
+          f"{pk['int8_ort']:.0f} GOP/s (onnxruntime MatMulInteger), {pk['int8_torch']:.0f} (torch._int_mm)")
+    peak_of = {"fp32": pk["fp32"], "bf16": pk["bf16"], "onnx_fp32": pk["fp32"], "onnx_int8": pk["int8_ort"]}
+    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="attnseg_precision_") as tmp:
+        for name in args.models.split(","):
+            model = load(name)
+            fp32_path = export_onnx(model, Path(tmp) / f"{name}.onnx", dynamic=True)
+            int8_path = Path(ready[name]) if name in ready else int8_graph(
+                model, name, Path(tmp) / f"{name}.int8.onnx", args.calibrate, args.calib_images)
+            runners = {
+                "fp32": lambda x: model(x),
+                "bf16": lambda x: _bf16(model, x),
+                "onnx_fp32": OnnxModel(fp32_path, args.threads),
+                "onnx_int8": OnnxModel(int8_path, args.threads),
+            }
+            if args.agreement:
+                agree = agreement(model, int8_path, args.agreement, args.agreement_images, args.threads)
+                rows.append({"model": name, "agreement_with_fp32": agree})
+                print(f"{name:<28} pixel agreement with fp32 on {agree['images']} images of {args.agreement}: "
+                      f"int8 {100 * agree['onnx_int8']:.2f}%, bf16 {100 * agree['bf16']:.2f}%", flush=True)
+            for size in ([] if args.no_timing else sizes):
+                x = torch.randn(1, 3, *size)
+                macs = count_flops(model, size, paper=False)["gmacs"]
+                with torch.inference_mode():
+                    for fn in runners.values():  # warm-up
+                        fn(x), fn(x)
+                    per_round = {v: [] for v in VARIANTS}
+                    for _ in range(args.rounds):
+                        for v in VARIANTS:
+                            per_round[v].append(time_once(runners[v], x, args.iters))
+                ms = {v: statistics.median(t) for v, t in per_round.items()}
+                row = {"model": name, "size": f"{size[0]}x{size[1]}", "gmacs": macs, "ms": ms,
+                       "images_per_s": {v: 1000 / m for v, m in ms.items()},
+                       "speedup_bf16_vs_fp32": statistics.median(
+                           a / b for a, b in zip(per_round["fp32"], per_round["bf16"])),
+                       "speedup_int8_vs_onnx_fp32": statistics.median(
+                           a / b for a, b in zip(per_round["onnx_fp32"], per_round["onnx_int8"])),
+                       "of_peak": {v: 2 * macs / (ms[v] / 1000) / peak_of[v] for v in VARIANTS if peak_of[v]}}
+                rows.append(row)
+                print(f"{name:<28} {row['size']:>8} " + "  ".join(
+                    f"{v} {1000 / ms[v]:6.2f} img/s ({100 * row['of_peak'].get(v, 0):4.1f}% peak)" for v in VARIANTS)
+                    + f"  bf16/fp32 {row['speedup_bf16_vs_fp32']:.2f}x  int8/onnx-fp32 "
+                      f"{row['speedup_int8_vs_onnx_fp32']:.2f}x", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"threads": args.threads, "rounds": args.rounds, "iters": args.iters,
+                                               "peaks": pk, "rows": rows}, indent=1))
+
+
+def _bf16(model, x):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return model(x)
+
+
+if __name__ == "__main__":
+    main()

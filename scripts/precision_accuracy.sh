@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# CamVid test mIoU per precision and backend (issue 16): fp32 eager, bf16 eager, fp32 onnxruntime and int8
+# onnxruntime for the shipped SANet and LSeg and the CamVid-trained EDAFormer-T in results/. int8 graphs are
+# `attnseg export --quantize int8` with its defaults (the family's measured fp32 ops), calibrated on $CALIB (64)
+# CamVid train images. JSONs go to results/precision/. Accuracy only: speed is benchmarks/precision.py.
+#   scripts/precision_accuracy.sh [MODEL...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+A=${ATTNSEG:-.venv/bin/attnseg}
+ROOT=${CAMVID:-../shared/data/camvid}
+OUT=results/precision
+TMP=${TMPDIR:-/tmp}/attnseg_precision
+mkdir -p "$OUT" "$TMP"
+models=("${@:-sanet-effnet-lite0-camvid lseg-effnet-lite0-camvid results/edaformer-t_camvid.safetensors}")
+for m in ${models[@]}; do
+  n=$(basename "$m" .safetensors)
+  ev() { [ -f "$OUT/${n}_$1.json" ] || "$A" eval --dataset camvid --data-root "$ROOT" --split test --threads 2 \
+           --out "$OUT/${n}_$1.json" "${@:2}" | tail -1; }
+  ev fp32 --model "$m"
+  ev bf16 --model "$m" --dtype bf16
+  [ -f "$TMP/$n.onnx" ] || "$A" export --model "$m" --dynamic --out "$TMP/$n.onnx"
+  ev onnx_fp32 --model "$TMP/$n.onnx"
+  [ -f "$TMP/$n.int8.onnx" ] || "$A" export --model "$m" --out "$TMP/$n.int8.onnx" --quantize int8 \
+    --calibrate "camvid:$ROOT:train" --calib-images "${CALIB:-64}"
+  ev onnx_int8 --model "$TMP/$n.int8.onnx"
+done
