@@ -196,6 +196,13 @@ def test_int8_lseg_calibrates_with_its_labels_and_keeps_them_an_input(tmp_path, 
     out = tmp_path / "lseg.int8.onnx"
     assert main(["export", "--model", "lseg-effnet-lite0-camvid", "--out", str(out), "--quantize", "int8",
                  "--calibrate", f"camvid:{camvid_root}:train", "--calib-images", "2"]) == 0
+    import onnx
+
+    from attnseg.quantize import downstream_of
+
+    g = onnx.load(str(out)).graph
+    tail = set(downstream_of(g, "text_embeddings"))
+    assert tail and not [n.op_type for n in g.node if n.name in tail and "Quantize" in n.op_type]  # fp32 tail
     q = OnnxModel(out, threads=2)
     assert q.lseg and q.default_labels == model.default_labels
     img = np.asarray(Image.open(sorted((camvid_root / "test").glob("*.png"))[0]).convert("RGB"))

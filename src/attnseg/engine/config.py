@@ -44,6 +44,10 @@ class DataCfg:
     workers: int = 2
     limit: int | None = None  # use only the first N training samples (debugging, overfitting tests)
     val_limit: int | None = None
+    # LSeg: each iteration draws one name per class from {class: [names]} (or a YAML file of it) and one
+    # prompt template per class ("a photo of a {}."); None = the class names as they are
+    label_names: Any = None
+    label_templates: list[str] | None = None
 
 
 @dataclass
@@ -107,7 +111,7 @@ class Config:
 def _check_type(path: str, value: Any, hint) -> Any:
     s = str(hint)
     if value is None:
-        if "None" in s:
+        if "None" in s or hint is Any:
             return None
         raise ConfigError(f"{path} may not be null")
     if hint is bool or s == "bool":
@@ -178,6 +182,10 @@ RULES: dict[str, tuple] = {
                  "three numbers > 0"),
     "data.batch_size": _POS_INT, "data.workers": _NONNEG_INT, "data.limit": _OPT_POS_INT,
     "data.val_limit": _OPT_POS_INT,
+    "data.label_names": (lambda v: v is None or isinstance(v, str) or (isinstance(v, dict) and all(
+        isinstance(x, list) for x in v.values())), "null, a YAML file path or a mapping class -> list of names"),
+    "data.label_templates": (lambda v: v is None or (isinstance(v, list) and len(v) >= 1 and all(
+        isinstance(x, str) and x.count("{}") == 1 for x in v)), 'null or a list of strings with one "{}"'),
     "optim.name": (lambda v: v in ("adamw", "sgd"), "adamw or sgd"),
     "optim.lr": _POS, "optim.weight_decay": _NONNEG,
     "optim.momentum": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),

@@ -231,8 +231,21 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: b
     np.random.seed(t.seed)
     random.seed(t.seed)
     model = build_model(cfg, num_classes)
+    vocab = None
     if is_language_driven(model):  # LSeg: trained against the dataset's class names as labels
         model.default_labels = ds.class_names
+        if d.label_names is not None or d.label_templates is not None:  # or several names/templates per class
+            from ..models.text import get_text_encoder
+            from .vocabulary import LabelVocabulary, VocabularyError, load_names
+
+            try:
+                vocab = LabelVocabulary(ds.class_names, load_names(d.label_names), d.label_templates, t.seed)
+            except VocabularyError as e:
+                raise TrainingError(str(e)) from None
+            vocab_encoder = get_text_encoder(model.cfg.text_encoder, None)  # templates come from the vocabulary
+    elif d.label_names is not None or d.label_templates is not None:
+        raise TrainingError(f"data.label_names / data.label_templates are for LSeg models; {cfg.model.name} has "
+                            "fixed classes")
     model.meta = {"class_names": ds.class_names if num_classes == ds.num_classes else None,
                   "palette": ds.palette, "mean": list(d.mean), "std": list(d.std),
                   "short_side": working_short_side(val_ds or ds, d.eval_scale)}
@@ -301,9 +314,10 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: b
                 b = next(batches)
                 x = normalise(b["image"].to(device, non_blocking=True), d.mean, d.std).contiguous(memory_format=fmt)
                 y = b["label"].to(device, non_blocking=True)
+                kw = {"text_embeddings": vocab.embeddings(vocab_encoder, it).to(device)} if vocab else {}
                 with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.bfloat16,
                                     enabled=amp_dtype is not None):
-                    out = model(x)
+                    out = model(x, **kw)
                 loss, parts = model_loss(model, out, y, pixel_loss, cfg)
                 total = all_reduce_sum(loss.detach().clone()) / world
                 if not torch.isfinite(total):
