@@ -37,8 +37,8 @@ def test_bad_vocabularies_are_refused_with_the_reason():
 
 
 def test_shipped_vocabulary_never_contains_a_held_out_name():
-    names = load_names(ROOT / "configs" / "camvid_label_names.yaml")
-    held = yaml.safe_load((ROOT / "configs" / "camvid_heldout_names.yaml").read_text())["names"]
+    names = load_names(ROOT / "configs" / "vocab" / "camvid_label_names.yaml")
+    held = yaml.safe_load((ROOT / "configs" / "vocab" / "camvid_heldout_names.yaml").read_text())["names"]
     from attnseg.tools.label_study import CAMVID_SYNONYMS
 
     assert held == CAMVID_SYNONYMS and len(held) == len(CLASSES)
@@ -63,7 +63,7 @@ def test_engine_trains_lseg_on_drawn_names_and_templates(camvid_root, tmp_path, 
     rc = main(["train", "--set", "model.name=lseg-tiny", "--set", f"data.root={camvid_root}", "--set", "data.limit=2",
                "--set", "data.val_limit=1", "--set", "data.crop=[64,64]", "--set", "data.batch_size=2",
                "--set", "data.workers=0", "--set", "train.iters=4", "--set", "train.val_interval=4",
-               "--set", f"data.label_names={ROOT / 'configs' / 'camvid_label_names.yaml'}",
+               "--set", f"data.label_names={ROOT / 'configs' / 'vocab' / 'camvid_label_names.yaml'}",
                "--set", 'data.label_templates=["{}", "a photo of a {}."]',
                "--set", "train.tensorboard=false", "--work-dir", str(tmp_path)])
     assert rc == 0
