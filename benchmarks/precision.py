@@ -57,22 +57,23 @@ def agreement(model, int8_path: Path, spec: str, n: int | None, threads: int) ->
     import numpy as np
 
     from attnseg.data import EvalTransform, build_dataset
+    from attnseg.quantize import spaced_indices
 
     ds_name, root, split = spec.split(":")
     ds = build_dataset(ds_name, root, split, EvalTransform())
-    idx = range(len(ds)) if not n else np.linspace(0, len(ds) - 1, num=min(n, len(ds))).round().astype(int)
+    idx = spaced_indices(len(ds), n or None)
     seg = attnseg.Segmenter(model)
     others = {"onnx_int8": attnseg.Segmenter(OnnxModel(int8_path, threads)),
               "bf16": attnseg.Segmenter(model, dtype=torch.bfloat16)}
     same = dict.fromkeys(others, 0)
     total = 0
-    for i in dict.fromkeys(int(i) for i in idx):
+    for i in idx:
         rgb = np.ascontiguousarray(ds[i]["image"].permute(1, 2, 0).numpy())
         ref = seg.predict(rgb)
         total += ref.size
         for k, s in others.items():
             same[k] += int((s.predict(rgb) == ref).sum())
-    return {"images": len(dict.fromkeys(int(i) for i in idx)), **{k: v / total for k, v in same.items()}}
+    return {"images": len(idx), **{k: v / total for k, v in same.items()}}
 
 
 def time_once(fn, x, iters: int) -> float:

@@ -34,14 +34,20 @@ from pathlib import Path
 import numpy as np
 
 
+def spaced_indices(length: int, n: int | None) -> list[int]:
+    """Up to n distinct indices evenly spaced over range(length) (all of them when n is None)."""
+    if n is None:
+        return list(range(length))
+    return list(dict.fromkeys(np.linspace(0, length - 1, num=min(n, length)).round().astype(int).tolist()))
+
+
 def calibration_inputs(model, dataset, n: int, seed: int = 0) -> list[np.ndarray]:
     """n images from `dataset` (evenly spaced), preprocessed exactly as `attnseg predict` does."""
     from .segmenter import Segmenter
 
     seg = Segmenter(model)
-    idx = np.linspace(0, len(dataset) - 1, num=min(n, len(dataset))).round().astype(int)
     out = []
-    for i in dict.fromkeys(idx.tolist()):
+    for i in spaced_indices(len(dataset), n):
         img = dataset[i]["image"].permute(1, 2, 0).numpy()
         x, _ = seg.preprocess(np.ascontiguousarray(img))
         out.append(x.numpy().astype(np.float32))

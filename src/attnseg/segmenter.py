@@ -76,9 +76,8 @@ class Segmenter:
         h, w = rgb.shape[:2]
         rgb, _ = resize_pair(rgb, None, self.working_size(h, w))
         rgb = np.asarray(rgb)
-        x = torch.from_numpy(rgb if rgb.flags.writeable else rgb.copy()).float()  # normalised in HWC order
-        # (contiguous, fast), then NCHW
-        x = (x - self._mean.view(3)) / self._std.view(3)
+        x = torch.from_numpy(rgb if rgb.flags.writeable else rgb.copy()).float()
+        x = (x - self._mean.view(3)) / self._std.view(3)  # in HWC order (contiguous: fast), then to NCHW
         return x.permute(2, 0, 1).unsqueeze(0).contiguous(), (h, w)
 
     def _check_labels(self, kw):
@@ -87,10 +86,13 @@ class Segmenter:
             raise ValueError(f"{len(labels)} labels: at most {MAX_LABELS} (label maps are one byte per pixel)")
 
     @torch.inference_mode()
-    def _forward(self, x: torch.Tensor, **kw) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, native: bool = False, **kw) -> torch.Tensor:
+        """Scores at the input size through `infer` (modes, TTA), or with native=True the model's own output."""
         self._check_labels(kw)
+        x = x.to(self.device)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):  # bf16
-            return infer(self.model, x.to(self.device), self.inference, **kw).float().cpu()
+            out = self.model(x, **kw) if native else infer(self.model, x, self.inference, **kw)
+        return out.float().cpu()
 
     def raw_scores(self, image, **kw) -> tuple[torch.Tensor, tuple[int, int]]:
         """Per-class scores (K, h, w) at the working size, and the image's (H, W)."""
@@ -112,12 +114,8 @@ class Segmenter:
         full size: the same bilinear function, so labels equal `predict`'s up to float rounding at ties.
         """
         cfg = self.inference
-        if cfg.mode == "whole" and list(cfg.scales) == [1.0] and not cfg.flip and tuple(x.shape[-2:]) == size:
-            self._check_labels(kw)
-            with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype,
-                                                        enabled=self.dtype != torch.float32):
-                return self.model(x.to(self.device), **kw).float().cpu()
-        return self._forward(x, **kw)
+        native = cfg.mode == "whole" and list(cfg.scales) == [1.0] and not cfg.flip and tuple(x.shape[-2:]) == size
+        return self._forward(x, native=native, **kw)
 
     def labels(self, scores: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
         """(H, W) label map from one image's (K, h', w') scores."""

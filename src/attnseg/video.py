@@ -16,7 +16,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable
@@ -67,16 +67,6 @@ class OverlayLUT:
         out += self.colours[label]
         out += 128
         return (out >> 8).astype(np.uint8)
-
-
-class _Done:
-    """A finished result with the Future interface (inference on the calling thread)."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def result(self):
-        return self.value
 
 
 def _even(rgb: np.ndarray) -> np.ndarray:
@@ -210,7 +200,11 @@ def segment_video(seg, src, dst, masks_dir=None, batch: int = 4, alpha: float = 
                 else:
                     jobs = [(torch.cat([x for _, x, _ in items]), items[0][2], list(range(len(items))))]
                 for x, size, idx in jobs:
-                    fut = pool.submit(seg.batch_scores, x, size, **kw) if pool else _Done(seg.batch_scores(x, size, **kw))
+                    if pool:
+                        fut = pool.submit(seg.batch_scores, x, size, **kw)
+                    else:  # inference on this thread: an already finished Future
+                        fut = Future()
+                        fut.set_result(seg.batch_scores(x, size, **kw))
                     for j, i in enumerate(idx):
                         put(q_out, (items[i][0], fut, j, size))
             put(q_out, _END)

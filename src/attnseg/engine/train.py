@@ -232,9 +232,10 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: b
     random.seed(t.seed)
     model = build_model(cfg, num_classes)
     vocab = None
+    several_names = d.label_names is not None or d.label_templates is not None
     if is_language_driven(model):  # LSeg: trained against the dataset's class names as labels
         model.default_labels = ds.class_names
-        if d.label_names is not None or d.label_templates is not None:  # or several names/templates per class
+        if several_names:  # or against several names/templates per class
             from ..models.text import get_text_encoder
             from .vocabulary import LabelVocabulary, VocabularyError, load_names
 
@@ -243,7 +244,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: b
             except VocabularyError as e:
                 raise TrainingError(str(e)) from None
             vocab_encoder = get_text_encoder(model.cfg.text_encoder, None)  # templates come from the vocabulary
-    elif d.label_names is not None or d.label_templates is not None:
+    elif several_names:
         raise TrainingError(f"data.label_names / data.label_templates are for LSeg models; {cfg.model.name} has "
                             "fixed classes")
     model.meta = {"class_names": ds.class_names if num_classes == ds.num_classes else None,
