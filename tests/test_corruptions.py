@@ -147,6 +147,25 @@ def test_blur_kernels_and_motion_direction():
     assert np.abs(glass.astype(int) - blurred).mean() < np.abs(img.astype(int) - blurred).mean() + 10
 
 
+@pytest.mark.parametrize("severity", [1, 5])
+def test_glass_blur_is_the_per_pixel_swap_loop(severity):
+    """imagecorruptions' glass blur, written as it is there: blur, then for each pixel from the bottom right to
+    the top left one random offset drawn and the two pixels swapped (each swap sees the earlier ones), blur."""
+    img = small()[:40, :56]
+    sigma, d, its = [(0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2)][severity - 1]
+    rs = np.random.RandomState(3)
+    x = np.uint8(gaussian_ref(img / 255., sigma) * 255)
+    for _ in range(its):
+        for h in range(x.shape[0] - d, d, -1):
+            for w in range(x.shape[1] - d, d, -1):
+                dx, dy = rs.randint(-d, d, size=(2,))
+                x[h, w], x[h + dy, w + dx] = x[h + dy, w + dx].copy(), x[h, w].copy()
+    want = np.uint8(np.clip(gaussian_ref(x / 255., sigma), 0, 1) * 255)
+    got = C.corrupt(img, "glass_blur", severity, seed=3)
+    assert np.abs(got.astype(int) - want).max() <= 1  # the two Gaussian filters differ in float rounding only
+    assert (got != want).mean() < 0.01
+
+
 def test_weather_stays_in_range_and_brightens():
     img = small()
     for name in ("snow", "spatter"):
@@ -181,3 +200,49 @@ def test_robustness_command_table_json_csv_plot(tmp_path, camvid_root_module, ca
     assert main(["robustness", "--model", str(m), "--dataset", "camvid", "--data-root", str(camvid_root_module),
                  "--corruptions", "rain", "--out", str(tmp_path / "x")]) == 2
     assert "unknown rain" in capsys.readouterr().err
+
+
+def test_robustness_resumes_an_interrupted_run_and_corrupts_once(tmp_path, camvid_root_module, capsys,
+                                                                 monkeypatch):
+    import json
+
+    pytest.importorskip("matplotlib")
+    import attnseg
+    import attnseg.engine.evaluate as E
+    import attnseg.tools.robustness as R
+    from attnseg.cli import main
+
+    a = attnseg.save_model(attnseg.create_model("segformer-tiny", num_classes=11), tmp_path / "a" / "final.safetensors")
+    b = attnseg.save_model(attnseg.create_model("segformer-tiny", num_classes=11), tmp_path / "b" / "final.safetensors")
+    args = ["robustness", "--model", str(a), "--model", str(b), "--dataset", "camvid", "--data-root",
+            str(camvid_root_module), "--limit", "2", "--corruptions", "contrast,fog", "--severities", "1,5"]
+    calls = []
+    real_corrupt, real_eval = R.corrupt, E.evaluate_models
+    monkeypatch.setattr(R, "corrupt", lambda *a, **k: calls.append(a[1:3]) or real_corrupt(*a, **k))
+    assert main(args + ["--out", str(tmp_path / "whole")]) == 0
+    whole = json.loads((tmp_path / "whole" / "robustness.json").read_text())
+    assert [r["model"] for r in whole["rows"]] == ["a"] * 5 + ["b"] * 5  # runs/x/final.safetensors -> x
+    assert len(calls) == 2 * 4  # two images x four (corruption, severity), each made once for both models
+    assert not (tmp_path / "whole" / "robustness.partial.jsonl").exists()
+
+    def stop_at_third(*a, **k):
+        if stop_at_third.n == 2:
+            raise KeyboardInterrupt
+        stop_at_third.n += 1
+        return real_eval(*a, **k)
+    stop_at_third.n = 0
+    monkeypatch.setattr(E, "evaluate_models", stop_at_third)
+    assert main(args + ["--out", str(tmp_path / "cut")]) == 130  # Ctrl-C, as the CLI reports it
+    assert not (tmp_path / "cut" / "robustness.json").exists()
+    assert len((tmp_path / "cut" / "robustness.partial.jsonl").read_text().splitlines()) == 1 + 2 * 2
+    monkeypatch.setattr(E, "evaluate_models", real_eval)
+    capsys.readouterr()
+    assert main(args + ["--out", str(tmp_path / "cut")]) == 0
+    out = capsys.readouterr().out
+    assert "4 evaluations already done" in out and "[10/10]" in out and "[4/10]" not in out
+    assert json.loads((tmp_path / "cut" / "robustness.json").read_text())["rows"] == whole["rows"]
+    # a partial run of other settings is not mixed in
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "robustness.partial.jsonl").write_text(json.dumps({"setting": {"split": "val"}}) + "\n")
+    assert main(args + ["--out", str(tmp_path / "other")]) == 2
+    assert "unfinished run with other" in capsys.readouterr().err

@@ -672,10 +672,29 @@ def _eval_dataset(args):
     return ds
 
 
+def _fingerprint(src: str) -> str:
+    """What a model source names: a file's SHA-256 (a retrained file at the same path is another model), else
+    the registry or hub name itself."""
+    import hashlib
+
+    p = Path(src)
+    if not p.is_file():
+        return src
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def cmd_robustness(args) -> int:
+    import json
+    import time
+
     import attnseg
+    from .io import atomic_write_text
     from .tools.corruptions import CORRUPTIONS
-    from .tools.robustness import run, write
+    from .tools.robustness import jobs, run, write
 
     _require_plots()
     check_device(args.device)
@@ -706,10 +725,47 @@ def cmd_robustness(args) -> int:
         k = getattr(m, "num_classes", None)
         if k is not None and k != ds.num_classes:
             raise CLIError(f"{src} has {k} classes but {args.dataset} has {ds.num_classes}")
-        models[Path(src).stem if Path(src).exists() else src] = m
+        name = src
+        if Path(src).exists():  # runs/x/final.safetensors -> "x"; a clash keeps the folder too
+            p = Path(src)
+            name = p.parent.name if p.stem in ("final", "latest", "best") and p.parent.name else p.stem
+            if name in models:
+                name = f"{p.parent.name}/{p.stem}"
+        if name in models:
+            raise CLIError(f"--model {src} is given twice")
+        models[name] = m
     inference = _inference_config(args)
-    rows = run(models, ds, inference, args.device, severities, corruptions, progress=sys.stderr.isatty())
+    # An hour per model on a small CPU: every finished evaluation is appended to a partial file, and a run
+    # stopped for any reason continues from it when started again with the same settings and --out.
+    partial = Path(args.out) / "robustness.partial.jsonl"
+    setting = {"dataset": args.dataset, "data_root": str(Path(args.data_root).resolve()), "split": args.split,
+               "limit": args.limit, "mode": args.mode, "crop": list(args.crop),
+               "stride": list(args.stride) if args.stride else None}
+    marks = {name: _fingerprint(src) for name, src in zip(models, args.model)}
+    done = []
+    if partial.exists():
+        lines = [json.loads(x) for x in partial.read_text().splitlines() if x.strip()]
+        if not lines or lines[0].get("setting") != setting:
+            raise CLIError(f"{partial} is an unfinished run with other --dataset/--data-root/--split/--limit/--mode "
+                           "settings; rerun with those, or choose another --out (or delete that file)")
+        done = [r for r in lines[1:] if marks.get(r.get("model")) == r.pop("fingerprint", None)]
+        print(f"resuming {partial}: {len(done)} evaluations already done")
+    else:
+        atomic_write_text(partial, json.dumps({"setting": setting}) + "\n")
+    total = len(jobs(severities, corruptions)) * len(models)
+    count, t0 = [len(done)], time.perf_counter()
+
+    def on_row(row):
+        with open(partial, "a") as f:
+            f.write(json.dumps(dict(row, fingerprint=marks[row["model"]])) + "\n")
+        count[0] += 1
+        print(f"[{count[0]}/{total}] {row['model']} {row['corruption']} s{row['severity']}: "
+              f"mIoU {100 * row['mIoU']:.2f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    rows = run(models, ds, inference, args.device, severities, corruptions, progress=sys.stderr.isatty(),
+               done=done, on_row=on_row)
     summary = write(rows, args.out, f"{args.dataset} {args.split}: mIoU under corruption")
+    partial.unlink()
     for name, s in summary.items():
         print(f"{name}: clean {100 * s['clean']:.2f}  mean corrupted {100 * s['mean']:.2f}  " + "  ".join(
             f"{g} {100 * v:.2f}" for g, v in s["per_group"].items()))

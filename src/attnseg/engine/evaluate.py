@@ -19,29 +19,42 @@ def normalise(images: torch.Tensor, mean, std) -> torch.Tensor:
     return (images.float() - m) / s
 
 
-@torch.inference_mode()
 def evaluate(model, dataset, inference: InferenceConfig, mean, std, device="cpu", num_classes: int | None = None,
              rank: int = 0, world: int = 1, amp_dtype: torch.dtype | None = None, progress: bool = True,
              background: int | None = None, model_kwargs: dict | None = None) -> dict:
     """Metrics over `dataset` (this process evaluates indices rank::world; matrices are all-reduced)."""
-    was_training = model.training
-    model.eval()
+    return evaluate_models([(model, mean, std, model_kwargs)], dataset, inference, device, num_classes, rank, world,
+                           amp_dtype, progress, background)[0]
+
+
+@torch.inference_mode()
+def evaluate_models(entries: list, dataset, inference: InferenceConfig, device="cpu", num_classes: int | None = None,
+                    rank: int = 0, world: int = 1, amp_dtype: torch.dtype | None = None, progress: bool = True,
+                    background: int | None = None) -> list[dict]:
+    """`evaluate` for several models, each entry (model, mean, std, model_kwargs or None), on one pass over the
+    dataset: each sample is read (and, for a dataset that corrupts or augments, made) once for all of them."""
+    was_training = [m.training for m, *_ in entries]
+    for m, *_ in entries:
+        m.eval()
     k = num_classes or dataset.num_classes
-    cm = ConfusionMatrix(k, device="cpu")
+    cms = [ConfusionMatrix(k, device="cpu") for _ in entries]
     idx = list(range(rank, len(dataset), world))
     bar = tqdm(idx, desc="eval", unit="img", disable=not (progress and is_main() and sys.stderr.isatty()))
     for i in bar:
         s = dataset[i]
-        x = normalise(s["image"].unsqueeze(0).to(device), mean, std)
-        with torch.autocast(device_type=torch.device(device).type, dtype=amp_dtype or torch.bfloat16,
-                            enabled=amp_dtype is not None):
-            scores = infer(model, x, inference, num_classes=k, **(model_kwargs or {}))
         lab = s["label"]
-        pred = class_index(resize(scores.float(), lab.shape[-2:]), 1)[0].cpu()
-        cm.update(pred, lab)
-    cm.all_reduce()
-    model.train(was_training)
-    out = cm.compute(background)
-    out["images"] = len(dataset)
-    out["confusion"] = cm.mat.long().tolist()  # rows: ground truth, columns: prediction
-    return out
+        for (model, mean, std, kwargs), cm in zip(entries, cms):
+            x = normalise(s["image"].unsqueeze(0).to(device), mean, std)
+            with torch.autocast(device_type=torch.device(device).type, dtype=amp_dtype or torch.bfloat16,
+                                enabled=amp_dtype is not None):
+                scores = infer(model, x, inference, num_classes=k, **(kwargs or {}))
+            cm.update(class_index(resize(scores.float(), lab.shape[-2:]), 1)[0].cpu(), lab)
+    outs = []
+    for (model, *_), cm, training in zip(entries, cms, was_training):
+        cm.all_reduce()
+        model.train(training)
+        out = cm.compute(background)
+        out["images"] = len(dataset)
+        out["confusion"] = cm.mat.long().tolist()  # rows: ground truth, columns: prediction
+        outs.append(out)
+    return outs

@@ -115,26 +115,39 @@ def write(rows: list[dict], out_dir, title: str) -> dict:
     return summary
 
 
-def run(models: dict, dataset, inference, device: str, severities=None, corruptions=None, progress=False) -> list:
-    """rows of {model, corruption, group, severity, mIoU, aAcc}: clean first, then each corruption x severity."""
-    from ..engine.evaluate import evaluate
+def jobs(severities=None, corruptions=None) -> list[tuple[str, int]]:
+    """(corruption, severity) in run order: clean first (severity 0), then each corruption x severity."""
+    return [("clean", 0)] + [(c, v) for c in (corruptions or CORRUPTIONS)
+                             for v in (severities or PROTOCOL_SEVERITIES[c])]
 
-    rows = []
-    for name, model in models.items():
-        meta = getattr(model, "meta", {}) or {}
-        kw = {"labels": dataset.class_names} if getattr(model, "num_classes", None) is None else {}
 
-        def score(ds):
-            return evaluate(model, ds, inference, meta.get("mean"), meta.get("std"), device, dataset.num_classes,
-                            progress=progress, model_kwargs=kw)
+def run(models: dict, dataset, inference, device: str, severities=None, corruptions=None, progress=False,
+        done: list | None = None, on_row=None) -> list:
+    """rows of {model, corruption, group, severity, mIoU, aAcc}, per model clean first, then each corruption x
+    severity. Each corrupted image is made once and scored by every model. `done` holds rows of an earlier,
+    interrupted run (skipped here, kept in the result); `on_row(row)` is called as each row is finished."""
+    from ..engine.evaluate import evaluate_models
 
-        m = score(dataset)
-        rows.append({"model": name, "corruption": "clean", "group": "", "severity": 0, "mIoU": m["mIoU"],
-                     "aAcc": m["aAcc"]})
-        for c in corruptions or CORRUPTIONS:
-            g = next(k for k, v in GROUPS.items() if c in v)
-            for s in (severities or PROTOCOL_SEVERITIES[c]):
-                m = score(Corrupted(dataset, c, s))
-                rows.append({"model": name, "corruption": c, "group": g, "severity": s, "mIoU": m["mIoU"],
-                             "aAcc": m["aAcc"]})
-    return rows
+    rows = list(done or [])
+    have = {(r["model"], r["corruption"], r["severity"]) for r in rows}
+    for c, v in jobs(severities, corruptions):
+        names = [n for n in models if (n, c, v) not in have]
+        if not names:
+            continue
+        entries = []
+        for n in names:
+            meta = getattr(models[n], "meta", {}) or {}
+            kw = {"labels": dataset.class_names} if getattr(models[n], "num_classes", None) is None else None
+            entries.append((models[n], meta.get("mean"), meta.get("std"), kw))
+        ds = dataset if c == "clean" else Corrupted(dataset, c, v)
+        g = next((k for k, cs in GROUPS.items() if c in cs), "")
+        for n, m in zip(names, evaluate_models(entries, ds, inference, device, dataset.num_classes,
+                                               progress=progress)):
+            row = {"model": n, "corruption": c, "group": g, "severity": v, "mIoU": m["mIoU"], "aAcc": m["aAcc"]}
+            rows.append(row)
+            if on_row:
+                on_row(row)
+    order = {n: i for i, n in enumerate(models)}
+    when = {j: i for i, j in enumerate(jobs(severities, corruptions))}
+    return sorted((r for r in rows if r["model"] in order),
+                  key=lambda r: (order[r["model"]], when.get((r["corruption"], r["severity"]), len(when))))
