@@ -1,0 +1,197 @@
+"""Speed / accuracy of every CamVid model attnseg ships or reports, in one run: a README table and a scatter plot.
+
+Per model: parameters, GFLOPs (multiply-accumulates, the papers' count) at CamVid's 360x480, images/s of
+eager PyTorch fp32 and of onnxruntime fp32 at 360x480 (batch 1, `--threads`, timed interleaved: round r runs
+every model on both backends one after the other, median per model and round, then the median over rounds,
+so drift of this machine's speed hits all rows alike), and the CamVid test mIoU / aAcc single pass and with
+`--flip`, read from the `attnseg eval --out` JSON files named below (a missing one is reported with the
+command that writes it, never guessed). Speed does not depend on the weights: rows whose trained file is
+not here are timed on the architecture with seeded random weights (said in the table).
+
+    python benchmarks/camvid_zoo.py --threads 2 --rounds 5 --out results/camvid_zoo
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import attnseg  # noqa: E402
+from attnseg.export import OnnxModel, export_onnx  # noqa: E402
+from attnseg.tools.flops import count_flops  # noqa: E402
+from precision import time_once  # noqa: E402
+
+SIZE = (360, 480)
+EVAL = ("attnseg eval --model {src} --dataset camvid --data-root ../shared/data/camvid --split test{opts}"
+        " --out {out}")
+
+
+@dataclass
+class Row:
+    label: str
+    source: str  # registered pretrained name or trained file; else `arch` with random weights is timed
+    arch: str
+    test: str  # attnseg eval --out JSON, single pass
+    flip: str  # the same with --flip
+    options: dict = field(default_factory=dict)  # --model-option for eval and timing
+    shipped: bool = False
+
+
+ROWS = [
+    Row("sanet-effnet-lite0-camvid (shipped default)", "sanet-effnet-lite0-camvid", "sanet-effnet-lite0",
+        "results/sanet-effnet-lite0-camvid_fp16_test.json", "results/sanet-effnet-lite0-camvid_fp16_test_flip.json",
+        shipped=True),
+    Row("lseg-effnet-lite0-camvid (shipped, 11 class names)", "lseg-effnet-lite0-camvid", "lseg-effnet-lite0",
+        "results/lseg-effnet-lite0-camvid_fp16_test.json", "results/lseg-effnet-lite0-camvid_fp16_test_flip.json",
+        shipped=True),
+    Row("allmlp-effnet-lite0", "runs/allmlp-effnet-lite0_camvid/final.safetensors", "allmlp-effnet-lite0",
+        "results/allmlp-effnet-lite0_camvid_test.json", "results/allmlp-effnet-lite0_camvid_test_flip.json"),
+    Row("sanet-effnet-lite0, paper-faithful, mask prediction", "runs/sanet-effnet-lite0_camvid_paper/final.safetensors",
+        "sanet-effnet-lite0", "results/sanet-effnet-lite0_camvid_paper_test_mask.json",
+        "results/sanet-effnet-lite0_camvid_paper_test_mask_flip.json", {"predict": "mask"}),
+    Row("edaformer-t (from scratch)", "results/edaformer-t_camvid.safetensors", "edaformer-t",
+        "results/edaformer-t_camvid_test_fp32.json", "results/edaformer-t_camvid_test_flip.json"),
+    Row("allmlp-effnet-lite2", "runs/allmlp-effnet-lite2_camvid/final.safetensors", "allmlp-effnet-lite2",
+        "results/allmlp-effnet-lite2_camvid_test.json", "results/allmlp-effnet-lite2_camvid_test_flip.json"),
+    Row("lseg-effnet-lite2, several names per class", "runs/lseg-effnet-lite2_camvid_vocab/final.safetensors",
+        "lseg-effnet-lite2", "results/lseg-effnet-lite2_camvid_vocab_test.json",
+        "results/lseg-effnet-lite2_camvid_vocab_test_flip.json"),
+]
+
+
+def build(row: Row) -> tuple[torch.nn.Module, bool]:
+    """(model taking images only, trained?)"""
+    from attnseg.models.lseg import FixedLabels, LSeg
+
+    trained = row.source in attnseg.list_pretrained() or Path(row.source).is_file()
+    if trained:
+        model = attnseg.load_model(row.source, **row.options)
+    else:
+        torch.manual_seed(0)
+        model = attnseg.create_model(row.arch, **({} if row.arch.startswith("lseg") else {"num_classes": 11}),
+                                     **row.options)
+    model = model.float().eval()
+    return (FixedLabels(model, 11) if isinstance(model, LSeg) else model), trained
+
+
+def _with_text(onnx, text):
+    return lambda x: onnx(x, text_embeddings=text)
+
+
+def accuracy(row: Row) -> dict:
+    out = {}
+    for key, path, flag in (("test", row.test, ""), ("flip", row.flip, " --flip")):
+        p = Path(path)
+        if p.is_file():
+            d = json.loads(p.read_text())
+            out[key] = {"mIoU": d["mIoU"], "aAcc": d["aAcc"], "json": path}
+        else:
+            opts = "".join(f" --model-option {k}={v}" for k, v in row.options.items()) + flag
+            out[key] = {"missing": EVAL.format(src=row.source, opts=opts, out=path)}
+    return out
+
+
+def table(rows: list[dict]) -> str:
+    def pct(a, k):
+        return f"{100 * a[k]:.2f}%" if k in a else "not measured"
+
+    lines = ["| model | params | GFLOPs 360x480 | img/s eager fp32 | img/s onnxruntime fp32 | test mIoU | "
+             "test mIoU `--flip` | aAcc |", "|" + " --- |" * 8]
+    for r in rows:
+        name = r["label"] + ("" if r["trained"] else " (timed with random weights; no trained file here)")
+        lines.append(f"| {name} | {r['params_m']:.2f}M | {r['gmacs']:.2f} | {r['img_s']['eager']:.2f} | "
+                     f"{r['img_s']['onnx']:.2f} | {pct(r['acc']['test'], 'mIoU')} | {pct(r['acc']['flip'], 'mIoU')} | "
+                     f"{pct(r['acc']['test'], 'aAcc')} |")
+    return "\n".join(lines)
+
+
+def scatter(rows: list[dict], path: Path) -> None:
+    from attnseg.io import atomic_write
+    from attnseg.plots import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for r in rows:
+        if "mIoU" not in r["acc"]["test"]:
+            continue
+        y = 100 * r["acc"]["test"]["mIoU"]
+        ax.plot([r["img_s"]["eager"], r["img_s"]["onnx"]], [y, y], color="0.75", lw=1, zorder=1)
+        ax.scatter(r["img_s"]["eager"], y, marker="o", color="C0", zorder=2)
+        ax.scatter(r["img_s"]["onnx"], y, marker="s", facecolors="none", edgecolors="C1", zorder=2)
+        ax.annotate(r["label"].split(" (")[0].split(",")[0], (r["img_s"]["onnx"], y), textcoords="offset points",
+                    xytext=(6, -3), fontsize=7)
+    ax.scatter([], [], marker="o", color="C0", label="eager PyTorch fp32")
+    ax.scatter([], [], marker="s", facecolors="none", edgecolors="C1", label="onnxruntime fp32")
+    ax.set_xlabel(f"images/s at {SIZE[0]}x{SIZE[1]} (batch 1, this machine's CPU)")
+    ax.set_ylabel("CamVid test mIoU (%), single pass")
+    ax.set_title("CamVid: accuracy vs speed")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_xlim(left=0)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--only", default=None, help="comma-separated labels' first words (default: every row)")
+    ap.add_argument("--out", default="results/camvid_zoo", help="writes OUT.json, OUT.md and OUT.png")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    chosen = [r for r in ROWS if not args.only or r.label.split()[0] in args.only.split(",")]
+    x = torch.randn(1, 3, *SIZE)
+    rows, runners = [], []
+    with tempfile.TemporaryDirectory(prefix="attnseg_zoo_") as tmp, torch.inference_mode():
+        for i, row in enumerate(chosen):
+            model, trained = build(row)
+            f = count_flops(model, SIZE)
+            inner = getattr(model, "model", model)  # LSeg: its graph takes the 11 label embeddings as an input
+            onnx = OnnxModel(export_onnx(inner, Path(tmp) / f"{i}.onnx", dynamic=True), args.threads)
+            if inner is not model:
+                onnx = _with_text(onnx, model.text)
+            runners.append({"eager": model, "onnx": onnx})
+            rows.append({"label": row.label, "source": row.source, "trained": trained, "shipped": row.shipped,
+                         "options": row.options, "params_m": f["params_m"], "gmacs": f["gmacs"],
+                         "acc": accuracy(row)})
+            for fn in runners[-1].values():  # warm-up
+                fn(x), fn(x)
+        times = [{"eager": [], "onnx": []} for _ in rows]
+        for _ in range(args.rounds):
+            for run, t in zip(runners, times):
+                for k in ("eager", "onnx"):
+                    t[k].append(time_once(run[k], x, args.iters))
+    for r, t in zip(rows, times):
+        r["ms"] = {k: statistics.median(v) for k, v in t.items()}
+        r["img_s"] = {k: 1000 / v for k, v in r["ms"].items()}
+        print(f"{r['label']:<56} {r['params_m']:6.2f}M {r['gmacs']:6.2f} GFLOPs  eager {r['img_s']['eager']:6.2f}"
+              f"  onnx {r['img_s']['onnx']:6.2f} img/s  mIoU " + "  ".join(
+                  f"{k} {100 * a['mIoU']:.2f}" if "mIoU" in a else f"{k} missing" for k, a in r["acc"].items()),
+              flush=True)
+        for a in r["acc"].values():
+            if "missing" in a:
+                print(f"    not measured yet: {a['missing']}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    md = table(rows)
+    out.with_suffix(".json").write_text(json.dumps({"threads": args.threads, "rounds": args.rounds,
+                                                     "iters": args.iters, "size": list(SIZE), "rows": rows}, indent=1))
+    out.with_suffix(".md").write_text(md + "\n")
+    scatter(rows, out.with_suffix(".png"))
+    print(md)
+    print(f"wrote {out}.json, .md and .png")
+
+
+if __name__ == "__main__":
+    main()
