@@ -83,6 +83,7 @@ def test_phone_rotation_odd_sizes_and_onnx_backend(tmp_path, tiny_ckpt, capsys):
     clip = write_clip(tmp_path / "phone.mov", frames, rotation=-90)  # a portrait phone video stored landscape
     rc = main(["predict", str(clip), "--model", tiny_ckpt, "--out", str(tmp_path / "o"), "--save-masks"])
     assert rc == 0, capsys.readouterr().err
+    assert "5 frames of 50x80" in capsys.readouterr().out  # the size as shown (width x height), not as stored
     out = decode(tmp_path / "o" / "phone_overlay.mp4")
     assert len(out) == 5 and out[0].shape == (80, 50, 3)  # shown upright, as players show it
     assert np.array(Image.open(tmp_path / "o" / "phone_masks" / "000000.png")).shape == (80, 50)

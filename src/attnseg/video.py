@@ -110,6 +110,7 @@ def segment_video(seg, src, dst, masks_dir=None, batch: int = 4, alpha: float = 
     q_in: queue.Queue = queue.Queue(maxsize=2 * batch)
     q_out: queue.Queue = queue.Queue(maxsize=2 * batch)
     errors: list[BaseException] = []
+    shown = [h, w]  # frame size as displayed (after the stream's rotation), set by the writer
     stop = threading.Event()
 
     def put(q, item) -> bool:  # gives up when another stage has failed, so no thread blocks forever
@@ -151,6 +152,7 @@ def segment_video(seg, src, dst, masks_dir=None, batch: int = 4, alpha: float = 
                 label = seg.labels(fut.result()[j], size)
                 if vstream is None:  # the size is known from the first (rotated) frame
                     fh, fw = _even(rgb).shape[:2]
+                    shown[:] = rgb.shape[:2]
                     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
                     vstream = out.add_stream(codec, rate=rate)
                     vstream.width, vstream.height, vstream.pix_fmt = fw, fh, "yuv420p"
@@ -224,4 +226,4 @@ def segment_video(seg, src, dst, masks_dir=None, batch: int = 4, alpha: float = 
     atomic_write(dst, pipeline)
     seconds = time.perf_counter() - t0
     return {"frames": written[0], "seconds": seconds, "fps": written[0] / max(seconds, 1e-9),
-            "size": (h, w), "rate": float(rate)}
+            "size": tuple(shown), "rate": float(rate)}
