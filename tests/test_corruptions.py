@@ -48,10 +48,11 @@ def test_shape_dtype_and_determinism(name):
 
 def test_damage_grows_with_severity_on_camvid(camvid_images):
     """Mean absolute difference to the clean image, averaged over CamVid test images, does not decrease from
-    one severity to the next, with two exceptions that are the protocol's own constants: snow 2 -> 3 is a near
-    tie (a larger zoom with a higher threshold; 5% slack), and spatter changes kind at 4 (water drops at 1-3,
-    mud at 4-5), so it is ordered within each kind but not across the switch (measured here: 30.0 at 3 vs
-    24.4 at 4 on these images)."""
+    one severity to the next, with three exceptions that are the protocol's own constants: snow 2 -> 3 is a
+    near tie (a larger zoom with a higher threshold; 5% slack), glass blur 3 -> 4 too (3 rounds of copying
+    neighbours within 2 pixels at 3, 2 rounds within 3 pixels at 4: measured here 44.70 vs 43.63; 5% slack),
+    and spatter changes kind at 4 (water drops at 1-3, mud at 4-5), so it is ordered within each kind but not
+    across the switch (measured here: 30.0 at 3 vs 24.4 at 4 on these images)."""
     for name in C.CORRUPTIONS:
         d = np.zeros(5)
         for k, img in enumerate(camvid_images):
@@ -60,7 +61,7 @@ def test_damage_grows_with_severity_on_camvid(camvid_images):
         for s in range(4):
             if (name, s) == ("spatter", 2):
                 continue
-            slack = 0.05 * d[s] if (name, s) == ("snow", 1) else 1e-9
+            slack = 0.05 * d[s] if (name, s) in (("snow", 1), ("glass_blur", 2)) else 1e-9
             assert d[s + 1] >= d[s] - slack, (name, s + 1, d.round(2))
         assert d[0] > 0, name
 
@@ -148,9 +149,10 @@ def test_blur_kernels_and_motion_direction():
 
 
 @pytest.mark.parametrize("severity", [1, 5])
-def test_glass_blur_is_the_per_pixel_swap_loop(severity):
-    """imagecorruptions' glass blur, written as it is there: blur, then for each pixel from the bottom right to
-    the top left one random offset drawn and the two pixels swapped (each swap sees the earlier ones), blur."""
+def test_glass_blur_is_the_formula_s_shuffle_statement(severity):
+    """imagecorruptions' glass blur with its shuffle statement written as it is there: blur, then for each pixel
+    from the bottom right to the top left one random offset drawn and `x[h, w], x[h', w'] = x[h', w'], x[h, w]`
+    run on the (H, W, 3) uint8 array (NumPy's view semantics included: it copies (h', w') to (h, w)), blur."""
     img = small()[:40, :56]
     sigma, d, its = [(0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2)][severity - 1]
     rs = np.random.RandomState(3)
@@ -159,7 +161,8 @@ def test_glass_blur_is_the_per_pixel_swap_loop(severity):
         for h in range(x.shape[0] - d, d, -1):
             for w in range(x.shape[1] - d, d, -1):
                 dx, dy = rs.randint(-d, d, size=(2,))
-                x[h, w], x[h + dy, w + dx] = x[h + dy, w + dx].copy(), x[h, w].copy()
+                h_prime, w_prime = h + dy, w + dx
+                x[h, w], x[h_prime, w_prime] = x[h_prime, w_prime], x[h, w]
     want = np.uint8(np.clip(gaussian_ref(x / 255., sigma), 0, 1) * 255)
     got = C.corrupt(img, "glass_blur", severity, seed=3)
     assert np.abs(got.astype(int) - want).max() <= 1  # the two Gaussian filters differ in float rounding only

@@ -216,18 +216,20 @@ def glass_blur(x, s, rs):
     c = [(0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2)][s - 1]
     x = np.uint8(sk_gaussian(x / 255., c[0]) * 255)
     H, W = x.shape[:2]
-    # Locally shuffle pixels, bottom-right to top-left, as the formula does: each swap sees the earlier ones,
-    # so the swaps run in order, on whole pixels packed into one int each (a Python list swaps ~50x faster
-    # than indexing the array pixel by pixel).
+    # "Locally shuffle pixels", bottom-right to top-left: the formula writes the swap
+    # `x[h, w], x[h', w'] = x[h', w'], x[h, w]` on a (H, W, 3) array, whose right-hand sides are views, so the
+    # pixel at (h', w') is copied to (h, w) and (h', w') keeps its value (NumPy and numba alike); each copy sees
+    # the earlier ones. Run in that order on whole pixels packed into one int each (a Python list is ~50x
+    # faster than indexing the array pixel by pixel).
     flat = (x[..., 0].astype(np.int64) << 16 | x[..., 1].astype(np.int64) << 8 | x[..., 2]).ravel().tolist()
     hs = np.arange(H - c[1], c[1], -1)
     ws = np.arange(W - c[1], c[1], -1)
     here = (hs[:, None] * W + ws[None, :]).ravel()
     for _ in range(c[2]):
-        d = rs.randint(-c[1], c[1], size=(len(hs), len(ws), 2)).reshape(-1, 2)
+        d = rs.randint(-c[1], c[1], size=(len(hs), len(ws), 2)).reshape(-1, 2)  # (dx, dy) per pixel, in order
         there = here + d[:, 1] * W + d[:, 0]
         for i, j in zip(here.tolist(), there.tolist()):
-            flat[i], flat[j] = flat[j], flat[i]
+            flat[i] = flat[j]
     p = np.array(flat, dtype=np.int64).reshape(H, W)
     x = np.stack([p >> 16, (p >> 8) & 255, p & 255], -1).astype(np.uint8)
     return np.clip(sk_gaussian(x / 255., c[0]), 0, 1) * 255
