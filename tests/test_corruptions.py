@@ -197,6 +197,7 @@ def test_robustness_command_table_json_csv_plot(tmp_path, camvid_root_module, ca
     assert sanet["clean"] > 0.3 and set(sanet["per_group"]) == {"noise", "digital", "weather"}
     assert sanet["per_corruption"]["contrast"] < sanet["clean"]
     assert "| contrast | digital |" in (tmp_path / "r" / "robustness.md").read_text()
+    assert (tmp_path / "r" / "robustness.md").read_text() in capsys.readouterr().out  # the table is printed too
     assert Image.open(tmp_path / "r" / "robustness.png").size[0] > 400
     assert (tmp_path / "r" / "robustness.csv").read_text().startswith("model,corruption,group,severity,mIoU")
     capsys.readouterr()

@@ -766,6 +766,7 @@ def cmd_robustness(args) -> int:
                done=done, on_row=on_row)
     summary = write(rows, args.out, f"{args.dataset} {args.split}: mIoU under corruption")
     partial.unlink()
+    print((Path(args.out) / "robustness.md").read_text(), end="")
     for name, s in summary.items():
         print(f"{name}: clean {100 * s['clean']:.2f}  mean corrupted {100 * s['mean']:.2f}  " + "  ".join(
             f"{g} {100 * v:.2f}" for g, v in s["per_group"].items()))
