@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Issue 17's CamVid runs on EfficientNet-Lite2, one after the other, each resumable (runs/ keeps latest.pth;
+# finished runs and evaluations are skipped), so the script can be restarted at any time:
+#   nohup scripts/lite2_camvid.sh > runs/lite2_camvid.log 2>&1 &
+# 1. allmlp-effnet-lite2 (the All-MLP recipe of allmlp-effnet-lite0_camvid.yaml): test mIoU single pass and --flip
+# 2. lseg-effnet-lite2 trained with several names and templates per class: test mIoU with the 11 class names
+#    and --flip, then the label study (names, shuffled names, the held-out names of configs/vocab/
+#    camvid_heldout_names.yaml, removed labels)
+# 3. the speed/accuracy table and scatter plot of every CamVid model (benchmarks/camvid_zoo.py)
+# The recipe is chosen by the validation mIoU the training logs (metrics.csv), never by these test numbers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+A=${ATTNSEG:-.venv/bin/attnseg}
+PY=${PYTHON:-.venv/bin/python}
+ROOT=${CAMVID:-../shared/data/camvid}
+
+train() {  # config work_dir
+  [ -f "$2/final.safetensors" ] && return 0
+  resume=(); [ -f "$2/latest.pth" ] && resume=(--resume)
+  "$A" train --config "$1" "${resume[@]}"
+}
+evaluate() {  # model out [extra eval flags]
+  [ -f "$2" ] || "$A" eval --model "$1" --dataset camvid --data-root "$ROOT" --split test --out "$2" "${@:3}"
+}
+
+train configs/allmlp-effnet-lite2_camvid.yaml runs/allmlp-effnet-lite2_camvid
+evaluate runs/allmlp-effnet-lite2_camvid/final.safetensors results/allmlp-effnet-lite2_camvid_test.json
+evaluate runs/allmlp-effnet-lite2_camvid/final.safetensors results/allmlp-effnet-lite2_camvid_test_flip.json --flip
+
+V=runs/lseg-effnet-lite2_camvid_vocab
+train configs/lseg-effnet-lite2_camvid_vocab.yaml $V
+evaluate $V/final.safetensors results/lseg-effnet-lite2_camvid_vocab_test.json
+evaluate $V/final.safetensors results/lseg-effnet-lite2_camvid_vocab_test_flip.json --flip
+[ -f results/lseg-effnet-lite2_camvid_vocab_label_study.json ] || "$PY" -m attnseg.tools.label_study \
+  --model $V/final.safetensors --data-root "$ROOT" --split test --out results/lseg-effnet-lite2_camvid_vocab_label_study.json
+
+# --flip for the earlier CamVid models the table reports (their single-pass JSONs are in results/ already)
+evaluate lseg-effnet-lite0-camvid results/lseg-effnet-lite0-camvid_fp16_test_flip.json --flip
+evaluate results/edaformer-t_camvid.safetensors results/edaformer-t_camvid_test_flip.json --flip
+[ -f runs/sanet-effnet-lite0_camvid_paper/final.safetensors ] && evaluate \
+  runs/sanet-effnet-lite0_camvid_paper/final.safetensors results/sanet-effnet-lite0_camvid_paper_test_mask_flip.json \
+  --flip --model-option predict=mask
+"$PY" benchmarks/camvid_zoo.py --threads 2 --rounds 5 --out results/camvid_zoo
