@@ -751,6 +751,8 @@ def cmd_robustness(args) -> int:
         done = [r for r in lines[1:] if marks.get(r.get("model")) == r.pop("fingerprint", None)]
         print(f"resuming {partial}: {len(done)} evaluations already done")
     else:
+        if (Path(args.out) / "robustness.json").exists():
+            print(f"{args.out} holds results of an earlier run: they are replaced when this one finishes")
         atomic_write_text(partial, json.dumps({"setting": setting}) + "\n")
     total = len(jobs(severities, corruptions)) * len(models)
     count, t0 = [len(done)], time.perf_counter()
