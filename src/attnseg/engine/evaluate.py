@@ -42,9 +42,9 @@ def evaluate_models(entries: list, dataset, inference: InferenceConfig, device="
     bar = tqdm(idx, desc="eval", unit="img", disable=not (progress and is_main() and sys.stderr.isatty()))
     for i in bar:
         s = dataset[i]
-        lab = s["label"]
+        img, lab = s["image"].unsqueeze(0).to(device), s["label"]
         for (model, mean, std, kwargs), cm in zip(entries, cms):
-            x = normalise(s["image"].unsqueeze(0).to(device), mean, std)
+            x = normalise(img, mean, std)
             with torch.autocast(device_type=torch.device(device).type, dtype=amp_dtype or torch.bfloat16,
                                 enabled=amp_dtype is not None):
                 scores = infer(model, x, inference, num_classes=k, **(kwargs or {}))

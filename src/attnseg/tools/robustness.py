@@ -130,7 +130,8 @@ def run(models: dict, dataset, inference, device: str, severities=None, corrupti
 
     rows = list(done or [])
     have = {(r["model"], r["corruption"], r["severity"]) for r in rows}
-    for c, v in jobs(severities, corruptions):
+    todo = jobs(severities, corruptions)
+    for c, v in todo:
         names = [n for n in models if (n, c, v) not in have]
         if not names:
             continue
@@ -148,6 +149,6 @@ def run(models: dict, dataset, inference, device: str, severities=None, corrupti
             if on_row:
                 on_row(row)
     order = {n: i for i, n in enumerate(models)}
-    when = {j: i for i, j in enumerate(jobs(severities, corruptions))}
+    when = {j: i for i, j in enumerate(todo)}
     return sorted((r for r in rows if r["model"] in order),
                   key=lambda r: (order[r["model"]], when.get((r["corruption"], r["severity"]), len(when))))
