@@ -1,8 +1,9 @@
 """Precision and backend speed in one run: fp32 / bf16 eager PyTorch and fp32 / int8 onnxruntime.
 
 For each model and input size the four variants are timed interleaved (round r runs fp32, bf16, onnx
-fp32, onnx int8 one after the other, `--iters` forward passes each, median per variant and round), so
-drift of this machine's speed hits all four alike; speed-ups are medians of per-round ratios. Achieved
+fp32, onnx int8 one after the other, `--iters` forward passes each after an untimed one, median per
+variant and round), so drift of this machine's speed hits all four alike; speed-ups are medians of
+per-round ratios. Each variant runs in a process of its own, one at a time (see `time_variants`). Achieved
 throughput is the model's executed multiply-accumulates x 2 over the median latency, against the
 machine's measured matmul peak of the same precision (benchmarks/matmul_peak.py).
 
@@ -10,7 +11,7 @@ int8 graphs are made as `attnseg export --quantize int8` makes them (static QDQ,
 calibrated on `--calib-images` images of `--calibrate`), with the fp32 op types the model's recorded
 choice keeps (`attnseg.quantize.default_fp32_ops`), or pass ready files with --int8 NAME=PATH.
 
-    python benchmarks/precision.py --threads 2 --rounds 5 --json results/precision.json
+    python benchmarks/precision.py --threads 2 --json results/precision/speed.json
 Models without trained weights (segformer-b0/b2, edaformer-t) run with seeded random weights, 150 classes.
 """
 from __future__ import annotations
@@ -77,6 +78,8 @@ def agreement(model, int8_path: Path, spec: str, n: int | None, threads: int) ->
 
 
 def time_once(fn, x, iters: int) -> float:
+    """Median ms of `iters` calls after one untimed call (the first call after a pause is slower)."""
+    fn(x)
     ts = []
     for _ in range(iters):
         t = time.perf_counter()
@@ -85,13 +88,64 @@ def time_once(fn, x, iters: int) -> float:
     return statistics.median(ts) * 1000
 
 
+def _worker(conn, variant: str, name: str, path: str | None, threads: int, size: tuple[int, int]):
+    """One variant in its own process: builds its runner, then times `iters` calls whenever asked."""
+    torch.set_num_threads(threads)
+    if variant.startswith("onnx"):
+        runner = OnnxModel(path, threads)
+    else:
+        model = load(name)
+        runner = model if variant == "fp32" else (lambda x: _bf16(model, x))
+    x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        runner(x), runner(x)  # warm-up
+        conn.send("ready")
+        while (iters := conn.recv()) is not None:
+            conn.send(time_once(runner, x, iters))
+
+
+def time_variants(name: str, paths: dict, threads: int, size: tuple[int, int], rounds: int, iters: int) -> dict:
+    """Per-round median ms of each variant, the variants timed one after the other in every round.
+
+    Each variant runs in a process of its own and only one process works at a time: in one process,
+    PyTorch's OpenMP pool and the two onnxruntime sessions' pools stayed warm side by side, and the variant
+    timed right after another ran up to a third slower (SANet's int8/fp32 onnxruntime at 512x512 read 1.37x
+    that way and 1.9-2.0x timed alone); this machine's speed also drifts by 10-20% within a minute, which
+    short interleaved rounds and per-round ratios cancel."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    workers = {}
+    try:
+        for v in VARIANTS:
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(child, v, name, paths.get(v), threads, size), daemon=True)
+            proc.start()
+            workers[v] = (parent, proc)
+            if parent.recv() != "ready":  # built and warmed up before the next one starts
+                raise RuntimeError(f"{v} worker failed")
+        per_round = {v: [] for v in VARIANTS}
+        for _ in range(rounds):
+            for v, (conn, _) in workers.items():
+                conn.send(iters)
+                per_round[v].append(conn.recv())
+        return per_round
+    finally:
+        for conn, proc in workers.values():
+            try:
+                conn.send(None)
+            except OSError:
+                pass
+            proc.join(timeout=30)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="segformer-b0,segformer-b2,edaformer-t,sanet-effnet-lite0-camvid")
     ap.add_argument("--sizes", default="512x512,360x480")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--iters", type=int, default=2)
     ap.add_argument("--calibrate", default="camvid:../shared/data/camvid:train")
     ap.add_argument("--calib-images", type=int, default=16)
     ap.add_argument("--int8", action="append", default=[], metavar="NAME=PATH", help="a ready int8 graph")
@@ -115,27 +169,15 @@ def main():
             fp32_path = export_onnx(model, Path(tmp) / f"{name}.onnx", dynamic=True)
             int8_path = Path(ready[name]) if name in ready else int8_graph(
                 model, name, Path(tmp) / f"{name}.int8.onnx", args.calibrate, args.calib_images)
-            runners = {
-                "fp32": lambda x: model(x),
-                "bf16": lambda x: _bf16(model, x),
-                "onnx_fp32": OnnxModel(fp32_path, args.threads),
-                "onnx_int8": OnnxModel(int8_path, args.threads),
-            }
+            paths = {"onnx_fp32": str(fp32_path), "onnx_int8": str(int8_path)}
             if args.agreement:
                 agree = agreement(model, int8_path, args.agreement, args.agreement_images, args.threads)
                 rows.append({"model": name, "agreement_with_fp32": agree})
                 print(f"{name:<28} pixel agreement with fp32 on {agree['images']} images of {args.agreement}: "
                       f"int8 {100 * agree['onnx_int8']:.2f}%, bf16 {100 * agree['bf16']:.2f}%", flush=True)
             for size in ([] if args.no_timing else sizes):
-                x = torch.randn(1, 3, *size)
                 macs = count_flops(model, size, paper=False)["gmacs"]
-                with torch.inference_mode():
-                    for fn in runners.values():  # warm-up
-                        fn(x), fn(x)
-                    per_round = {v: [] for v in VARIANTS}
-                    for _ in range(args.rounds):
-                        for v in VARIANTS:
-                            per_round[v].append(time_once(runners[v], x, args.iters))
+                per_round = time_variants(name, paths, args.threads, size, args.rounds, args.iters)
                 ms = {v: statistics.median(t) for v, t in per_round.items()}
                 row = {"model": name, "size": f"{size[0]}x{size[1]}", "gmacs": macs, "ms": ms,
                        "images_per_s": {v: 1000 / m for v, m in ms.items()},

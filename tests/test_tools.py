@@ -133,6 +133,13 @@ def test_int8_export_structure_metadata_and_agreement(tmp_path, camvid_root):
     meta = {p.key: p.value for p in g.metadata_props}
     info = json.loads(meta["attnseg_quantization"])
     assert info["calibration_images"] == 4 and info["per_channel"] and "Conv" in info["quantized_ops"]
+    # the stem stays fp32 and the image is never quantized: it feeds a float Conv directly
+    readers = [n for n in g.graph.node if "images" in n.input]
+    assert not [n for n in readers if n.op_type == "QuantizeLinear"], [n.op_type for n in readers]
+    stem = [n for n in readers if n.op_type == "Conv"]
+    assert len(stem) == 1 and info["fp32_image_convs"] == 1
+    fp32_weights = {t.name for t in g.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    assert stem[0].input[1] in fp32_weights
     model = attnseg.load_model(ck)
     seg = attnseg.Segmenter(model)
     img = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(
