@@ -18,8 +18,8 @@ Which operations stay fp32 was decided by measuring (README, "int8 onnxruntime")
 * transformer models (SegFormer, EDAFormer) quantize only Conv/MatMul/Gemm/Add/Mul (`default_fp32_ops`):
   with every op type quantized SegFormer-B0 ran 0.79x the fp32 graph's speed, with these 1.06x;
 * convolutional models (SANet, LSeg on EfficientNet) quantize every supported op type, so activations stay
-  int8 from one convolution to the next (QLinearAdd/Concat/AveragePool): the shipped SANet 1.1-1.5x over
-  its fp32 graph (1.9-2.4x before `export.fold_same_padding` sped up the fp32 graph as well);
+  int8 from one convolution to the next (QLinearAdd/Concat/AveragePool): the shipped SANet 1.5x (360x480)
+  and 1.8-2.0x (512x512) its fp32 graph's speed (benchmarks/precision.py);
 * the convolution that reads the image (the stem: 3 input channels) stays fp32, so the image is never
   quantized: int8 dot products over 3 channels gain nothing, and a quantized image cost a QuantizeLinear,
   a Transpose to NHWC and two DequantizeLinear (one feeding the graph's Shape ops) of the full-size input;
