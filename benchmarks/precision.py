@@ -122,8 +122,10 @@ def time_variants(name: str, paths: dict, threads: int, size: tuple[int, int], r
             proc = ctx.Process(target=_worker, args=(child, v, name, paths.get(v), threads, size), daemon=True)
             proc.start()
             workers[v] = (parent, proc)
-            if parent.recv() != "ready":  # built and warmed up before the next one starts
-                raise RuntimeError(f"{v} worker failed")
+            try:
+                parent.recv()  # "ready": built and warmed up before the next one starts
+            except EOFError:
+                raise RuntimeError(f"the {v} worker of {name} exited (its traceback is above)") from None
         per_round = {v: [] for v in VARIANTS}
         for _ in range(rounds):
             for v, (conn, _) in workers.items():
