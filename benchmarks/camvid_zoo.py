@@ -3,12 +3,13 @@
 Per model: parameters, GFLOPs (multiply-accumulates, the papers' count) at CamVid's 360x480, images/s of
 eager PyTorch fp32 and of onnxruntime fp32 at 360x480 (batch 1, `--threads`, timed interleaved: round r runs
 every model on both backends one after the other, median per model and round, then the median over rounds,
-so drift of this machine's speed hits all rows alike), and the CamVid test mIoU / aAcc single pass and with
+so drift of this machine's speed hits all rows alike; each model and backend in a process of its own, one
+working at a time, see benchmarks/timing.py), and the CamVid test mIoU / aAcc single pass and with
 `--flip`, read from the `attnseg eval --out` JSON files named below (a missing one is reported with the
 command that writes it, never guessed). Speed does not depend on the weights: rows whose trained file is
 not here are timed on the architecture with seeded random weights (said in the table).
 
-    python benchmarks/camvid_zoo.py --threads 2 --rounds 5 --out results/camvid_zoo
+    python benchmarks/camvid_zoo.py --threads 2 --out results/camvid_zoo
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import attnseg  # noqa: E402
 from attnseg.export import OnnxModel, export_onnx  # noqa: E402
 from attnseg.tools.flops import count_flops  # noqa: E402
-from precision import time_once  # noqa: E402
+from timing import time_interleaved  # noqa: E402
 
 SIZE = (360, 480)
 EVAL = ("attnseg eval --model {src} --dataset camvid --data-root ../shared/data/camvid --split test{opts}"
@@ -82,8 +83,15 @@ def build(row: Row) -> tuple[torch.nn.Module, bool]:
     return (FixedLabels(model, 11) if isinstance(model, LSeg) else model), trained
 
 
-def _with_text(onnx, text):
-    return lambda x: onnx(x, text_embeddings=text)
+def make_runner(i: int, backend: str, onnx_path: str):
+    """The call a timing worker times for ROWS[i] (runs in the worker process)."""
+    model, _ = build(ROWS[i])
+    if backend == "eager":
+        return model
+    onnx = OnnxModel(onnx_path, torch.get_num_threads())
+    if getattr(model, "model", model) is model:
+        return onnx
+    return lambda x: onnx(x, text_embeddings=model.text)  # LSeg: the 11 label embeddings as an input
 
 
 def accuracy(row: Row) -> dict:
@@ -144,34 +152,29 @@ def scatter(rows: list[dict], path: Path) -> None:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--iters", type=int, default=2)
     ap.add_argument("--only", default=None, help="comma-separated labels' first words (default: every row)")
     ap.add_argument("--out", default="results/camvid_zoo", help="writes OUT.json, OUT.md and OUT.png")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    chosen = [r for r in ROWS if not args.only or r.label.split()[0] in args.only.split(",")]
-    x = torch.randn(1, 3, *SIZE)
-    rows, runners = [], []
-    with tempfile.TemporaryDirectory(prefix="attnseg_zoo_") as tmp, torch.inference_mode():
-        for i, row in enumerate(chosen):
+    chosen = [i for i, r in enumerate(ROWS) if not args.only or r.label.split()[0] in args.only.split(",")]
+    rows, makers = [], {}
+    with tempfile.TemporaryDirectory(prefix="attnseg_zoo_") as tmp:
+        for i in chosen:
+            row = ROWS[i]
             model, trained = build(row)
             f = count_flops(model, SIZE)
             inner = getattr(model, "model", model)  # LSeg: its graph takes the 11 label embeddings as an input
-            onnx = OnnxModel(export_onnx(inner, Path(tmp) / f"{i}.onnx", dynamic=True), args.threads)
-            if inner is not model:
-                onnx = _with_text(onnx, model.text)
-            runners.append({"eager": model, "onnx": onnx})
+            path = str(export_onnx(inner, Path(tmp) / f"{i}.onnx", dynamic=True))
+            makers[f"{i} eager"] = (make_runner, (i, "eager", path))
+            makers[f"{i} onnx"] = (make_runner, (i, "onnx", path))
             rows.append({"label": row.label, "source": row.source, "trained": trained, "shipped": row.shipped,
                          "options": row.options, "params_m": f["params_m"], "gmacs": f["gmacs"],
                          "acc": accuracy(row)})
-            for fn in runners[-1].values():  # warm-up
-                fn(x), fn(x)
-        times = [{"eager": [], "onnx": []} for _ in rows]
-        for _ in range(args.rounds):
-            for run, t in zip(runners, times):
-                for k in ("eager", "onnx"):
-                    t[k].append(time_once(run[k], x, args.iters))
+            del model, inner
+        per_round = time_interleaved(makers, (1, 3, *SIZE), args.threads, args.rounds, args.iters)
+    times = [{k: per_round[f"{i} {k}"] for k in ("eager", "onnx")} for i in chosen]
     for r, t in zip(rows, times):
         r["ms"] = {k: statistics.median(v) for k, v in t.items()}
         r["img_s"] = {k: 1000 / v for k, v in r["ms"].items()}

@@ -3,7 +3,7 @@
 For each model and input size the four variants are timed interleaved (round r runs fp32, bf16, onnx
 fp32, onnx int8 one after the other, `--iters` forward passes each after an untimed one, median per
 variant and round), so drift of this machine's speed hits all four alike; speed-ups are medians of
-per-round ratios. Each variant runs in a process of its own, one at a time (see `time_variants`). Achieved
+per-round ratios. Each variant runs in a process of its own, one at a time (benchmarks/timing.py). Achieved
 throughput is the model's executed multiply-accumulates x 2 over the median latency, against the
 machine's measured matmul peak of the same precision (benchmarks/matmul_peak.py).
 
@@ -21,7 +21,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -32,6 +31,7 @@ import attnseg  # noqa: E402
 from attnseg.export import OnnxModel, export_onnx  # noqa: E402
 from attnseg.tools.flops import count_flops  # noqa: E402
 from matmul_peak import peaks  # noqa: E402
+from timing import time_interleaved  # noqa: E402
 
 VARIANTS = ("fp32", "bf16", "onnx_fp32", "onnx_int8")
 
@@ -77,68 +77,12 @@ def agreement(model, int8_path: Path, spec: str, n: int | None, threads: int) ->
     return {"images": len(idx), **{k: v / total for k, v in same.items()}}
 
 
-def time_once(fn, x, iters: int) -> float:
-    """Median ms of `iters` calls after one untimed call (the first call after a pause is slower)."""
-    fn(x)
-    ts = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        fn(x)
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts) * 1000
-
-
-def _worker(conn, variant: str, name: str, path: str | None, threads: int, size: tuple[int, int]):
-    """One variant in its own process: builds its runner, then times `iters` calls whenever asked."""
-    torch.set_num_threads(threads)
+def make_runner(variant: str, name: str, path: str | None):
+    """The call a timing worker times (runs in the worker process)."""
     if variant.startswith("onnx"):
-        runner = OnnxModel(path, threads)
-    else:
-        model = load(name)
-        runner = model if variant == "fp32" else (lambda x: _bf16(model, x))
-    x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        runner(x), runner(x)  # warm-up
-        conn.send("ready")
-        while (iters := conn.recv()) is not None:
-            conn.send(time_once(runner, x, iters))
-
-
-def time_variants(name: str, paths: dict, threads: int, size: tuple[int, int], rounds: int, iters: int) -> dict:
-    """Per-round median ms of each variant, the variants timed one after the other in every round.
-
-    Each variant runs in a process of its own and only one process works at a time: in one process,
-    PyTorch's OpenMP pool and the two onnxruntime sessions' pools stayed warm side by side, and the variant
-    timed right after another ran up to a third slower (SANet's int8/fp32 onnxruntime at 512x512 read 1.37x
-    that way and 1.9-2.0x timed alone); this machine's speed also drifts by 10-20% within a minute, which
-    short interleaved rounds and per-round ratios cancel."""
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    workers = {}
-    try:
-        for v in VARIANTS:
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, v, name, paths.get(v), threads, size), daemon=True)
-            proc.start()
-            workers[v] = (parent, proc)
-            try:
-                parent.recv()  # "ready": built and warmed up before the next one starts
-            except EOFError:
-                raise RuntimeError(f"the {v} worker of {name} exited (its traceback is above)") from None
-        per_round = {v: [] for v in VARIANTS}
-        for _ in range(rounds):
-            for v, (conn, _) in workers.items():
-                conn.send(iters)
-                per_round[v].append(conn.recv())
-        return per_round
-    finally:
-        for conn, proc in workers.values():
-            try:
-                conn.send(None)
-            except OSError:
-                pass
-            proc.join(timeout=30)
+        return OnnxModel(path, torch.get_num_threads())
+    model = load(name)
+    return model if variant == "fp32" else (lambda x: _bf16(model, x))
 
 
 def main():
@@ -179,7 +123,8 @@ def main():
                       f"int8 {100 * agree['onnx_int8']:.2f}%, bf16 {100 * agree['bf16']:.2f}%", flush=True)
             for size in ([] if args.no_timing else sizes):
                 macs = count_flops(model, size, paper=False)["gmacs"]
-                per_round = time_variants(name, paths, args.threads, size, args.rounds, args.iters)
+                per_round = time_interleaved({v: (make_runner, (v, name, paths.get(v))) for v in VARIANTS},
+                                             (1, 3, *size), args.threads, args.rounds, args.iters)
                 ms = {v: statistics.median(t) for v, t in per_round.items()}
                 row = {"model": name, "size": f"{size[0]}x{size[1]}", "gmacs": macs, "ms": ms,
                        "images_per_s": {v: 1000 / m for v, m in ms.items()},
