@@ -65,9 +65,13 @@ def time_interleaved(makers: dict[str, tuple[Callable, tuple]], shape: tuple[int
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=_serve, args=(child, make, args, threads, shape), daemon=True)
             proc.start()
+            child.close()  # the worker holds the only other end now: recv() sees EOF if it dies
             workers[key] = (parent, proc)
-            try:
-                parent.recv()  # "ready": built and warmed up before the next one starts
+            try:  # "ready": built and warmed up before the next one starts
+                while not parent.poll(0.5):
+                    if not proc.is_alive():
+                        raise EOFError
+                parent.recv()
             except EOFError:
                 raise RuntimeError(f"the worker for {key} exited (its traceback is above)") from None
         per_round = {k: [] for k in makers}

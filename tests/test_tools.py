@@ -220,3 +220,19 @@ def test_int8_lseg_calibrates_with_its_labels_and_keeps_them_an_input(tmp_path, 
     swapped = list(reversed(model.default_labels))  # any label set still works: the labels stay a graph input
     got2 = attnseg.Segmenter(q).predict(img, labels=swapped)
     assert (len(swapped) - 1 - got2 == got).mean() > 0.9
+
+
+def test_benchmark_timing_workers():
+    """benchmarks/timing.py: one process per timed variant, `rounds` medians each; a variant that fails to
+    build names itself (no hang, no bare EOFError)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from timing import time_interleaved
+
+    t = time_interleaved({"identity": (torch.nn.Identity, ()), "flatten": (torch.nn.Flatten, ())}, (1, 3, 4, 4),
+                         threads=1, rounds=3, iters=2)
+    assert list(t) == ["identity", "flatten"] and all(len(v) == 3 and min(v) > 0 for v in t.values())
+    with pytest.raises(RuntimeError, match="worker for broken exited"):
+        time_interleaved({"broken": (int, ("not a number",))}, (1,), threads=1, rounds=1, iters=1)
