@@ -43,6 +43,7 @@ class Row:
     test: str  # attnseg eval --out JSON, single pass
     flip: str  # the same with --flip
     options: dict = field(default_factory=dict)  # --model-option for eval and timing
+    arch_options: dict = field(default_factory=dict)  # architecture options (kept in a trained file) for `arch`
     shipped: bool = False
 
 
@@ -62,6 +63,9 @@ ROWS = [
         "results/edaformer-t_camvid_test_fp32.json", "results/edaformer-t_camvid_test_flip.json"),
     Row("allmlp-effnet-lite2", "runs/allmlp-effnet-lite2_camvid/final.safetensors", "allmlp-effnet-lite2",
         "results/allmlp-effnet-lite2_camvid_test.json", "results/allmlp-effnet-lite2_camvid_test_flip.json"),
+    Row("allmlp-effnet-lite2, output stride 16", "runs/allmlp-effnet-lite2_os16_camvid/final.safetensors",
+        "allmlp-effnet-lite2", "results/allmlp-effnet-lite2_os16_camvid_test.json",
+        "results/allmlp-effnet-lite2_os16_camvid_test_flip.json", arch_options={"backbone_options": {"output_stride": 16}}),
     Row("lseg-effnet-lite2, several names per class", "runs/lseg-effnet-lite2_camvid_vocab/final.safetensors",
         "lseg-effnet-lite2", "results/lseg-effnet-lite2_camvid_vocab_test.json",
         "results/lseg-effnet-lite2_camvid_vocab_test_flip.json"),
@@ -78,7 +82,7 @@ def build(row: Row) -> tuple[torch.nn.Module, bool]:
     else:
         torch.manual_seed(0)
         model = attnseg.create_model(row.arch, **({} if row.arch.startswith("lseg") else {"num_classes": 11}),
-                                     **row.options)
+                                     **row.options, **row.arch_options)
     model = model.float().eval()
     return (FixedLabels(model, 11) if isinstance(model, LSeg) else model), trained
 

@@ -2,7 +2,8 @@
 # Issue 17's CamVid runs on EfficientNet-Lite2, one after the other, each resumable (runs/ keeps latest.pth;
 # finished runs and evaluations are skipped), so the script can be restarted at any time:
 #   nohup scripts/lite2_camvid.sh > runs/lite2_camvid.log 2>&1 &
-# 1. allmlp-effnet-lite2 (the All-MLP recipe of allmlp-effnet-lite0_camvid.yaml): test mIoU single pass and --flip
+# 1. allmlp-effnet-lite2 (the All-MLP recipe of allmlp-effnet-lite0_camvid.yaml), at output stride 32 and 16:
+#    test mIoU single pass and --flip
 # 2. lseg-effnet-lite2 trained with several names and templates per class: test mIoU with the 11 class names
 #    and --flip, then the label study (names, shuffled names, the held-out names of configs/vocab/
 #    camvid_heldout_names.yaml, removed labels)
@@ -23,9 +24,11 @@ evaluate() {  # model out [extra eval flags]
   [ -f "$2" ] || "$A" eval --model "$1" --dataset camvid --data-root "$ROOT" --split test --out "$2" "${@:3}"
 }
 
-train configs/allmlp-effnet-lite2_camvid.yaml runs/allmlp-effnet-lite2_camvid
-evaluate runs/allmlp-effnet-lite2_camvid/final.safetensors results/allmlp-effnet-lite2_camvid_test.json
-evaluate runs/allmlp-effnet-lite2_camvid/final.safetensors results/allmlp-effnet-lite2_camvid_test_flip.json --flip
+for r in allmlp-effnet-lite2_camvid allmlp-effnet-lite2_os16_camvid; do  # output stride 32 and 16
+  train configs/$r.yaml runs/$r
+  evaluate runs/$r/final.safetensors results/${r}_test.json
+  evaluate runs/$r/final.safetensors results/${r}_test_flip.json --flip
+done
 
 V=runs/lseg-effnet-lite2_camvid_vocab
 train configs/lseg-effnet-lite2_camvid_vocab.yaml $V
