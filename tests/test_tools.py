@@ -210,6 +210,8 @@ def test_int8_lseg_calibrates_with_its_labels_and_keeps_them_an_input(tmp_path, 
     g = onnx.load(str(out)).graph
     tail = set(downstream_of(g, "text_embeddings"))
     assert tail and not [n.op_type for n in g.node if n.name in tail and "Quantize" in n.op_type]  # fp32 tail
+    info = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["attnseg_quantization"])
+    assert info["fp32_label_tail"] > 0 and info["fp32_image_convs"] == 1
     q = OnnxModel(out, threads=2)
     assert q.lseg and q.default_labels == model.default_labels
     img = np.asarray(Image.open(sorted((camvid_root / "test").glob("*.png"))[0]).convert("RGB"))

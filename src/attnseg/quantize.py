@@ -152,6 +152,7 @@ def quantize_int8(model, out_path, calib: list[np.ndarray], method: str = "minma
                 "format": "QDQ", "quantized_ops": ops, "fp32_ops": sorted(set(exclude_ops)),
                 "fp32_activation_products": len(activation_products(pre_model.graph)),
                 "fp32_image_convs": len(image_convs(pre_model.graph)),
+                "fp32_label_tail": len(downstream_of(pre_model.graph, "text_embeddings")) if extra else 0,
                 "calibration_images": len(calib)}
         m.metadata_props.append(onnx.StringStringEntryProto(key="attnseg_quantization", value=json.dumps(info)))
         src = {p.key: p.value for p in onnx.load(str(fp32)).metadata_props}
