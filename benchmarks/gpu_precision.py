@@ -19,7 +19,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -27,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import attnseg  # noqa: E402
+from timing import time_once  # noqa: E402
 from vs_transformers import make_pair  # noqa: E402
 
 DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -68,18 +68,12 @@ def ort_cuda_runner(model, size, device: torch.device):
 
 
 def time_variants(fns: dict, x, device, rounds: int, iters: int) -> dict:
+    """{variant: per-round median ms}, the variants one after the other in each round, in this process
+    (one CUDA context; the host-side pools that benchmarks/timing.py separates are idle here)."""
     per_round = {k: [] for k in fns}
     for _ in range(rounds):
         for k, fn in fns.items():
-            fn(x)
-            sync(device)
-            ts = []
-            for _ in range(iters):
-                t = time.perf_counter()
-                fn(x)
-                sync(device)
-                ts.append(time.perf_counter() - t)
-            per_round[k].append(statistics.median(ts) * 1000)
+            per_round[k].append(time_once(lambda x: (fn(x), sync(device)), x, iters))
     return per_round
 
 

@@ -139,10 +139,11 @@ def quantize_int8(model, out_path, calib: list[np.ndarray], method: str = "minma
         onnx.save(pre_model, str(pre))
         graph_ops = {n.op_type for n in pre_model.graph.node}
         ops = sorted(graph_ops & set(QUANTIZABLE) - set(exclude_ops))
-        fp32_nodes = activation_products(pre_model.graph) + image_convs(pre_model.graph)
-        if extra:  # LSeg: everything the labels reach stays fp32; its ranges change with every label set, so
-            # calibrating it on the trained names would not hold for others (and int8 logits cost 0.7 mIoU)
-            fp32_nodes = sorted(set(fp32_nodes) | set(downstream_of(pre_model.graph, "text_embeddings")))
+        products, stem = activation_products(pre_model.graph), image_convs(pre_model.graph)
+        # LSeg: everything the labels reach stays fp32; its ranges change with every label set, so calibrating
+        # it on the trained names would not hold for others (and int8 logits cost 0.7 mIoU)
+        tail = downstream_of(pre_model.graph, "text_embeddings") if extra else []
+        fp32_nodes = sorted(set(products) | set(stem) | set(tail))
         quantize_static(str(pre), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=methods[method], op_types_to_quantize=ops, nodes_to_exclude=fp32_nodes,
@@ -150,9 +151,8 @@ def quantize_int8(model, out_path, calib: list[np.ndarray], method: str = "minma
         m = onnx.load(str(q))
         info = {"method": method, "per_channel": per_channel, "weights": "int8", "activations": "uint8",
                 "format": "QDQ", "quantized_ops": ops, "fp32_ops": sorted(set(exclude_ops)),
-                "fp32_activation_products": len(activation_products(pre_model.graph)),
-                "fp32_image_convs": len(image_convs(pre_model.graph)),
-                "fp32_label_tail": len(downstream_of(pre_model.graph, "text_embeddings")) if extra else 0,
+                "fp32_activation_products": len(products), "fp32_image_convs": len(stem),
+                "fp32_label_tail": len(tail),
                 "calibration_images": len(calib)}
         m.metadata_props.append(onnx.StringStringEntryProto(key="attnseg_quantization", value=json.dumps(info)))
         src = {p.key: p.value for p in onnx.load(str(fp32)).metadata_props}
