@@ -14,6 +14,7 @@ mkdir -p "$OUT" "$TMP"
 models=("${@:-sanet-effnet-lite0-camvid lseg-effnet-lite0-camvid results/edaformer-t_camvid.safetensors}")
 for m in ${models[@]}; do
   n=$(basename "$m" .safetensors)
+  [ "$n" = final ] && n=$(basename "$(dirname "$m")")  # runs/NAME/final.safetensors -> NAME
   ev() { [ -f "$OUT/${n}_$1.json" ] || "$A" eval --dataset camvid --data-root "$ROOT" --split test --threads 2 \
            --out "$OUT/${n}_$1.json" "${@:2}" | tail -1; }
   ev fp32 --model "$m"
