@@ -6,7 +6,9 @@
    with the spread of the per-round ratios.
 3. Training step (forward + backward + AdamW step, batch 2, 512x512 crops, CE loss on full-res logits).
 4. With --onnx: transformers exported as a user would (torch.onnx.export, TorchScript tracer, opset 17),
-   attnseg by `export_onnx` (dynamo, opset 20, fixed 512x512); both run in onnxruntime with the same threads.
+   attnseg by `export_onnx` (dynamo, opset 20, fixed 512x512); both run in onnxruntime with the same threads,
+   each session in a process of its own (benchmarks/timing.py: two sessions in one process keep both
+   thread pools spinning side by side), interleaved in rounds.
 
 Usage: python benchmarks/vs_transformers.py [--threads 2] [--rounds 5] [--full] [--onnx] [--json out.json]
 Default grid: B0 and B2 at 512x512 batch 1, B0 at 1024x1024 batch 1; --full adds batch 8 and B2 at 1024.
@@ -25,7 +27,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.test_loading.hf_model
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import attnseg  # noqa: E402
+from timing import time_interleaved  # noqa: E402
 
 HF_VARIANTS = {
     "b0": dict(hidden_sizes=[32, 64, 160, 256], depths=[2, 2, 2, 2], num_attention_heads=[1, 2, 5, 8],
@@ -159,19 +163,33 @@ def onnx_compare(pair, args) -> list[dict]:
     export_onnx(ours, d / "ours.onnx", dynamic=False, example_size=(512, 512))
     so = ort.SessionOptions()
     so.intra_op_num_threads = args.threads
-    so.inter_op_num_threads = 1
-    sa = ort.InferenceSession(str(d / "hf.onnx"), so, providers=["CPUExecutionProvider"])
     sb = ort.InferenceSession(str(d / "ours.onnx"), so, providers=["CPUExecutionProvider"])
-    xn = x.numpy()
     with torch.inference_mode():
         want = ours(x).numpy()
-    got = sb.run(None, {"images": xn})[0]
+    got = sb.run(None, {"images": x.numpy()})[0]
+    del sb
     diff = float(np.abs(got - want).max())
     print(f"onnxruntime attnseg export vs eager: max |diff| = {diff:.2e}")
     out = [{"case": "onnx parity b0", "max_abs_diff": diff}]
-    out.append(row("onnxruntime segformer-b0 512x512 b1", *interleaved(
-        lambda: sa.run(None, {"pixel_values": xn}), lambda: sb.run(None, {"images": xn}), args.rounds)))
+    per_round = time_interleaved({"hf": (ort_runner, (str(d / "hf.onnx"), "pixel_values")),
+                                  "ours": (ort_runner, (str(d / "ours.onnx"), "images"))},
+                                 (1, 3, 512, 512), args.threads, args.rounds, iters=2)
+    ta, tb = (per_round["hf"], per_round["ours"])
+    ratios = [a / b for a, b in zip(ta, tb)]
+    out.append(row("onnxruntime segformer-b0 512x512 b1", statistics.median(ta) / 1000, statistics.median(tb) / 1000,
+                   statistics.median(ratios), min(ratios), max(ratios)))
     return out
+
+
+def ort_runner(path: str, input_name: str):
+    """One onnxruntime session on this process's threads (runs in a timing worker)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = torch.get_num_threads()
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    return lambda x: sess.run(None, {input_name: x.numpy()})
 
 
 if __name__ == "__main__":
