@@ -174,7 +174,7 @@ def onnx_compare(pair, args) -> list[dict]:
     per_round = time_interleaved({"hf": (ort_runner, (str(d / "hf.onnx"), "pixel_values")),
                                   "ours": (ort_runner, (str(d / "ours.onnx"), "images"))},
                                  (1, 3, 512, 512), args.threads, args.rounds, iters=2)
-    ta, tb = (per_round["hf"], per_round["ours"])
+    ta, tb = per_round["hf"], per_round["ours"]
     ratios = [a / b for a, b in zip(ta, tb)]
     out.append(row("onnxruntime segformer-b0 512x512 b1", statistics.median(ta) / 1000, statistics.median(tb) / 1000,
                    statistics.median(ratios), min(ratios), max(ratios)))
