@@ -141,7 +141,6 @@ def main():
 
 def onnx_compare(pair, args) -> list[dict]:
     import numpy as np
-    import onnxruntime as ort
 
     from attnseg.export import export_onnx
 
@@ -161,13 +160,9 @@ def onnx_compare(pair, args) -> list[dict]:
                       output_names=["logits"], dynamo=False)
     # fixed 512x512 like the traced transformers export (`attnseg export` without --dynamic does the same)
     export_onnx(ours, d / "ours.onnx", dynamic=False, example_size=(512, 512))
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = args.threads
-    sb = ort.InferenceSession(str(d / "ours.onnx"), so, providers=["CPUExecutionProvider"])
     with torch.inference_mode():
         want = ours(x).numpy()
-    got = sb.run(None, {"images": x.numpy()})[0]
-    del sb
+    got = ort_runner(str(d / "ours.onnx"), "images")(x)[0]
     diff = float(np.abs(got - want).max())
     print(f"onnxruntime attnseg export vs eager: max |diff| = {diff:.2e}")
     out = [{"case": "onnx parity b0", "max_abs_diff": diff}]
