@@ -18,6 +18,7 @@ ROOT=${CAMVID:-../shared/data/camvid}
 train() {  # config work_dir
   [ -f "$2/final.safetensors" ] && return 0
   resume=(); [ -f "$2/latest.pth" ] && resume=(--resume)
+  [ -f "$2/latest.pth" ] || [ ! -d "$2" ] || resume=(--overwrite)  # stopped before its first checkpoint
   "$A" train --config "$1" "${resume[@]}"
 }
 evaluate() {  # model out [extra eval flags]

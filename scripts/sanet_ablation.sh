@@ -26,6 +26,7 @@ for opts in "${@:-${runs[@]}}"; do
   for x in "${kv[@]}"; do sets+=(--set "model.options.$x"); done
   if [ ! -f "$dir/final.safetensors" ]; then
     resume=(); [ -f "$dir/latest.pth" ] && resume=(--resume)
+    [ -f "$dir/latest.pth" ] || [ ! -d "$dir" ] || resume=(--overwrite)  # stopped before its first checkpoint
     "$A" train --config "$CFG" "${sets[@]}" --set "train.work_dir=$dir" "${resume[@]}"
   fi
   for pred in den_sa4 mask; do

@@ -13,6 +13,7 @@ for v in "${variants[@]}"; do
   D=runs/segformer-${v}_camvid_cpu
   if [ ! -f $D/final.safetensors ]; then
     resume=(); [ -f $D/latest.pth ] && resume=(--resume)
+    [ -f $D/latest.pth ] || [ ! -d $D ] || resume=(--overwrite)  # stopped before its first checkpoint: nothing to keep
     "$A" train --config configs/segformer-${v}_camvid_cpu.yaml "${resume[@]}"
   fi
   [ -f results/precision/agreement_${v}_camvid.json ] || "$PY" benchmarks/precision.py --models $D/final.safetensors \

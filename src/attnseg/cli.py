@@ -906,7 +906,8 @@ def _export_int8(model, args) -> int:
     except (DatasetError, ValueError, ImportError, ExportError) as e:
         raise CLIError(str(e)) from None
     print(f"wrote {path} (int8 QDQ, per-channel weights, {args.calib_method} calibration on {len(calib)} images"
-          + (f", fp32 op types: {','.join(excl)}" if excl else "") + "; products of two activations in fp32)")
+          + (f", fp32 op types: {','.join(excl)}" if excl else "")
+          + "; products of two activations and size arithmetic in fp32)")
     return 0
 
 
@@ -1124,7 +1125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-method", choices=["minmax", "percentile", "entropy"], default="minmax")
     p.add_argument("--exclude-ops", default=None,
                    help="comma-separated ONNX op types kept in fp32 (default: the model family's measured choice, "
-                        "'none' for none); products of two activations always stay fp32")
+                        "'none' for none); products of two activations and arithmetic on sizes always stay fp32")
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("flops", help="GFLOPs (MACs) and parameters at an input size")
