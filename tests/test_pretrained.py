@@ -40,3 +40,19 @@ def test_shipped_lseg_predicts_typed_labels_offline(tmp_path):
     label = np.asarray(Image.open(tmp_path / f"{img.stem}.png"))
     counts = np.bincount(label.ravel(), minlength=4) / label.size
     assert label.max() <= 3 and counts[1] > 0.15 and counts[0] > 0.02  # road and sky, by name
+
+
+def test_loading_a_checkpoint_reads_no_imagenet_weights(monkeypatch):
+    """A trained file holds every weight: its EfficientNet backbone is built without the packaged ImageNet
+    weights (so a trained model loads where that package is missing), and the config keeps the file's."""
+    from attnseg.models.efficientnet import EfficientNetLite
+
+    def refuse(self):
+        raise AssertionError("ImageNet weights read")
+
+    monkeypatch.setattr(EfficientNetLite, "load_packaged_weights", refuse)
+    for name in PRETRAINED:
+        model = attnseg.load_model(name)
+        assert "pretrained" not in (model.config.get("backbone_options") or {}), name
+    with pytest.raises(AssertionError, match="ImageNet weights read"):  # a fresh model starts from ImageNet
+        attnseg.create_model("sanet-effnet-lite0", num_classes=11)

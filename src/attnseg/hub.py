@@ -24,7 +24,7 @@ from .convert import segformer as conv_segformer
 from .convert.keymap import ConversionError, check_against
 from .io import atomic_write
 from .pretrained import PRETRAINED, PRETRAINED_DIR, list_pretrained  # noqa: F401 (re-exported)
-from .models import MODELS, create_model, unknown_model_error
+from .models import MODELS, create_model, model_config, unknown_model_error
 from .models.mit import MIT_CONFIGS
 
 IMAGENET_MEAN = [123.675, 116.28, 103.53]
@@ -267,7 +267,8 @@ def load_model(source: str | os.PathLike, model: str | None = None, num_classes:
         raise ModelLoadError(f"{path} has {cfg_over['num_classes']} classes, but num_classes={num_classes} "
                              "was given; fine-tune from it with --set model.num_classes instead")
     cfg_over.update(overrides)
-    net = create_model(variant, **cfg_over)
+    net = create_model(variant, **_without_imagenet_weights(variant, cfg_over))
+    net.config = model_config(variant, **cfg_over)  # the config as the file records it
     if dtype is not None:  # e.g. float64 for parity checks: the file's tensors are copied in without rounding
         net = net.to(dtype)
     try:
@@ -282,6 +283,16 @@ def load_model(source: str | os.PathLike, model: str | None = None, num_classes:
     if hasattr(net, "default_labels") and meta.get("class_names"):
         net.default_labels = list(meta["class_names"])  # LSeg: the label set it was trained with
     return net.to(device).eval()
+
+
+def _without_imagenet_weights(variant: str, cfg: dict) -> dict:
+    """The checkpoint holds every weight, so the backbone is built without reading its packaged ImageNet
+    weights: loading is faster, and a trained model loads without the package that ships them."""
+    full = model_config(variant, **cfg)
+    backbone = full.get("backbone")
+    if not isinstance(backbone, str) or backbone not in MODELS or "pretrained" not in model_config(backbone):
+        return cfg
+    return {**cfg, "backbone_options": {**(full.get("backbone_options") or {}), "pretrained": False}}
 
 
 ENCODER_FAMILIES = {"mit", "eft"}  # variants without a decode head
