@@ -1,7 +1,8 @@
 """Speed / accuracy of every CamVid model attnseg ships or reports, in one run: a README table and a scatter plot.
 
-Per model: parameters, GFLOPs (multiply-accumulates, the papers' count) at CamVid's 360x480, images/s of
-eager PyTorch fp32 and of onnxruntime fp32 at 360x480 (batch 1, `--threads`, timed interleaved: round r runs
+Per model: parameters, GFLOPs (multiply-accumulates, the papers' count) and images/s of eager PyTorch fp32
+and of onnxruntime fp32 at the size the model runs at (CamVid's 360x480; 540x720 for a model trained and run
+at 1.5x, whose predictions are resized back to 360x480) (batch 1, `--threads`, timed interleaved: round r runs
 every model on both backends one after the other, median per model and round, then the median over rounds,
 so drift of this machine's speed hits all rows alike; each model and backend in a process of its own, one
 working at a time, see benchmarks/timing.py), and the CamVid test mIoU / aAcc single pass and with
@@ -45,6 +46,8 @@ class Row:
     options: dict = field(default_factory=dict)  # --model-option for eval and timing
     arch_options: dict = field(default_factory=dict)  # architecture options (kept in a trained file) for `arch`
     shipped: bool = False
+    size: tuple[int, int] = SIZE  # the size it runs at (timing, GFLOPs)
+    eval_opts: str = ""  # what its test JSONs were measured with beyond --flip (e.g. " --scales 1.5")
 
 
 ROWS = [
@@ -66,6 +69,9 @@ ROWS = [
     Row("allmlp-effnet-lite2, output stride 16", "runs/allmlp-effnet-lite2_os16_camvid/final.safetensors",
         "allmlp-effnet-lite2", "results/allmlp-effnet-lite2_os16_camvid_test.json",
         "results/allmlp-effnet-lite2_os16_camvid_test_flip.json", arch_options={"backbone_options": {"output_stride": 16}}),
+    Row("allmlp-effnet-lite2, trained and run at 1.5x", "runs/allmlp-effnet-lite2_s15_camvid/final.safetensors",
+        "allmlp-effnet-lite2", "results/allmlp-effnet-lite2_s15_camvid_test_s15.json",
+        "results/allmlp-effnet-lite2_s15_camvid_test_s15_flip.json", size=(540, 720), eval_opts=" --scales 1.5"),
     Row("lseg-effnet-lite2, several names per class", "runs/lseg-effnet-lite2_camvid_vocab/final.safetensors",
         "lseg-effnet-lite2", "results/lseg-effnet-lite2_camvid_vocab_test.json",
         "results/lseg-effnet-lite2_camvid_vocab_test_flip.json"),
@@ -106,7 +112,7 @@ def accuracy(row: Row) -> dict:
             d = json.loads(p.read_text())
             out[key] = {"mIoU": d["mIoU"], "aAcc": d["aAcc"], "json": path}
         else:
-            opts = "".join(f" --model-option {k}={v}" for k, v in row.options.items()) + flag
+            opts = "".join(f" --model-option {k}={v}" for k, v in row.options.items()) + row.eval_opts + flag
             out[key] = {"missing": EVAL.format(src=row.source, opts=opts, out=path)}
     return out
 
@@ -115,11 +121,12 @@ def table(rows: list[dict]) -> str:
     def pct(a, k):
         return f"{100 * a[k]:.2f}%" if k in a else "not measured"
 
-    lines = ["| model | params | GFLOPs 360x480 | img/s eager fp32 | img/s onnxruntime fp32 | test mIoU | "
-             "test mIoU `--flip` | aAcc |", "|" + " --- |" * 8]
+    lines = ["| model | params | runs at | GFLOPs | img/s eager fp32 | img/s onnxruntime fp32 | test mIoU | "
+             "test mIoU `--flip` | aAcc |", "|" + " --- |" * 9]
     for r in rows:
         name = r["label"] + ("" if r["trained"] else " (timed with random weights; no trained file here)")
-        lines.append(f"| {name} | {r['params_m']:.2f}M | {r['gmacs']:.2f} | {r['img_s']['eager']:.2f} | "
+        lines.append(f"| {name} | {r['params_m']:.2f}M | {r['size'][0]}x{r['size'][1]} | {r['gmacs']:.2f} | "
+                     f"{r['img_s']['eager']:.2f} | "
                      f"{r['img_s']['onnx']:.2f} | {pct(r['acc']['test'], 'mIoU')} | {pct(r['acc']['flip'], 'mIoU')} | "
                      f"{pct(r['acc']['test'], 'aAcc')} |")
     return "\n".join(lines)
@@ -142,7 +149,7 @@ def scatter(rows: list[dict], path: Path) -> None:
                     xytext=(6, -3), fontsize=7)
     ax.scatter([], [], marker="o", color="C0", label="eager PyTorch fp32")
     ax.scatter([], [], marker="s", facecolors="none", edgecolors="C1", label="onnxruntime fp32")
-    ax.set_xlabel(f"images/s at {SIZE[0]}x{SIZE[1]} (batch 1, this machine's CPU)")
+    ax.set_xlabel("images/s at the size each model runs at (batch 1, this machine's CPU)")
     ax.set_ylabel("CamVid test mIoU (%), single pass")
     ax.set_title("CamVid: accuracy vs speed")
     ax.grid(alpha=0.3)
@@ -162,22 +169,24 @@ def main():
     ap.add_argument("--out", default="results/camvid_zoo", help="writes OUT.json, OUT.md and OUT.png")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    chosen = [i for i, r in enumerate(ROWS) if not args.only or r.label.split()[0] in args.only.split(",")]
-    rows, makers = [], {}
+    chosen = [i for i, r in enumerate(ROWS) if not args.only or r.label.split()[0].rstrip(",") in args.only.split(",")]
+    rows, makers, shapes = [], {}, {}
     with tempfile.TemporaryDirectory(prefix="attnseg_zoo_") as tmp:
         for i in chosen:
             row = ROWS[i]
             model, trained = build(row)
-            f = count_flops(model, SIZE)
+            f = count_flops(model, row.size)
             inner = getattr(model, "model", model)  # LSeg: its graph takes the 11 label embeddings as an input
             path = str(export_onnx(inner, Path(tmp) / f"{i}.onnx", dynamic=True))
             makers[f"{i} eager"] = (make_runner, (i, "eager", path))
             makers[f"{i} onnx"] = (make_runner, (i, "onnx", path))
+            shapes[f"{i} eager"] = shapes[f"{i} onnx"] = (1, 3, *row.size)
             rows.append({"label": row.label, "source": row.source, "trained": trained, "shipped": row.shipped,
-                         "options": row.options, "params_m": f["params_m"], "gmacs": f["gmacs"],
+                         "options": row.options, "size": list(row.size), "params_m": f["params_m"],
+                         "gmacs": f["gmacs"],
                          "acc": accuracy(row)})
             del model, inner
-        per_round = time_interleaved(makers, (1, 3, *SIZE), args.threads, args.rounds, args.iters)
+        per_round = time_interleaved(makers, shapes, args.threads, args.rounds, args.iters)
     times = [{k: per_round[f"{i} {k}"] for k in ("eager", "onnx")} for i in chosen]
     for r, t in zip(rows, times):
         r["ms"] = {k: statistics.median(v) for k, v in t.items()}
@@ -193,7 +202,7 @@ def main():
     out.parent.mkdir(parents=True, exist_ok=True)
     md = table(rows)
     out.with_suffix(".json").write_text(json.dumps({"threads": args.threads, "rounds": args.rounds,
-                                                     "iters": args.iters, "size": list(SIZE), "rows": rows}, indent=1))
+                                                     "iters": args.iters, "rows": rows}, indent=1))
     out.with_suffix(".md").write_text(md + "\n")
     scatter(rows, out.with_suffix(".png"))
     print(md)

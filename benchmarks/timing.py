@@ -53,17 +53,18 @@ def _serve(conn, make: Callable, args: tuple, threads: int, shape: tuple[int, ..
             conn.send(time_once(fn, x, iters))
 
 
-def time_interleaved(makers: dict[str, tuple[Callable, tuple]], shape: tuple[int, ...], threads: int, rounds: int,
-                     iters: int) -> dict[str, list[float]]:
+def time_interleaved(makers: dict[str, tuple[Callable, tuple]], shape: tuple[int, ...] | dict[str, tuple[int, ...]],
+                     threads: int, rounds: int, iters: int) -> dict[str, list[float]]:
     """{key: per-round median ms}. makers[key] = (make, args): `make(*args)` runs in the worker process and
-    returns the call to time on a (seeded) random tensor of `shape`; `make` must be a module-level function
-    (workers are spawned)."""
+    returns the call to time on a (seeded) random tensor of `shape` (or of shape[key], one per maker); `make`
+    must be a module-level function (workers are spawned)."""
     ctx = mp.get_context("spawn")
     workers = {}
     try:
         for key, (make, args) in makers.items():
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_serve, args=(child, make, args, threads, shape), daemon=True)
+            proc = ctx.Process(target=_serve, daemon=True,
+                               args=(child, make, args, threads, shape[key] if isinstance(shape, dict) else shape))
             proc.start()
             child.close()  # the worker holds the only other end now: recv() sees EOF if it dies
             workers[key] = (parent, proc)
