@@ -23,8 +23,8 @@ Which operations stay fp32 was decided by measuring (README, "int8 onnxruntime")
   SegFormer-B0 at 512x512 runs 1.14x its fp32 graph's speed with these, 1.11x with every op type but
   Softmax quantized (same agreement); with Softmax quantized too it ran 0.79x (QLinearSoftmax, above);
 * convolutional models (SANet, LSeg on EfficientNet) quantize every supported op type, so activations stay
-  int8 from one convolution to the next (QLinearAdd/Concat/AveragePool): the shipped SANet 1.5x (360x480)
-  and 1.8-2.0x (512x512) its fp32 graph's speed (benchmarks/precision.py);
+  int8 from one convolution to the next (QLinearAdd/Concat/AveragePool): the shipped SANet 1.4-1.5x (360x480)
+  and 1.74-2.02x (512x512) its fp32 graph's speed over the runs so far (benchmarks/precision.py);
 * the convolution that reads the image (the stem: 3 input channels) stays fp32, so the image is never
   quantized: int8 dot products over 3 channels gain nothing, and a quantized image cost a QuantizeLinear,
   a Transpose to NHWC and two DequantizeLinear (one feeding the graph's Shape ops) of the full-size input;
