@@ -267,8 +267,9 @@ def load_model(source: str | os.PathLike, model: str | None = None, num_classes:
         raise ModelLoadError(f"{path} has {cfg_over['num_classes']} classes, but num_classes={num_classes} "
                              "was given; fine-tune from it with --set model.num_classes instead")
     cfg_over.update(overrides)
-    net = create_model(variant, **_without_imagenet_weights(variant, cfg_over))
-    net.config = model_config(variant, **cfg_over)  # the config as the file records it
+    config = model_config(variant, **cfg_over)  # the config as the file records it
+    net = create_model(variant, **_without_imagenet_weights(config, cfg_over))
+    net.config = config
     if dtype is not None:  # e.g. float64 for parity checks: the file's tensors are copied in without rounding
         net = net.to(dtype)
     try:
@@ -285,14 +286,14 @@ def load_model(source: str | os.PathLike, model: str | None = None, num_classes:
     return net.to(device).eval()
 
 
-def _without_imagenet_weights(variant: str, cfg: dict) -> dict:
-    """The checkpoint holds every weight, so the backbone is built without reading its packaged ImageNet
-    weights: loading is faster, and a trained model loads without the package that ships them."""
-    full = model_config(variant, **cfg)
-    backbone = full.get("backbone")
+def _without_imagenet_weights(config: dict, cfg: dict) -> dict:
+    """`cfg` with the backbone built without reading its packaged ImageNet weights (`config`: the full
+    config it gives): the checkpoint holds every weight, so loading is faster, and a trained model loads
+    without the package that ships them."""
+    backbone = config.get("backbone")
     if not isinstance(backbone, str) or backbone not in MODELS or "pretrained" not in model_config(backbone):
         return cfg
-    return {**cfg, "backbone_options": {**(full.get("backbone_options") or {}), "pretrained": False}}
+    return {**cfg, "backbone_options": {**(config.get("backbone_options") or {}), "pretrained": False}}
 
 
 ENCODER_FAMILIES = {"mit", "eft"}  # variants without a decode head

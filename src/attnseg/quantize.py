@@ -89,28 +89,23 @@ def image_convs(graph) -> list[str]:
     return [n.name for n in graph.node if n.op_type == "Conv" and n.input[0] in inputs]
 
 
+def downstream_of(graph, *input_names: str, through_shape: bool = True) -> list[str]:
+    """Names of the nodes that depend on the named graph inputs (LSeg: the label-dependent tail of
+    `text_embeddings`); with through_shape=False a Shape op ends the dependence (its output is a size)."""
+    reached, names = set(input_names), []
+    for n in graph.node:  # ONNX graphs are topologically sorted
+        if (through_shape or n.op_type != "Shape") and any(i in reached for i in n.input):
+            reached.update(n.output)
+            names.append(n.name)
+    return names
+
+
 def shape_arithmetic(graph) -> list[str]:
     """Names of the nodes whose values no graph input reaches except through a Shape op: arithmetic on sizes
     and on weights alone (the interpolation matrices an exported resize builds from the feature map's size,
     folded weight products). Their values are not activations; quantizing them breaks the upsampling."""
-    values = {i.name for i in graph.input}
-    names = []
-    for n in graph.node:  # topological order
-        if n.op_type != "Shape" and any(i in values for i in n.input):
-            values.update(n.output)
-        else:
-            names.append(n.name)
-    return names
-
-
-def downstream_of(graph, input_name: str) -> list[str]:
-    """Names of the nodes that depend on graph input `input_name` (LSeg: the label-dependent tail)."""
-    reached, names = {input_name}, []
-    for n in graph.node:  # ONNX graphs are topologically sorted
-        if any(i in reached for i in n.input):
-            reached.update(n.output)
-            names.append(n.name)
-    return names
+    values = set(downstream_of(graph, *(i.name for i in graph.input), through_shape=False))
+    return [n.name for n in graph.node if n.name not in values]
 
 
 def quantize_int8(model, out_path, calib: list[np.ndarray], method: str = "minmax", exclude_ops=None,
