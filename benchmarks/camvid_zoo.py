@@ -145,7 +145,7 @@ def scatter(rows: list[dict], path: Path) -> None:
         ax.plot([r["img_s"]["eager"], r["img_s"]["onnx"]], [y, y], color="0.75", lw=1, zorder=1)
         ax.scatter(r["img_s"]["eager"], y, marker="o", color="C0", zorder=2)
         ax.scatter(r["img_s"]["onnx"], y, marker="s", facecolors="none", edgecolors="C1", zorder=2)
-        ax.annotate(r["label"].split(" (")[0].split(",")[0], (r["img_s"]["onnx"], y), textcoords="offset points",
+        ax.annotate(r["label"].split(" (")[0], (r["img_s"]["onnx"], y), textcoords="offset points",
                     xytext=(6, -3), fontsize=7)
     ax.scatter([], [], marker="o", color="C0", label="eager PyTorch fp32")
     ax.scatter([], [], marker="s", facecolors="none", edgecolors="C1", label="onnxruntime fp32")
@@ -153,7 +153,7 @@ def scatter(rows: list[dict], path: Path) -> None:
     ax.set_ylabel("CamVid test mIoU (%), single pass")
     ax.set_title("CamVid: accuracy vs speed")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     ax.set_xlim(left=0)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
