@@ -1,5 +1,4 @@
 """LSeg: label equivariance, spatial regularization, text encoder backends, CLI with --labels."""
-import json
 
 import numpy as np
 import pytest
@@ -203,6 +202,29 @@ def test_label_study_reordering_is_invariant_and_removal_scores_kept_classes(cam
     r = study(tiny, ds, {"names": list(enumerate(names)), "reordered": [(i, names[i]) for i in order],
                          "removed": [(i, n) for i, n in enumerate(names) if n not in ("pole", "fence")]})
     assert r["names"]["IoU"].keys() == r["reordered"]["IoU"].keys()
-    np.testing.assert_equal([r["names"]["IoU"][n] for n in names], [r["reordered"]["IoU"][n] for n in names])
+    # the same scores up to float rounding: the label order changes the GEMM's column blocking (logits move
+    # by ~1 ulp), which can flip a pixel whose two best labels tie to within that (a random model has some)
+    np.testing.assert_allclose([r["names"]["IoU"][n] for n in names], [r["reordered"]["IoU"][n] for n in names],
+                               atol=0.01)
     assert set(r["removed"]["IoU"]) == set(names) - {"pole", "fence"}
     assert "names_on_kept" in r
+
+
+def test_label_study_at_a_working_size_scores_like_eval_at_that_scale(camvid_root, tiny):
+    """A model trained at 1.5x records 540 as its short side; the study runs it there, like `--scales 1.5`."""
+    from attnseg.data import EvalTransform, build_dataset
+    from attnseg.engine.evaluate import evaluate
+    from attnseg.engine.inference import InferenceConfig
+    from attnseg.tools.label_study import study
+
+    ds = build_dataset("camvid", camvid_root, "test", EvalTransform((120, 90)))
+    ds.samples = ds.samples[:2]
+    names = list(enumerate(ds.class_names))
+    mean, std = [127.0] * 3, [128.0] * 3
+    tiny.meta = {"mean": mean, "std": std}
+    native = study(tiny, ds, {"names": names})["names"]["mIoU"]
+    scaled = study(tiny, ds, {"names": names}, short_side=135)["names"]["mIoU"]
+    ref = {s: evaluate(tiny, ds, InferenceConfig(scales=[s]), mean, std, "cpu", 11,
+                       model_kwargs={"labels": ds.class_names})["mIoU"] * 100 for s in (1.0, 1.5)}
+    assert native == pytest.approx(ref[1.0], abs=1e-9) and scaled == pytest.approx(ref[1.5], abs=1e-9)
+    assert scaled != pytest.approx(native, abs=1e-3)

@@ -9,6 +9,9 @@ Label sets are given per dataset class, in class order:
              kept classes (compare with `names` over the same classes: the `names_on_kept` row)
 
     python -m attnseg.tools.label_study --model CHECKPOINT --data-root ../shared/data/camvid --split test
+
+The images run at the model's working size (--size auto, as `attnseg predict` runs them: the short side its
+checkpoint records, e.g. 540 for a model trained at 1.5x on CamVid) and are scored at their own resolution.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from ..data import EvalTransform, build_dataset
 from ..engine.evaluate import normalise
 from ..engine.metrics import ConfusionMatrix
 from ..io import atomic_write_text
+from ..models.layers import resize
 from ..models.lseg import is_language_driven
 
 CAMVID_SYNONYMS = ["heaven", "house", "post", "street", "sidewalk", "vegetation", "traffic sign", "barrier",
@@ -31,9 +35,11 @@ CAMVID_REMOVED = ["pole", "sign symbol", "fence"]  # small classes a user may si
 
 
 def study(model, dataset, label_sets: dict[str, list[tuple[int, str]]], limit: int | None = None,
-          device="cpu") -> dict:
+          device="cpu", short_side: int | None = None) -> dict:
     """label_sets: name -> [(class index, label text), ...] in the order the model is given the labels;
-    classes not listed are removed (their pixels not scored). Returns per set mIoU and per-class IoU."""
+    classes not listed are removed (their pixels not scored). short_side: run each image resized to it
+    (bilinear, like `attnseg eval --scales`), None = at its own size; scores are resized back to the label's.
+    Returns per set mIoU and per-class IoU."""
     k = dataset.num_classes
     cms = {name: ConfusionMatrix(k) for name in label_sets}
     embeds = {}
@@ -48,9 +54,18 @@ def study(model, dataset, label_sets: dict[str, list[tuple[int, str]]], limit: i
             s = dataset[idx]
             x = normalise(torch.as_tensor(s["image"])[None].to(device), meta.get("mean"), meta.get("std"))
             y = torch.as_tensor(s["label"]).to(device)
+            size = x.shape[-2:]  # the image's size (the label's, unless the dataset resizes images)
+            if short_side and short_side != min(size):
+                f = short_side / min(size)
+                x = resize(x, (round(size[0] * f), round(size[1] * f)))
             h = model.decoder_features(x)
             for name, (kept, t) in embeds.items():
-                pred = model.segment(h, t, y.shape[-2:])[0].argmax(0)
+                # scored as `attnseg eval` scores: the output at the size the model ran at, resized to the image's
+                # size (as probabilities when it ran at another scale, like --scales), then to the label's
+                scores = resize(model.segment(h, t, x.shape[-2:]), size)
+                if x.shape[-2:] != size:
+                    scores = scores.softmax(1)
+                pred = resize(scores, y.shape[-2:])[0].argmax(0)
                 pred = torch.as_tensor(kept, device=device)[pred]  # label index -> class index
                 target = y.clone()
                 for c in set(range(k)) - set(kept):
@@ -72,6 +87,7 @@ def study(model, dataset, label_sets: dict[str, list[tuple[int, str]]], limit: i
 
 def main(argv=None) -> int:
     from ..hub import load_model
+    from ..segmenter import working_short_side
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
@@ -80,6 +96,8 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default="test")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--size", default="auto", help="short side the images run at: auto (the model's working "
+                    "size, as `attnseg predict` runs it), native, or pixels")
     ap.add_argument("--seed", type=int, default=0, help="shuffle of the reordered set")
     ap.add_argument("--out", default=None, help="write the results as JSON")
     args = ap.parse_args(argv)
@@ -94,18 +112,27 @@ def main(argv=None) -> int:
     if not is_language_driven(model):
         print(f"error: {args.model} has fixed classes; the label study needs an LSeg model", file=sys.stderr)
         return 2
+    if args.size == "native":
+        short_side = None
+    elif args.size == "auto":
+        short_side = working_short_side(model)
+    elif args.size.isdigit() and int(args.size) >= 8:
+        short_side = int(args.size)
+    else:
+        print(f"error: --size {args.size!r}: expected auto, native or a short side in pixels (>= 8)", file=sys.stderr)
+        return 2
     names = list(ds.class_names)
     order = np.random.default_rng(args.seed).permutation(len(names))
     sets = {"names": list(enumerate(names)), "reordered": [(int(i), names[i]) for i in order]}
     if args.dataset == "camvid":
         sets["synonyms"] = list(enumerate(CAMVID_SYNONYMS))
         sets["removed"] = [(i, n) for i, n in enumerate(names) if n not in CAMVID_REMOVED]
-    res = study(model, ds, sets, args.limit)
+    res = study(model, ds, sets, args.limit, short_side=short_side)
     for name, r in res.items():
         print(f"{name:<14} mIoU {r['mIoU']:6.2f}" + (f"   labels: {', '.join(str(v) for v in r['labels'])}"
                                                       if "labels" in r else ""))
     if args.out:
-        atomic_write_text(args.out, json.dumps(res, indent=2))
+        atomic_write_text(args.out, json.dumps({"short_side": short_side, **res}, indent=2))
     return 0
 
 
