@@ -6,9 +6,9 @@
 #    test mIoU single pass and --flip (stride 32, the comparison, runs after LSeg)
 #    (both were trained on a lent GPU, scripts/gpu_lite2.sh; their runs/ folders make the training a no-op)
 # 1b. the same trained and run at 1.5x (configs/allmlp-effnet-lite2_s15_camvid.yaml)
-# 2. lseg-effnet-lite2 trained with several names and templates per class: test mIoU with the 11 class names
-#    and --flip, then the label study (names, shuffled names, the held-out names of configs/vocab/
-#    camvid_heldout_names.yaml, removed labels)
+# 2. lseg-effnet-lite2 trained with several names and templates per class, at 1.5x like 1b: test mIoU with
+#    the 11 class names (one pass at 720x540, and --flip), then the label study at the model's working size
+#    (names, shuffled names, the held-out names of configs/vocab/camvid_heldout_names.yaml, removed labels)
 # 3. the speed/accuracy table and scatter plot of every CamVid model (benchmarks/camvid_zoo.py)
 # The recipe is chosen by the validation mIoU the training logs (metrics.csv), never by these test numbers.
 set -euo pipefail
@@ -47,8 +47,9 @@ evaluate $S/final.safetensors results/allmlp-effnet-lite2_s15_camvid_test_s15_fl
 
 V=runs/lseg-effnet-lite2_camvid_vocab
 train configs/lseg-effnet-lite2_camvid_vocab.yaml $V
-evaluate $V/final.safetensors results/lseg-effnet-lite2_camvid_vocab_test.json
-evaluate $V/final.safetensors results/lseg-effnet-lite2_camvid_vocab_test_flip.json --flip
+evaluate $V/final.safetensors results/lseg-effnet-lite2_camvid_vocab_val_s15.json --scales 1.5 --split val
+evaluate $V/final.safetensors results/lseg-effnet-lite2_camvid_vocab_test_s15.json --scales 1.5
+evaluate $V/final.safetensors results/lseg-effnet-lite2_camvid_vocab_test_s15_flip.json --scales 1.5 --flip
 [ -f results/lseg-effnet-lite2_camvid_vocab_label_study.json ] || "$PY" -m attnseg.tools.label_study \
   --model $V/final.safetensors --data-root "$ROOT" --split test --out results/lseg-effnet-lite2_camvid_vocab_label_study.json
 
