@@ -108,6 +108,47 @@ def test_train_then_eval_cli(camvid_root, tmp_path, capsys):
     assert rc == 0
 
 
+def test_score_of_predicted_label_maps_equals_eval(camvid_root, tmp_path, capsys):
+    """`attnseg predict` then `attnseg score`: the number a CLI user gets equals `attnseg eval`'s."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    import attnseg
+    from attnseg.cli import main
+
+    torch.manual_seed(0)
+    m = attnseg.save_model(attnseg.create_model("segformer-tiny", num_classes=11), tmp_path / "m.safetensors")
+    imgs, pred = tmp_path / "imgs", tmp_path / "pred"
+    imgs.mkdir()
+    for line in (camvid_root / "test.txt").read_text().splitlines()[:2]:
+        shutil.copy(camvid_root / line.split()[0], imgs)
+    assert main(["predict", str(imgs), "--model", str(m), "--size", "native", "--out", str(pred)]) == 0
+    split = ["--dataset", "camvid", "--data-root", str(camvid_root), "--split", "test"]
+    assert main(["score", str(pred), *split, "--limit", "2", "--out", str(tmp_path / "s.json")]) == 0
+    assert main(["eval", "--model", str(m), *split, "--limit", "2", "--out", str(tmp_path / "e.json")]) == 0
+    s, e = (json.loads((tmp_path / f).read_text()) for f in ("s.json", "e.json"))
+    assert s["images"] == 2 and s["pixels"] == e["pixels"] > 0
+    assert s["mIoU"] == pytest.approx(e["mIoU"], abs=1e-4) and s["aAcc"] == pytest.approx(e["aAcc"], abs=1e-4)
+    capsys.readouterr()
+
+    def error(*args):
+        assert main(["score", str(pred), *split, *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "Traceback" not in err and len(err.splitlines()) == 1, err
+        return err
+
+    assert "no label map" in error("--limit", "3") and "--limit N" in error()  # images not predicted
+    first = sorted(pred.glob("*.png"))[0]
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(first)
+    assert first.name in error("--limit", "2") and "10x10" in error("--limit", "2")
+    Image.fromarray(np.zeros((360, 480, 3), np.uint8)).save(first)  # an RGB picture, not a label map
+    assert "single-channel" in error("--limit", "2")
+    Image.fromarray(np.full((360, 480), 11, np.uint8)).save(first)
+    assert "class index 11" in error("--limit", "2")
+
+
 def test_tiny_segformer_overfits_four_camvid_images(camvid_root, tmp_path):
     """Engine sanity check on real data: >= 90% pixel accuracy on 4 training images (about a minute on 2 cores)."""
     import attnseg

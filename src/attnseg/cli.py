@@ -551,6 +551,32 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_score(args) -> int:
+    """Score label maps already written (by `attnseg predict` or any tool) against a dataset's ground truth."""
+    import json
+
+    from .data import DatasetError, build_dataset
+    from .engine.evaluate import ScoreError, score_label_maps
+    from .engine.metrics import format_table
+    from .io import ImageReadError, atomic_write_text
+
+    if args.out:
+        _check_file_out(args.out)
+    try:
+        ds = build_dataset(args.dataset, args.data_root, args.split, None)
+        if args.limit:
+            ds.samples = ds.samples[: args.limit]
+        m = score_label_maps(args.predictions, ds)
+    except (DatasetError, ImageReadError, ScoreError) as e:
+        raise CLIError(str(e)) from None
+    print(format_table(m, ds.class_names))
+    if args.out:
+        atomic_write_text(args.out, json.dumps({"predictions": str(args.predictions), "dataset": args.dataset,
+                                                "split": args.split, "class_names": ds.class_names, **m}, indent=2))
+        print(f"wrote {args.out}")
+    return 0
+
+
 def _require_plots() -> None:
     from .plots import PlotUnavailable, pyplot
 
@@ -1082,6 +1108,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int_range(1, 1024), default=None)
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast (eager models)")
     p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("score", help="score label maps written by `predict` against a dataset split's ground truth")
+    p.add_argument("predictions", help="folder of label maps (NAME.png per image, as `attnseg predict` writes)")
+    p.add_argument("--dataset", required=True, help="camvid, ade20k, cityscapes, voc, pascal_context[59], "
+                                                   "coco_stuff164k, folder")
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--split", default="val")
+    p.add_argument("--limit", type=int_range(1), default=None, help="only the first N images of the split")
+    p.add_argument("--out", default=None, help="write metrics as JSON here")
+    p.set_defaults(fn=cmd_score)
 
     p = sub.add_parser("fewshot", help="zero-shot LSeg on few-shot benchmarks (PASCAL-5i, COCO-20i, FSS-1000)")
     _add_model_args(p)

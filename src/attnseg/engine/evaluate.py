@@ -58,3 +58,65 @@ def evaluate_models(entries: list, dataset, inference: InferenceConfig, device="
         out["confusion"] = cm.mat.long().tolist()  # rows: ground truth, columns: prediction
         outs.append(out)
     return outs
+
+
+class ScoreError(ValueError):
+    pass
+
+
+def prediction_files(pred_dir, dataset) -> list:
+    """The label map under `pred_dir` for each sample of `dataset`, matched by the image's name: NAME.png, or
+    NAME.EXT.png where `attnseg predict` kept an extension, anywhere below `pred_dir` (so predicting either
+    the split's folder or the dataset's root works). A name found twice or not at all is an error."""
+    from pathlib import Path
+
+    root = Path(pred_dir)
+    if not root.is_dir():
+        raise ScoreError(f"predictions folder {root} does not exist (write it with `attnseg predict IMAGES --out "
+                         f"{root}`)")
+    found: dict[str, list] = {}
+    for p in root.rglob("*.png"):
+        found.setdefault(p.name, []).append(p)
+    files, missing = [], []
+    for img_path, _ in dataset.samples:
+        img_path = Path(img_path)
+        hits = found.get(f"{img_path.stem}.png") or found.get(f"{img_path.name}.png") or []
+        if len(hits) > 1:
+            raise ScoreError(f"{len(hits)} label maps for image {img_path.name} under {root}: "
+                             + ", ".join(str(h) for h in sorted(hits)[:3]) + "; score one prediction folder per run")
+        if not hits:
+            missing.append(img_path.name)
+        files.append(hits[0] if hits else None)
+    if missing:
+        raise ScoreError(f"no label map under {root} for {len(missing)} of the {len(files)} {dataset.split} images "
+                         f"(e.g. {', '.join(missing[:3])}); predict them all (`attnseg predict IMAGES --out {root}`) "
+                         "or score the first N with --limit N")
+    return files
+
+
+def score_label_maps(pred_dir, dataset, progress: bool = True) -> dict:
+    """Metrics of label maps already written (e.g. by `attnseg predict`) against `dataset`'s ground truth:
+    what a user of the CLI gets, scored like `evaluate`. Each map must be a class-index PNG at its label's size."""
+    from ..io import ImageReadError, read_label
+
+    files = prediction_files(pred_dir, dataset)
+    k = dataset.num_classes
+    cm = ConfusionMatrix(k, device="cpu")
+    for (_, lab_path), f in tqdm(list(zip(dataset.samples, files)), desc="score", unit="img",
+                                 disable=not (progress and sys.stderr.isatty())):
+        lab = dataset.map_label(read_label(lab_path), lab_path)
+        try:
+            pred = read_label(f)
+        except ImageReadError as e:  # names the file: an RGB image (an overlay?) or a corrupt one
+            raise ScoreError(str(e)) from None
+        if pred.shape != lab.shape:
+            raise ScoreError(f"{f} is {pred.shape[1]}x{pred.shape[0]} but its label {lab_path} is "
+                             f"{lab.shape[1]}x{lab.shape[0]}: label maps must be at the image's size")
+        if pred.size and int(pred.max()) >= k:
+            raise ScoreError(f"{f} has class index {int(pred.max())}, but {type(dataset).__name__} has {k} classes "
+                             "(was it predicted with another model or --labels list?)")
+        cm.update(torch.from_numpy(pred), torch.from_numpy(lab.astype("int64")))
+    out = cm.compute()
+    out["images"] = len(files)
+    out["confusion"] = cm.mat.long().tolist()
+    return out
