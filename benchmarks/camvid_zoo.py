@@ -72,9 +72,10 @@ ROWS = [
     Row("allmlp-effnet-lite2, trained and run at 1.5x", "runs/allmlp-effnet-lite2_s15_camvid/final.safetensors",
         "allmlp-effnet-lite2", "results/allmlp-effnet-lite2_s15_camvid_test_s15.json",
         "results/allmlp-effnet-lite2_s15_camvid_test_s15_flip.json", size=(540, 720), eval_opts=" --scales 1.5"),
-    Row("lseg-effnet-lite2, several names per class", "runs/lseg-effnet-lite2_camvid_vocab/final.safetensors",
-        "lseg-effnet-lite2", "results/lseg-effnet-lite2_camvid_vocab_test.json",
-        "results/lseg-effnet-lite2_camvid_vocab_test_flip.json"),
+    Row("lseg-effnet-lite2, several names per class, trained and run at 1.5x",
+        "runs/lseg-effnet-lite2_camvid_vocab/final.safetensors", "lseg-effnet-lite2",
+        "results/lseg-effnet-lite2_camvid_vocab_test_s15.json", "results/lseg-effnet-lite2_camvid_vocab_test_s15_flip.json",
+        size=(540, 720), eval_opts=" --scales 1.5"),
 ]
 
 
