@@ -51,7 +51,11 @@ class Row:
 
 
 ROWS = [
-    Row("sanet-effnet-lite0-camvid (shipped default)", "sanet-effnet-lite0-camvid", "sanet-effnet-lite0",
+    Row("allmlp-effnet-lite2-camvid (shipped default)", "allmlp-effnet-lite2-camvid", "allmlp-effnet-lite2",
+        "results/allmlp-effnet-lite2-camvid_fp16_test_s15.json",
+        "results/allmlp-effnet-lite2-camvid_fp16_test_s15_flip.json", shipped=True, size=(540, 720),
+        eval_opts=" --scales 1.5"),
+    Row("sanet-effnet-lite0-camvid (shipped, the default before)", "sanet-effnet-lite0-camvid", "sanet-effnet-lite0",
         "results/sanet-effnet-lite0-camvid_fp16_test.json", "results/sanet-effnet-lite0-camvid_fp16_test_flip.json",
         shipped=True),
     Row("lseg-effnet-lite0-camvid (shipped, 11 class names)", "lseg-effnet-lite0-camvid", "lseg-effnet-lite0",
@@ -64,7 +68,8 @@ ROWS = [
         "results/sanet-effnet-lite0_camvid_paper_test_mask_flip.json", {"predict": "mask"}),
     Row("edaformer-t (from scratch)", "results/edaformer-t_camvid.safetensors", "edaformer-t",
         "results/edaformer-t_camvid_test_fp32.json", "results/edaformer-t_camvid_test_flip.json"),
-    Row("allmlp-effnet-lite2", "runs/allmlp-effnet-lite2_camvid/final.safetensors", "allmlp-effnet-lite2",
+    Row("allmlp-effnet-lite2, run at 1x (the shipped default's fp32 weights)",
+        "runs/allmlp-effnet-lite2_camvid/final.safetensors", "allmlp-effnet-lite2",
         "results/allmlp-effnet-lite2_camvid_test.json", "results/allmlp-effnet-lite2_camvid_test_flip.json"),
     Row("allmlp-effnet-lite2, output stride 16", "runs/allmlp-effnet-lite2_os16_camvid/final.safetensors",
         "allmlp-effnet-lite2", "results/allmlp-effnet-lite2_os16_camvid_test.json",

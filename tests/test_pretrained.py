@@ -26,6 +26,21 @@ def test_shipped_model_loads_offline_and_segments_examples(name):
     assert counts[3] > 0.15 and counts[0] > 0.02  # a CamVid street scene: plenty of road, some sky
 
 
+def test_default_model_runs_single_pass_at_its_validated_scale():
+    """`attnseg predict` without --model: the Lite2 All-MLP, one pass with the short side at 540 (1.5x CamVid's
+    360, the scale its validation chose), label maps back at the image's size."""
+    from attnseg.cli import default_model_source
+    from attnseg.segmenter import working_short_side
+
+    if "allmlp-effnet-lite2-camvid" not in PRETRAINED:
+        pytest.skip("no shipped Lite2 weights")
+    assert default_model_source() == "allmlp-effnet-lite2-camvid"
+    model = attnseg.load_model("allmlp-effnet-lite2-camvid")
+    seg = attnseg.Segmenter(model)
+    assert working_short_side(model) == 540 and seg.working_size(360, 480) == (540, 720)
+    assert seg.inference.scales == [1.0] and not seg.inference.flip and seg.inference.mode == "whole"
+
+
 def test_shipped_lseg_predicts_typed_labels_offline(tmp_path):
     if "lseg-effnet-lite0-camvid" not in PRETRAINED:
         pytest.skip("no shipped LSeg weights")

@@ -311,11 +311,14 @@ def _inference_config(args, scales=None, flip=False):
         raise CLIError(f"--stride/--crop: {e}") from None
 
 
+DEFAULT_MODELS = ("allmlp-effnet-lite2-camvid", "sanet-effnet-lite0-camvid", "lseg-effnet-lite0-camvid")  # first shipped wins
+
+
 def default_model_source() -> str | None:
     from .pretrained import list_pretrained
 
     shipped = list_pretrained()
-    for name in ("sanet-effnet-lite0-camvid", "lseg-effnet-lite0-camvid"):
+    for name in DEFAULT_MODELS:
         if name in shipped:
             return name
     return shipped[0] if shipped else None
@@ -855,8 +858,7 @@ def cmd_serve(args) -> int:
     except ImportError as e:
         raise CLIError(f"attnseg serve needs the serve extra: pip install 'attnseg[serve]' ({e.name} missing)") from None
     _limit_malloc_arenas()
-    sources = args.model or [m for m in ("sanet-effnet-lite0-camvid", "lseg-effnet-lite0-camvid")
-                             if m in __import__("attnseg").list_pretrained()]
+    sources = args.model or [m for m in DEFAULT_MODELS if m in __import__("attnseg").list_pretrained()]
     if not sources:
         raise CLIError("no model to serve: pass --model SOURCE (repeatable)")
     try:
