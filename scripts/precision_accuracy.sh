@@ -4,6 +4,8 @@
 # `attnseg export --quantize int8` with its defaults (the family's measured fp32 ops), calibrated on $CALIB (64)
 # CamVid train images. JSONs go to results/precision/. Accuracy only: speed is benchmarks/precision.py.
 #   scripts/precision_accuracy.sh [MODEL...]
+#   SCALES=1.5 scripts/precision_accuracy.sh allmlp-effnet-lite2-camvid   # a model run at 1.5x: one pass at
+#   720x540 (its working size); JSONs named ..._s15.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
 A=${ATTNSEG:-.venv/bin/attnseg}
@@ -15,8 +17,9 @@ models=("${@:-sanet-effnet-lite0-camvid lseg-effnet-lite0-camvid results/edaform
 for m in ${models[@]}; do
   n=$(basename "$m" .safetensors)
   [ "$n" = final ] && n=$(basename "$(dirname "$m")")  # runs/NAME/final.safetensors -> NAME
-  ev() { [ -f "$OUT/${n}_$1.json" ] || "$A" eval --dataset camvid --data-root "$ROOT" --split test --threads 2 \
-           --out "$OUT/${n}_$1.json" "${@:2}" | tail -1; }
+  sfx=${SCALES:+_s${SCALES//./}}
+  ev() { [ -f "$OUT/${n}_$1$sfx.json" ] || "$A" eval --dataset camvid --data-root "$ROOT" --split test --threads 2 \
+           ${SCALES:+--scales "$SCALES"} --out "$OUT/${n}_$1$sfx.json" "${@:2}" | tail -1; }
   ev fp32 --model "$m"
   ev bf16 --model "$m" --dtype bf16
   [ -f "$TMP/$n.onnx" ] || "$A" export --model "$m" --dynamic --out "$TMP/$n.onnx"
