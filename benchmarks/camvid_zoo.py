@@ -11,6 +11,7 @@ command that writes it, never guessed). Speed does not depend on the weights: ro
 not here are timed on the architecture with seeded random weights (said in the table).
 
     python benchmarks/camvid_zoo.py --threads 2 --out results/camvid_zoo
+    python benchmarks/camvid_zoo.py --replot   # new accuracy JSONs into the table, the same timings
 """
 from __future__ import annotations
 
@@ -127,11 +128,12 @@ def table(rows: list[dict]) -> str:
     def pct(a, k):
         return f"{100 * a[k]:.2f}%" if k in a else "not measured"
 
-    lines = ["| model | params | runs at | GFLOPs | img/s eager fp32 | img/s onnxruntime fp32 | test mIoU | "
-             "test mIoU `--flip` | aAcc |", "|" + " --- |" * 9]
+    lines = ["| model | params | runs at | GFLOPs at 360x480 | GFLOPs as run | img/s eager fp32 | "
+             "img/s onnxruntime fp32 | test mIoU | test mIoU `--flip` | aAcc |", "|" + " --- |" * 10]
     for r in rows:
         name = r["label"] + ("" if r["trained"] else " (timed with random weights; no trained file here)")
-        lines.append(f"| {name} | {r['params_m']:.2f}M | {r['size'][0]}x{r['size'][1]} | {r['gmacs']:.2f} | "
+        lines.append(f"| {name} | {r['params_m']:.2f}M | {r['size'][0]}x{r['size'][1]} | {r['gmacs_360x480']:.2f} | "
+                     f"{r['gmacs']:.2f} | "
                      f"{r['img_s']['eager']:.2f} | "
                      f"{r['img_s']['onnx']:.2f} | {pct(r['acc']['test'], 'mIoU')} | {pct(r['acc']['flip'], 'mIoU')} | "
                      f"{pct(r['acc']['test'], 'aAcc')} |")
@@ -139,31 +141,79 @@ def table(rows: list[dict]) -> str:
 
 
 def scatter(rows: list[dict], path: Path) -> None:
+    """mIoU against images/s, eager (dot) and onnxruntime (square) joined per model. Points are numbered and
+    the numbers keyed beside the plot (the models crowd around 63% on top of each other); a model far below
+    the rest (EDAFormer-T from scratch) goes to a lower panel under a broken axis instead of squashing the
+    others into a few pixels."""
     from attnseg.io import atomic_write
     from attnseg.plots import pyplot
 
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for r in rows:
-        if "mIoU" not in r["acc"]["test"]:
-            continue
-        y = 100 * r["acc"]["test"]["mIoU"]
-        ax.plot([r["img_s"]["eager"], r["img_s"]["onnx"]], [y, y], color="0.75", lw=1, zorder=1)
-        ax.scatter(r["img_s"]["eager"], y, marker="o", color="C0", zorder=2)
-        ax.scatter(r["img_s"]["onnx"], y, marker="s", facecolors="none", edgecolors="C1", zorder=2)
-        ax.annotate(r["label"].split(" (")[0], (r["img_s"]["onnx"], y), textcoords="offset points",
-                    xytext=(6, -3), fontsize=7)
-    ax.scatter([], [], marker="o", color="C0", label="eager PyTorch fp32")
-    ax.scatter([], [], marker="s", facecolors="none", edgecolors="C1", label="onnxruntime fp32")
-    ax.set_xlabel("images/s at the size each model runs at (batch 1, this machine's CPU)")
-    ax.set_ylabel("CamVid test mIoU (%), single pass")
-    ax.set_title("CamVid: accuracy vs speed")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    ax.set_xlim(left=0)
-    fig.tight_layout()
+    pts = [(n, r, 100 * r["acc"]["test"]["mIoU"]) for n, r in enumerate(rows, 1) if "mIoU" in r["acc"]["test"]]
+    ys = sorted(y for _, _, y in pts)
+    gap = next(((lo, hi) for lo, hi in zip(ys, ys[1:]) if hi - lo > 15), None)  # 15 points apart: two panels
+    panels = ([(gap[1] - 1, ys[-1] + 1), (ys[0] - 1, gap[0] + 1)] if gap else [(ys[0] - 1, ys[-1] + 1)])
+    cut = gap is not None
+    fig, axes = plt.subplots(len(panels), 1, sharex=True, squeeze=False, figsize=(10.5, 5.2),
+                             gridspec_kw={"height_ratios": [5, 1][:len(panels)], "hspace": 0.08})
+    axes = axes[:, 0]
+    for ax, (lo, hi) in zip(axes, panels):
+        for n, r, y in pts:
+            if not lo <= y <= hi:
+                continue
+            ax.plot([r["img_s"]["eager"], r["img_s"]["onnx"]], [y, y], color="0.75", lw=1, zorder=1)
+            ax.scatter(r["img_s"]["eager"], y, marker="o", color="C0", zorder=2)
+            ax.scatter(r["img_s"]["onnx"], y, marker="s", facecolors="none", edgecolors="C1", zorder=2)
+            ax.annotate(str(n), (r["img_s"]["onnx"], y), textcoords="offset points", xytext=(5, 2), fontsize=8,
+                        fontweight="bold")
+        ax.set_ylim(lo, hi)
+        ax.grid(alpha=0.3)
+    if cut:  # the broken axis: no spine between the panels, a tick-label gap says the rest is cut
+        axes[0].spines["bottom"].set_visible(False)
+        axes[1].spines["top"].set_visible(False)
+        axes[0].tick_params(bottom=False)
+    axes[0].scatter([], [], marker="o", color="C0", label="eager PyTorch fp32")
+    axes[0].scatter([], [], marker="s", facecolors="none", edgecolors="C1", label="onnxruntime fp32")
+    axes[0].legend(fontsize=8, loc="lower right")
+    axes[0].set_title("CamVid: accuracy vs speed")
+    axes[-1].set_xlabel("images/s at the size each model runs at (batch 1, this machine's CPU)")
+    fig.supylabel("CamVid test mIoU (%), single pass", fontsize=10)
+    axes[-1].set_xlim(left=0)
+    key = "\n".join(f"{n}  {r['label'].replace(' (timed with random weights', '')}"
+                     f"{'' if r['trained'] else ' *'}" for n, r, _ in pts)
+    if not all(r["trained"] for _, r, _ in pts):
+        key += "\n\n* timed with seeded random weights (no trained file here; speed does not depend on them)"
+    fig.text(0.62, 0.5, key, fontsize=7, va="center", ha="left", wrap=True)
+    fig.subplots_adjust(left=0.08, right=0.6, top=0.93, bottom=0.1)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
+
+
+def write(out: Path, meta: dict, rows: list[dict]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    md = table(rows)
+    out.with_suffix(".json").write_text(json.dumps({**meta, "rows": rows}, indent=1))
+    out.with_suffix(".md").write_text(md + "\n")
+    scatter(rows, out.with_suffix(".png"))
+    print(md)
+    print(f"wrote {out}.json, .md and .png")
+
+
+def replot(out: Path) -> None:
+    """The timed rows of OUT.json with today's accuracy files and GFLOPs; rows not timed there are left out."""
+    old = json.loads(out.with_suffix(".json").read_text())
+    by_label = {row.label: row for row in ROWS}
+    rows = []
+    for r in old["rows"]:
+        row = by_label.get(r["label"])
+        if row is None:
+            print(f"skipped {r['label']!r}: no such row in ROWS any more")
+            continue
+        model, trained = build(row)
+        r.update(trained=trained, gmacs=count_flops(model, row.size)["gmacs"],
+                 gmacs_360x480=count_flops(model, SIZE)["gmacs"], acc=accuracy(row))
+        rows.append(r)
+    write(out, {k: v for k, v in old.items() if k != "rows"}, rows)
 
 
 def main():
@@ -173,8 +223,12 @@ def main():
     ap.add_argument("--iters", type=int, default=2)
     ap.add_argument("--only", default=None, help="comma-separated labels' first words (default: every row)")
     ap.add_argument("--out", default="results/camvid_zoo", help="writes OUT.json, OUT.md and OUT.png")
+    ap.add_argument("--replot", action="store_true", help="keep OUT.json's timings; re-read the accuracy JSONs and "
+                    "recount GFLOPs (both exact), rewrite OUT.json/.md/.png: no timing, any load on the machine")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.replot:
+        return replot(Path(args.out))
     chosen = [i for i, r in enumerate(ROWS) if not args.only or r.label.split()[0].rstrip(",") in args.only.split(",")]
     rows, makers, shapes = [], {}, {}
     with tempfile.TemporaryDirectory(prefix="attnseg_zoo_") as tmp:
@@ -182,6 +236,7 @@ def main():
             row = ROWS[i]
             model, trained = build(row)
             f = count_flops(model, row.size)
+            f360 = count_flops(model, SIZE)["gmacs"]
             inner = getattr(model, "model", model)  # LSeg: its graph takes the 11 label embeddings as an input
             path = str(export_onnx(inner, Path(tmp) / f"{i}.onnx", dynamic=True))
             makers[f"{i} eager"] = (make_runner, (i, "eager", path))
@@ -189,8 +244,7 @@ def main():
             shapes[f"{i} eager"] = shapes[f"{i} onnx"] = (1, 3, *row.size)
             rows.append({"label": row.label, "source": row.source, "trained": trained, "shipped": row.shipped,
                          "options": row.options, "size": list(row.size), "params_m": f["params_m"],
-                         "gmacs": f["gmacs"],
-                         "acc": accuracy(row)})
+                         "gmacs": f["gmacs"], "gmacs_360x480": f360, "acc": accuracy(row)})
             del model, inner
         per_round = time_interleaved(makers, shapes, args.threads, args.rounds, args.iters)
     times = [{k: per_round[f"{i} {k}"] for k in ("eager", "onnx")} for i in chosen]
@@ -204,15 +258,7 @@ def main():
         for a in r["acc"].values():
             if "missing" in a:
                 print(f"    not measured yet: {a['missing']}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    md = table(rows)
-    out.with_suffix(".json").write_text(json.dumps({"threads": args.threads, "rounds": args.rounds,
-                                                     "iters": args.iters, "rows": rows}, indent=1))
-    out.with_suffix(".md").write_text(md + "\n")
-    scatter(rows, out.with_suffix(".png"))
-    print(md)
-    print(f"wrote {out}.json, .md and .png")
+    write(Path(args.out), {"threads": args.threads, "rounds": args.rounds, "iters": args.iters}, rows)
 
 
 if __name__ == "__main__":
