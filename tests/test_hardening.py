@@ -244,8 +244,7 @@ def test_7_predict_runs_at_the_working_size_and_upsamples_in_bands(tiny_ckpt):
     assert attnseg.Segmenter(model, size="native").preprocess(rgb)[0].shape[-2:] == (300, 400)
 
 
-@pytest.mark.skipif(not (ROOT / "src/attnseg/pretrained/sanet-effnet-lite0-camvid.safetensors").is_file(),
-                    reason="shipped model missing")
+@pytest.mark.skipif(not attnseg.list_pretrained(), reason="no shipped model (predict's default)")
 def test_7_a_6000x8000_photo_stays_under_2_gb(tmp_path):
     small = Image.fromarray(photo(60, 80))
     small.resize((8000, 6000), Image.BILINEAR).save(tmp_path / "big.jpg", quality=85)

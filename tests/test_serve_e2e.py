@@ -81,8 +81,9 @@ def test_the_page_in_chromium(server, tmp_path):
             page.click("#download")
         dl.value.save_as(tmp_path / "download.png")
         got = np.asarray(Image.open(tmp_path / "download.png"))
-        assert subprocess.run([sys.executable, "-m", "attnseg.cli", "predict", str(EXAMPLE), "--out",
-                               str(tmp_path / "cli")], capture_output=True, cwd=ROOT).returncode == 0
+        assert subprocess.run([sys.executable, "-m", "attnseg.cli", "predict", str(EXAMPLE), "--model",
+                               "sanet-effnet-lite0-camvid", "--out", str(tmp_path / "cli")],
+                              capture_output=True, cwd=ROOT).returncode == 0
         assert np.array_equal(got, np.asarray(Image.open(tmp_path / "cli" / f"{EXAMPLE.stem}.png")))
         names = models["sanet-effnet-lite0-camvid"]["class_names"]
         assert set(shipped) == {names[i] for i in np.unique(got)}
