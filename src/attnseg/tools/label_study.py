@@ -10,8 +10,9 @@ Label sets are given per dataset class, in class order:
 
     python -m attnseg.tools.label_study --model CHECKPOINT --data-root ../shared/data/camvid --split test
 
-The images run at the model's working size (--size auto, as `attnseg predict` runs them: the short side its
-checkpoint records, e.g. 540 for a model trained at 1.5x on CamVid) and are scored at their own resolution.
+The images run at the model's working size (--size auto: the short side its checkpoint records and `attnseg
+predict` runs it at, e.g. 540 for a model trained at 1.5x on CamVid), resized and scored at their own
+resolution as `attnseg eval --scales` does (the same number as `attnseg eval --scales 1.5` for that model).
 """
 from __future__ import annotations
 
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--size", default="auto", help="short side the images run at: auto (the model's working "
-                    "size, as `attnseg predict` runs it), native, or pixels")
+                    "size, the one `attnseg predict` uses), native, or pixels")
     ap.add_argument("--seed", type=int, default=0, help="shuffle of the reordered set")
     ap.add_argument("--out", default=None, help="write the results as JSON")
     args = ap.parse_args(argv)
