@@ -100,6 +100,13 @@ def build(row: Row) -> tuple[torch.nn.Module, bool]:
     return (FixedLabels(model, 11) if isinstance(model, LSeg) else model), trained
 
 
+def flops(model, row: Row) -> dict:
+    """Parameters, GFLOPs at the size the row runs at and at CamVid's 360x480 (counted once when they agree)."""
+    f = count_flops(model, row.size)
+    at_360 = f if tuple(row.size) == SIZE else count_flops(model, SIZE)
+    return {"params_m": f["params_m"], "gmacs": f["gmacs"], "gmacs_360x480": at_360["gmacs"]}
+
+
 def make_runner(i: int, backend: str, onnx_path: str):
     """The call a timing worker times for ROWS[i] (runs in the worker process)."""
     model, _ = build(ROWS[i])
@@ -210,8 +217,7 @@ def replot(out: Path) -> None:
             print(f"skipped {r['label']!r}: no such row in ROWS any more")
             continue
         model, trained = build(row)
-        r.update(trained=trained, gmacs=count_flops(model, row.size)["gmacs"],
-                 gmacs_360x480=count_flops(model, SIZE)["gmacs"], acc=accuracy(row))
+        r.update(trained=trained, acc=accuracy(row), **flops(model, row))
         rows.append(r)
     write(out, {k: v for k, v in old.items() if k != "rows"}, rows)
 
@@ -235,16 +241,14 @@ def main():
         for i in chosen:
             row = ROWS[i]
             model, trained = build(row)
-            f = count_flops(model, row.size)
-            f360 = count_flops(model, SIZE)["gmacs"]
             inner = getattr(model, "model", model)  # LSeg: its graph takes the 11 label embeddings as an input
             path = str(export_onnx(inner, Path(tmp) / f"{i}.onnx", dynamic=True))
             makers[f"{i} eager"] = (make_runner, (i, "eager", path))
             makers[f"{i} onnx"] = (make_runner, (i, "onnx", path))
             shapes[f"{i} eager"] = shapes[f"{i} onnx"] = (1, 3, *row.size)
             rows.append({"label": row.label, "source": row.source, "trained": trained, "shipped": row.shipped,
-                         "options": row.options, "size": list(row.size), "params_m": f["params_m"],
-                         "gmacs": f["gmacs"], "gmacs_360x480": f360, "acc": accuracy(row)})
+                         "options": row.options, "size": list(row.size), **flops(model, row),
+                         "acc": accuracy(row)})
             del model, inner
         per_round = time_interleaved(makers, shapes, args.threads, args.rounds, args.iters)
     times = [{k: per_round[f"{i} {k}"] for k in ("eager", "onnx")} for i in chosen]

@@ -19,6 +19,26 @@ def working_short_side(model) -> int | None:
     return int(v) if v else None
 
 
+def resolve_short_side(model, size: int | str | None) -> int | None:
+    """The short side images run at for `size`: "auto" the model's working size (FALLBACK_SHORT_SIDE if its
+    checkpoint records none), an int that side, "native"/None their own size (None)."""
+    if size is None or size == "native":
+        return None
+    if size == "auto":
+        return working_short_side(model) or FALLBACK_SHORT_SIDE
+    if isinstance(size, int) and not isinstance(size, bool) and size >= 1:
+        return size
+    raise ValueError(f"size must be 'auto', 'native' or a short side >= 1, got {size!r}")
+
+
+def scaled_size(h: int, w: int, short_side: int | None) -> tuple[int, int]:
+    """(h, w) resized keeping the ratio so that the short side is `short_side` (None: unchanged)."""
+    if not short_side:
+        return h, w
+    s = short_side / min(h, w)
+    return max(round(h * s), 1), max(round(w * s), 1)
+
+
 class Segmenter:
     """Wrap a model so that `Segmenter(model).predict(image)` gives an (H, W) label map at the image's size.
 
@@ -37,14 +57,7 @@ class Segmenter:
                  band_pixels: int = 4_000_000):
         self.model = model.eval()
         self.meta = dict(default_meta(), **(getattr(model, "meta", None) or {}))
-        if size is None or size == "native":
-            self.size = None
-        elif size == "auto":
-            self.size = working_short_side(model) or FALLBACK_SHORT_SIDE
-        elif isinstance(size, int) and not isinstance(size, bool) and size >= 1:
-            self.size = size
-        else:
-            raise ValueError(f"size must be 'auto', 'native' or a short side >= 1, got {size!r}")
+        self.size = resolve_short_side(model, size)
         self.inference = inference or InferenceConfig()
         params = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
         self.device = torch.device(device) if device is not None else (params.device if params is not None
@@ -65,10 +78,7 @@ class Segmenter:
         return extend_palette(self.palette, n) if n > len(self.palette) else self.palette
 
     def working_size(self, h: int, w: int) -> tuple[int, int]:
-        if not self.size:
-            return h, w
-        s = self.size / min(h, w)
-        return max(round(h * s), 1), max(round(w * s), 1)
+        return scaled_size(h, w, self.size)
 
     def preprocess(self, image) -> tuple[torch.Tensor, tuple[int, int]]:
         """Normalised (1, 3, h, w) at the working size (resized as uint8, like the datasets), and (H, W)."""

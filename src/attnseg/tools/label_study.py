@@ -29,6 +29,7 @@ from ..engine.metrics import ConfusionMatrix
 from ..io import atomic_write_text
 from ..models.layers import resize
 from ..models.lseg import is_language_driven
+from ..segmenter import resolve_short_side, scaled_size
 
 CAMVID_SYNONYMS = ["heaven", "house", "post", "street", "sidewalk", "vegetation", "traffic sign", "barrier",
                    "automobile", "person", "cyclist"]
@@ -56,9 +57,7 @@ def study(model, dataset, label_sets: dict[str, list[tuple[int, str]]], limit: i
             x = normalise(torch.as_tensor(s["image"])[None].to(device), meta.get("mean"), meta.get("std"))
             y = torch.as_tensor(s["label"]).to(device)
             size = x.shape[-2:]  # the image's size (the label's, unless the dataset resizes images)
-            if short_side and short_side != min(size):
-                f = short_side / min(size)
-                x = resize(x, (round(size[0] * f), round(size[1] * f)))
+            x = resize(x, scaled_size(*size, short_side))  # a no-op at the image's own size
             h = model.decoder_features(x)
             for name, (kept, t) in embeds.items():
                 # scored as `attnseg eval` scores: the output at the size the model ran at, resized to the image's
@@ -87,8 +86,8 @@ def study(model, dataset, label_sets: dict[str, list[tuple[int, str]]], limit: i
 
 
 def main(argv=None) -> int:
+    from ..cli import _size
     from ..hub import load_model
-    from ..segmenter import working_short_side
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
@@ -97,8 +96,8 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default="test")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--size", default="auto", help="short side the images run at: auto (the model's working "
-                    "size, the one `attnseg predict` uses), native, or pixels")
+    ap.add_argument("--size", type=_size, default="auto", help="short side the images run at: auto (the model's "
+                    "working size, the one `attnseg predict` uses), native, or pixels")
     ap.add_argument("--seed", type=int, default=0, help="shuffle of the reordered set")
     ap.add_argument("--out", default=None, help="write the results as JSON")
     args = ap.parse_args(argv)
@@ -113,15 +112,7 @@ def main(argv=None) -> int:
     if not is_language_driven(model):
         print(f"error: {args.model} has fixed classes; the label study needs an LSeg model", file=sys.stderr)
         return 2
-    if args.size == "native":
-        short_side = None
-    elif args.size == "auto":
-        short_side = working_short_side(model)
-    elif args.size.isdigit() and int(args.size) >= 8:
-        short_side = int(args.size)
-    else:
-        print(f"error: --size {args.size!r}: expected auto, native or a short side in pixels (>= 8)", file=sys.stderr)
-        return 2
+    short_side = resolve_short_side(model, args.size)
     names = list(ds.class_names)
     order = np.random.default_rng(args.seed).permutation(len(names))
     sets = {"names": list(enumerate(names)), "reordered": [(int(i), names[i]) for i in order]}
