@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Issue 17 on a lent GPU: train CamVid configs (the same files scripts/lite2_camvid.sh trains on the CPU) on
-# CUDA, then pack each finished run (final.safetensors, metrics.csv, config.yaml, train.log) as a tar cut
-# into 15 MB pieces for the trip back (the device tool returns files of at most 16 MiB). Validation and test
-# evaluation happen afterwards on the CPU machine, on the original PNGs; scripts/lite2_camvid.sh skips the
-# training of a run whose final.safetensors is in place and evaluates it.
+# CUDA, then pack the finished runs (final.safetensors, metrics.csv, config.yaml, train.log) into one tar cut
+# into 15 MB pieces for the trip back (the device tool returns at most 8 files of 16 MiB, 64 MiB in all).
+# Validation and test evaluation happen afterwards on the CPU machine, on the original PNGs;
+# scripts/lite2_camvid.sh skips the training of a run whose final.safetensors is in place and evaluates it.
 #
-#   CAMVID=ROOT OUT=DIR scripts/gpu_lite2.sh NAME[=CONFIG[,KEY=VALUE...]]...
+#   CAMVID=ROOT OUT=DIR [PARALLEL=1] [HALF="NAME..."] scripts/gpu_lite2.sh NAME[=CONFIG[,KEY=VALUE...]]...
 # NAME is the run (runs/NAME); CONFIG defaults to configs/NAME.yaml; KEY=VALUE are extra --set overrides.
 # ROOT needs only train.txt and its files (no validation split is read here). Each run has $LIMIT seconds.
+# PARALLEL=1 trains the runs at once (a small model leaves most of the GPU idle, so runs share it well);
+# runs named in HALF come back with fp16 weights (half the bytes, for the size limit above).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -15,23 +17,45 @@ ROOT=${CAMVID:-../shared/data/camvid}
 OUT=${OUT:?OUT must name the folder the packed runs go to}
 DEVICE=${DEVICE:-cuda}
 mkdir -p "$OUT"
-for spec in "$@"; do
+
+train_one() {  # spec -> runs/NAME, its log in /tmp/train_NAME.log
+  local spec=$1 name rest cfg sets=() kv x start rc
   name=${spec%%=*}
   rest=${spec#"$name"}; rest=${rest#=}
   cfg=${rest%%,*}; [ -n "$cfg" ] || cfg=configs/$name.yaml
-  sets=(); IFS=, read -ra kv <<< "${rest#"$cfg"}"
+  IFS=, read -ra kv <<< "${rest#"$cfg"}"
   for x in "${kv[@]}"; do [ -n "$x" ] && sets+=(--set "$x"); done
-  W=runs/$name
-  rm -rf "$W"
+  rm -rf "runs/$name"
   echo "== $name: $cfg ${sets[*]}"
   start=$(date +%s)
-  timeout "${LIMIT:-300}" "$PY" -m attnseg.cli train --config "$cfg" --set "train.work_dir=$W" \
+  timeout "${LIMIT:-300}" "$PY" -m attnseg.cli train --config "$cfg" --set "train.work_dir=runs/$name" \
     --set "train.device=$DEVICE" --set "data.root=$ROOT" --set "data.val_split=''" \
-    --set "data.workers=${WORKERS:-12}" --set "train.threads=${THREADS:-4}" "${sets[@]}" > /tmp/train_$name.log 2>&1
+    --set "data.workers=${WORKERS:-12}" --set "train.threads=${THREADS:-4}" "${sets[@]}" > "/tmp/train_$name.log" 2>&1
   rc=$?
-  echo "   exit $rc after $(( $(date +%s) - start )) s"; tail -3 /tmp/train_$name.log
-  [ -f "$W/final.safetensors" ] || continue
-  cp /tmp/train_$name.log "$W/train.log"
-  tar cf "/tmp/$name.tar" -C runs "$name/final.safetensors" "$name/metrics.csv" "$name/config.yaml" "$name/train.log"
-  split -b 15M "/tmp/$name.tar" "$OUT/$name.tar."
+  echo "   $name: exit $rc after $(( $(date +%s) - start )) s"; tail -2 "/tmp/train_$name.log"
+}
+
+names=()
+for spec in "$@"; do
+  names+=("${spec%%=*}")
+  if [ "${PARALLEL:-0}" = 1 ]; then train_one "$spec" & else train_one "$spec"; fi
 done
+wait
+done_runs=()
+for name in "${names[@]}"; do
+  W=runs/$name
+  [ -f "$W/final.safetensors" ] || { echo "   $name: no final.safetensors"; continue; }
+  cp "/tmp/train_$name.log" "$W/train.log"
+  if [[ " ${HALF:-} " == *" $name "* ]]; then
+    "$PY" -c 'import sys, torch; from safetensors import safe_open; from safetensors.torch import save_file
+f = safe_open(sys.argv[1], "pt"); meta = f.metadata()
+t = {k: (v.half() if v.is_floating_point() else v) for k in f.keys() for v in [f.get_tensor(k)]}
+save_file(t, sys.argv[1] + ".tmp", metadata=meta)' "$W/final.safetensors" && mv "$W/final.safetensors.tmp" "$W/final.safetensors"
+    echo "   $name: weights halved to fp16 for the trip back"
+  fi
+  done_runs+=("$name/final.safetensors" "$name/metrics.csv" "$name/config.yaml" "$name/train.log")
+done
+[ ${#done_runs[@]} -gt 0 ] || exit 1
+tar cf /tmp/runs.tar -C runs "${done_runs[@]}"
+split -b 15M /tmp/runs.tar "$OUT/runs.tar."
+ls -l "$OUT"

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from attnseg.cli import main
@@ -80,3 +81,62 @@ def test_label_names_on_a_fixed_class_model_is_one_line(camvid_root, tmp_path, c
                "--set", "data.label_templates=[\"a {}\"]", "--set", "train.iters=1", "--work-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc != 0 and "LSeg" in err and "Traceback" not in err
+
+
+def _train_tiny_lseg(root, work, *sets):
+    return main(["train", "--set", "model.name=lseg-tiny", "--set", f"data.root={root}", "--set", "data.limit=2",
+                 "--set", "data.val_split=''", "--set", "data.crop=[64,64]", "--set", "data.batch_size=2",
+                 "--set", "data.workers=0", "--set", "train.iters=3", "--set", "train.tensorboard=false",
+                 "--set", f"data.label_names={ROOT / 'configs' / 'vocab' / 'camvid_label_names.yaml'}",
+                 "--set", 'data.label_templates=["{}", "a photo of a {}."]', *sets, "--work-dir", str(work)])
+
+
+def test_a_text_table_trains_exactly_as_its_encoder_and_refuses_what_it_lacks(camvid_root, tmp_path, capsys):
+    """data.text_table serves the encoder's own embeddings of every prompt the run can draw: the run's weights
+    equal those of the run that loads the encoder; a prompt outside the table or a fixed-class model is one line."""
+    from safetensors.torch import load_file
+
+    from attnseg.models import text
+    from attnseg.tools import text_table
+
+    table = tmp_path / "table.safetensors"
+    sets = ["--set", "model.name=lseg-tiny", "--set", f"data.root={camvid_root}",
+            "--set", f"data.label_names={ROOT / 'configs' / 'vocab' / 'camvid_label_names.yaml'}",
+            "--set", 'data.label_templates=["{}", "a photo of a {}."]']
+    assert text_table.main(["--config", str(ROOT / "configs" / "lseg-effnet-lite2_camvid_vocab.yaml"), *sets,
+                            "--out", str(table)]) == 0
+    assert text_table.main(["--config", str(ROOT / "configs" / "lseg-effnet-lite2_camvid_vocab.yaml"),
+                            "--out", str(table)]) == 2  # an existing table is never replaced silently
+    assert "exists" in capsys.readouterr().err
+    enc = text.TableEncoder(table)
+    assert enc.spec == "minilm" and len(enc._cache) == 2 * sum(1 + len(v) for v in load_names(
+        ROOT / "configs" / "vocab" / "camvid_label_names.yaml").values())
+    assert _train_tiny_lseg(camvid_root, tmp_path / "encoder") == 0
+    assert _train_tiny_lseg(camvid_root, tmp_path / "table", "--set", f"data.text_table={table}") == 0
+    a, b = load_file(tmp_path / "encoder" / "final.safetensors"), load_file(tmp_path / "table" / "final.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert text.get_text_encoder("minilm") is not enc  # the table served only while its run trained
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(table), "pt") as f:  # the same strings, other vectors: the run must follow the table
+        meta, emb = f.metadata(), f.get_tensor("embeddings")
+    save_file({"embeddings": emb.roll(1, dims=0).contiguous()}, tmp_path / "rolled.safetensors", metadata=meta)
+    assert _train_tiny_lseg(camvid_root, tmp_path / "rolled", "--set",
+                            f"data.text_table={tmp_path / 'rolled.safetensors'}") == 0
+    c = load_file(tmp_path / "rolled" / "final.safetensors")
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+    capsys.readouterr()
+    rc = _train_tiny_lseg(camvid_root, tmp_path / "more", "--set", f"data.text_table={table}",
+                          "--set", 'data.label_templates=["{}", "the {}."]')
+    err = capsys.readouterr().err
+    assert rc != 0 and "are not in" in err and "the sky." in err and "Traceback" not in err
+    rc = main(["train", "--set", "model.name=segformer-tiny", "--set", f"data.root={camvid_root}",
+               "--set", f"data.text_table={table}", "--set", "train.iters=1", "--work-dir", str(tmp_path / "fixed")])
+    err = capsys.readouterr().err
+    assert rc != 0 and "data.text_table" in err and "LSeg" in err and "Traceback" not in err
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a table")
+    with pytest.raises(text.TextEncoderError, match="not a table written by attnseg"):
+        text.TableEncoder(bad)

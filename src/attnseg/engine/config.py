@@ -48,6 +48,9 @@ class DataCfg:
     # prompt template per class ("a photo of a {}."); None = the class names as they are
     label_names: Any = None
     label_templates: list[str] | None = None
+    # LSeg: precomputed prompt embeddings (python -m attnseg.tools.text_table) served instead of loading the
+    # text encoder, e.g. on a training machine without it; every prompt the run draws must be in the table
+    text_table: str | None = None
 
 
 @dataclass
@@ -184,6 +187,7 @@ RULES: dict[str, tuple] = {
     "data.val_limit": _OPT_POS_INT,
     "data.label_names": (lambda v: v is None or isinstance(v, str) or (isinstance(v, dict) and all(
         isinstance(x, list) for x in v.values())), "null, a YAML file path or a mapping class -> list of names"),
+    "data.text_table": (lambda v: v is None or (isinstance(v, str) and bool(v.strip())), "null or a file path"),
     "data.label_templates": (lambda v: v is None or (isinstance(v, list) and len(v) >= 1 and all(
         isinstance(x, str) and x.count("{}") == 1 for x in v)), 'null or a list of strings with one "{}"'),
     "optim.name": (lambda v: v in ("adamw", "sgd"), "adamw or sgd"),

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
-import os
 import random
 import shutil
 import sys
@@ -188,6 +186,19 @@ def prepare_work_dir(work: Path, resume: bool, overwrite: bool) -> None:
 
 
 def train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict:
+    if not cfg.data.text_table:
+        return _train(cfg, resume, progress, overwrite, None)
+    from ..models.text import TableEncoder, TextEncoderError, serving
+
+    try:
+        table = TableEncoder(cfg.data.text_table)
+    except TextEncoderError as e:
+        raise TrainingError(f"data.text_table: {e}") from None
+    with serving(table):  # the table answers for its encoder in this process until training returns
+        return _train(cfg, resume, progress, overwrite, table)
+
+
+def _train(cfg: Config, resume: bool, progress: bool, overwrite: bool, table) -> dict:
     validate(cfg)
     device = pick_device(cfg.train.device)
     rank, world, local_rank = init_distributed(device.type)
@@ -231,6 +242,9 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: b
     np.random.seed(t.seed)
     random.seed(t.seed)
     model = build_model(cfg, num_classes)
+    if table is not None and is_language_driven(model) and model.cfg.text_encoder != table.spec:
+        raise TrainingError(f"data.text_table: {d.text_table} holds {table.spec!r} embeddings but "
+                            f"{cfg.model.name} uses the text encoder {model.cfg.text_encoder!r}")
     vocab = None
     several_names = d.label_names is not None or d.label_templates is not None
     if is_language_driven(model):  # LSeg: trained against the dataset's class names as labels
@@ -244,9 +258,15 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: b
             except VocabularyError as e:
                 raise TrainingError(str(e)) from None
             vocab_encoder = get_text_encoder(model.cfg.text_encoder, None)  # templates come from the vocabulary
-    elif several_names:
-        raise TrainingError(f"data.label_names / data.label_templates are for LSeg models; {cfg.model.name} has "
-                            "fixed classes")
+    elif several_names or d.text_table:
+        raise TrainingError(f"data.label_names / data.label_templates / data.text_table are for LSeg models; "
+                            f"{cfg.model.name} has fixed classes")
+    if table is not None:  # every prompt the run can draw, checked now rather than at the iteration drawing it
+        missing = [p for p in dict.fromkeys(list(ds.class_names) + (vocab.prompts() if vocab else [])) if p not in table]
+        if missing:
+            raise TrainingError(f"data.text_table: {len(missing)} prompt(s) this run can draw are not in {d.text_table} "
+                                f"(e.g. {missing[:3]}); rebuild it: python -m attnseg.tools.text_table --config "
+                                "CONFIG --out FILE")
     model.meta = {"class_names": ds.class_names if num_classes == ds.num_classes else None,
                   "palette": ds.palette, "mean": list(d.mean), "std": list(d.std),
                   "short_side": working_short_side(val_ds or ds, d.eval_scale)}

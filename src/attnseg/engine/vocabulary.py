@@ -54,6 +54,10 @@ class LabelVocabulary:
         return [self.templates[rng.integers(len(self.templates))].format(opts[rng.integers(len(opts))])
                 for opts in self.choices]
 
+    def prompts(self) -> list[str]:
+        """Every string `draw` can return (each class's names under each template), in a fixed order."""
+        return [t.format(n) for opts in self.choices for n in opts for t in self.templates]
+
     def embeddings(self, text_encoder, iteration: int) -> torch.Tensor:
         return text_encoder.encode(self.draw(iteration))
 

@@ -6,12 +6,17 @@ Backends (chosen by a spec string, stored in model configs):
   * "clip:<id or dir>"  CLIP's text tower through transformers (`CLIPTextModelWithProjection` + tokenizer),
                         e.g. "clip:openai/clip-vit-base-patch32" (hub, when online) or "clip:/path/to/dir".
   * "hf:<dir>"          any local transformers text model directory (mean pooling over tokens).
+A table of precomputed embeddings (`write_table`, `python -m attnseg.tools.text_table`) stands in for an
+encoder where its weights are absent (a training machine given only the prompts a run can draw): `serving`
+registers it under the spec of the encoder that wrote it, and a string outside the table is a clear error.
 Embeddings are computed once per label string and cached; the encoder is frozen (no gradients) and is
 not part of the segmentation model's state dict. `template` (e.g. "a photo of a {}.") is off by default,
 as in the LSeg paper.
 """
 from __future__ import annotations
 
+import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -120,6 +125,74 @@ class CLIPEncoder(TextEncoder):
     def _embed(self, texts):
         tok = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
         return self.model(**tok).text_embeds
+
+
+class TableEncoder(TextEncoder):
+    """The embeddings one encoder gave a fixed list of strings, read from a file `write_table` wrote."""
+
+    def __init__(self, path: str | Path):
+        super().__init__(None)
+        from safetensors import SafetensorError, safe_open
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise TextEncoderError(f"text table {self.path} is not a file (write one with "
+                                   "`python -m attnseg.tools.text_table --config CONFIG --out FILE`)")
+        try:
+            with safe_open(str(self.path), "pt") as f:
+                meta = f.metadata() or {}
+                emb = f.get_tensor("embeddings") if "embeddings" in f.keys() else None
+            strings = json.loads(meta.get("strings", "null"))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise TextEncoderError(f"text table {self.path} is not a table written by attnseg ({e})") from None
+        if emb is None or emb.ndim != 2 or not isinstance(strings, list) or len(strings) != len(emb) \
+                or not meta.get("spec"):
+            raise TextEncoderError(f"text table {self.path} is not a table written by attnseg (it needs an "
+                                   "'embeddings' (N, C) tensor, the N strings and the encoder's spec)")
+        self.spec = meta["spec"]
+        self.dim = emb.shape[1]
+        self._cache = {s: e for s, e in zip(strings, emb.float())}
+
+    def __contains__(self, text: str) -> bool:
+        return text in self._cache
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def _embed(self, texts):
+        raise TextEncoderError(
+            f"{texts[0]!r} is not in the text table {self.path} ({len(self._cache)} strings from {self.spec!r}): "
+            "rebuild the table with the label, or run where that encoder is installed without the table")
+
+
+def write_table(encoder: TextEncoder, strings: list[str], path: str | Path) -> Path:
+    """Save encoder's embeddings of `strings` (exactly as encode returns them) with its spec, atomically."""
+    from safetensors.torch import save_file
+
+    from ..io import atomic_write
+
+    if encoder.template:
+        raise TextEncoderError("write_table needs the encoder without a template: put the prompts in `strings`")
+    strings = list(dict.fromkeys(check_labels(strings)))
+    emb = encoder.encode(strings).contiguous()
+    meta = {"spec": encoder.spec, "strings": json.dumps(strings)}
+    return atomic_write(path, lambda tmp: save_file({"embeddings": emb}, tmp, metadata=meta))
+
+
+@contextmanager
+def serving(encoder: TextEncoder):
+    """Within the block, get_text_encoder(encoder.spec) returns `encoder` (a table standing in for the encoder
+    that wrote it); the previous instance, if any, comes back afterwards."""
+    key = (encoder.spec, None)
+    before = _ENCODERS.get(key)
+    _ENCODERS[key] = encoder
+    try:
+        yield encoder
+    finally:
+        if before is None:
+            _ENCODERS.pop(key, None)
+        else:
+            _ENCODERS[key] = before
 
 
 _ENCODERS: dict[tuple[str, str | None], TextEncoder] = {}
