@@ -84,6 +84,25 @@ def test_minilm_embeddings_normalised_cached_and_meaningful(tiny):
     assert torch.equal(enc.encode(["sky"])[0], e[2])  # cached per label string
 
 
+def test_a_template_list_averages_the_unit_embeddings_of_each_prompt(tiny):
+    """template=[...] (e.g. the prompts a model was trained with) embeds each label under every template and
+    averages: normalise(mean_t normalise(E(t.format(label)))); a one-item list is that template alone."""
+    from attnseg.models.text import get_text_encoder
+
+    plain = get_text_encoder("minilm")
+    tpl = ["{}", "a photo of a {}.", "a {} in a street scene."]
+    ens = get_text_encoder("minilm", tpl)
+    e = ens.encode(["car", "sky"])
+    want = torch.nn.functional.normalize(torch.stack([plain.encode([t.format(w) for w in ("car", "sky")])
+                                                      for t in tpl]).mean(0), dim=-1)
+    assert torch.allclose(e, want, atol=1e-6) and not torch.allclose(e, plain.encode(["car", "sky"]), atol=1e-3)
+    assert get_text_encoder("minilm", ["the {}."]) is get_text_encoder("minilm", "the {}.")
+    with pytest.raises(TextEncoderError, match="one {}"):
+        get_text_encoder("minilm", ["a photo"])
+    with pytest.raises(TextEncoderError, match="one {}"):
+        get_text_encoder("minilm", [])
+
+
 def _tiny_clip(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, PreTrainedTokenizerFast

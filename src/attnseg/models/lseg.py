@@ -84,7 +84,7 @@ class LSegConfig:
     backbone: str = "efficientnet-lite0"
     backbone_options: dict | None = None
     text_encoder: str = "minilm"
-    template: str | None = None
+    template: str | list[str] | None = None  # a prompt around each label, or a list of them averaged per label
     features: int = 256
     use_bn: bool = True  # BatchNorm in the fusion blocks' residual units (LSegNet sets use_bn=True)
     text_dim: int | None = None  # C; None: ask the text encoder (loads it). Set it to build without one.

@@ -51,7 +51,7 @@ class TextEncoder:
     dim: int
     spec: str
 
-    def __init__(self, template: str | None = None):
+    def __init__(self, template: str | list[str] | tuple[str, ...] | None = None):
         self.template = template
         self._cache: dict[str, torch.Tensor] = {}
 
@@ -62,9 +62,13 @@ class TextEncoder:
     def encode(self, labels: list[str]) -> torch.Tensor:
         labels = check_labels(labels)
         todo = [s for s in labels if s not in self._cache]
-        if todo:
+        if todo and isinstance(self.template, (list, tuple)):  # a prompt ensemble: mean of the unit embeddings
+            embs = [F.normalize(self._embed([t.format(s) for s in todo]).float(), dim=-1) for t in self.template]
+            emb = F.normalize(torch.stack(embs).mean(0), dim=-1)
+        elif todo:
             texts = [self.template.format(s) if self.template else s for s in todo]
             emb = F.normalize(self._embed(texts).float(), dim=-1)
+        if todo:
             for s, e in zip(todo, emb):
                 self._cache[s] = e
         return torch.stack([self._cache[s] for s in labels])
@@ -198,8 +202,17 @@ def serving(encoder: TextEncoder):
 _ENCODERS: dict[tuple[str, str | None], TextEncoder] = {}
 
 
-def get_text_encoder(spec: str, template: str | None = None) -> TextEncoder:
-    """Shared instance per (spec, template): the cache and the weights are loaded once per process."""
+def get_text_encoder(spec: str, template: str | list[str] | None = None) -> TextEncoder:
+    """Shared instance per (spec, template): the cache and the weights are loaded once per process. `template`
+    is one prompt ("a photo of a {}.") or a list of them, whose embeddings are averaged per label (a prompt
+    ensemble, as CLIP evaluates zero-shot; e.g. the templates an LSeg model was trained with)."""
+    if isinstance(template, (list, tuple)):
+        template = tuple(template) if len(template) != 1 else template[0]
+    if template is not None and (not isinstance(template, (str, tuple)) or not template
+                                 or any(not isinstance(t, str) or t.count("{}") != 1
+                                        for t in (template if isinstance(template, tuple) else [template]))):
+        raise TextEncoderError(f"template must be a string with one {{}} (the label) or a non-empty list of them, "
+                               f"got {template!r}")
     key = (spec, template)
     if key not in _ENCODERS:
         if spec == "minilm":
