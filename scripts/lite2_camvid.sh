@@ -11,6 +11,8 @@
 #    (names, shuffled names, the held-out names of configs/vocab/camvid_heldout_names.yaml, removed labels)
 # 3. the speed/accuracy table and scatter plot of every CamVid model (benchmarks/camvid_zoo.py)
 # The recipe is chosen by the validation mIoU the training logs (metrics.csv), never by these test numbers.
+# The longer runs the shipped Lite2 models come from (4000 / 6000 iterations) were trained on a lent GPU with
+# scripts/gpu_lite2.sh (commands in README, "EfficientNet-Lite2 on CamVid"), not by this script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 A=${ATTNSEG:-.venv/bin/attnseg}

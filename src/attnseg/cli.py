@@ -311,7 +311,9 @@ def _inference_config(args, scales=None, flip=False):
         raise CLIError(f"--stride/--crop: {e}") from None
 
 
-DEFAULT_MODELS = ("allmlp-effnet-lite2-camvid", "sanet-effnet-lite0-camvid", "lseg-effnet-lite0-camvid")  # first shipped wins
+# predict without --model: the first shipped; serve without --model: each shipped one (the default, the real-time
+# SANet, the best LSeg; lseg-effnet-lite0-camvid still loads by name)
+DEFAULT_MODELS = ("allmlp-effnet-lite2-camvid", "sanet-effnet-lite0-camvid", "lseg-effnet-lite2-camvid")
 
 
 def default_model_source() -> str | None:

@@ -4,12 +4,15 @@ from __future__ import annotations
 from pathlib import Path
 
 PRETRAINED_DIR = Path(__file__).parent
-# trained with the configs/ of the same name (allmlp-effnet-lite2-camvid: configs/allmlp-effnet-lite2_camvid.yaml,
-# saved in fp16 with 540 as its working short side, the scale its validation chose; the default since issue 17)
+# trained with the configs/ of the same name; both Lite2 models are saved in fp16 with 540 as their working short
+# side (1.5x CamVid, the scale their validation chose). allmlp-effnet-lite2-camvid (the default since issue 17):
+# configs/allmlp-effnet-lite2_camvid.yaml with train.iters=6000; lseg-effnet-lite2-camvid:
+# configs/lseg-effnet-lite2_camvid_vocab.yaml with train.iters=4000 (several names and templates per class)
 PRETRAINED: dict[str, str] = {
     "allmlp-effnet-lite2-camvid": "allmlp-effnet-lite2-camvid.safetensors",
     "sanet-effnet-lite0-camvid": "sanet-effnet-lite0-camvid.safetensors",
     "lseg-effnet-lite0-camvid": "lseg-effnet-lite0-camvid.safetensors",
+    "lseg-effnet-lite2-camvid": "lseg-effnet-lite2-camvid.safetensors",
 }
 
 
