@@ -175,7 +175,19 @@ class LSeg(nn.Module):
 
     def segment(self, h: torch.Tensor, t: torch.Tensor, size) -> torch.Tensor:
         """Decoder features h + label embeddings t -> logits (B, N, *size): the label-dependent tail,
-        so one image pass can be scored against several label sets."""
+        so one image pass can be scored against several label sets.
+
+        Label order: the N labels are processed in an order fixed by their embeddings' values and the
+        logits put back in the caller's order, so shuffling the labels shuffles the output channels
+        exactly (bit for bit). Without it a matrix product rounds a row differently depending on where in
+        its tiling the row falls (1 ulp), which flips a few near-tied pixels. Traced graphs (ONNX) skip it."""
+        if t.shape[0] > 1 and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
+            order = canonical_order(t)
+            logits = self._segment(h, t[order], size)
+            return logits[:, torch.argsort(order)]
+        return self._segment(h, t, size)
+
+    def _segment(self, h: torch.Tensor, t: torch.Tensor, size) -> torch.Tensor:
         logits = self.correlate(h, t)  # F = s * I . T^T
         if self.cfg.block_type != "none":
             # the release: `block_depth - 1` activated passes, then one without; depth 0 still applies one block
@@ -184,6 +196,15 @@ class LSeg(nn.Module):
                 logits = self.head_block(logits, act=i < n - 1)
         # the release upsamples x2 with align_corners=True (size-based, so odd input sizes work too)
         return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=True)
+
+
+def canonical_order(t: torch.Tensor) -> torch.Tensor:
+    """The permutation that sorts the rows of t by their first value, ties by the next (up to four): the same
+    rows given in any order come out in the same sequence. Compares stored values only (no arithmetic)."""
+    order = torch.arange(t.shape[0], device=t.device)
+    for j in reversed(range(min(4, t.shape[1]))):  # least significant key first, each sort stable
+        order = order[torch.sort(t[order, j], stable=True).indices]
+    return order
 
 
 class FixedLabels(nn.Module):
