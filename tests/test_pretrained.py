@@ -72,6 +72,10 @@ def test_shipped_lite2_lseg_runs_with_the_prompts_it_was_trained_with():
     model = attnseg.load_model("lseg-effnet-lite2-camvid")
     assert model.cfg.template == cfg["data"]["label_templates"] and len(model.cfg.template) == 5
     assert working_short_side(model) == 540 and model.default_labels == model.meta["class_names"]
+    names, order = model.default_labels, [3, 0, 10, 5, 1, 9, 2, 8, 4, 7, 6]  # shuffled labels: the same map
+    seg, img = attnseg.Segmenter(model), sorted(EXAMPLES.glob("camvid_test_*.png"))[0]
+    a, b = seg.predict(img, labels=names), seg.predict(img, labels=[names[i] for i in order])
+    assert np.array_equal(a, np.asarray(order)[b])
 
 
 def test_loading_a_checkpoint_reads_no_imagenet_weights(monkeypatch):
