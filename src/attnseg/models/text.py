@@ -11,7 +11,7 @@ encoder where its weights are absent (a training machine given only the prompts 
 registers it under the spec of the encoder that wrote it, and a string outside the table is a clear error.
 Embeddings are computed once per label string and cached; the encoder is frozen (no gradients) and is
 not part of the segmentation model's state dict. `template` (e.g. "a photo of a {}.") is off by default,
-as in the LSeg paper.
+as in the LSeg paper; a list of templates averages each label's unit embeddings over them (a prompt ensemble).
 """
 from __future__ import annotations
 
@@ -199,7 +199,7 @@ def serving(encoder: TextEncoder):
             _ENCODERS[key] = before
 
 
-_ENCODERS: dict[tuple[str, str | None], TextEncoder] = {}
+_ENCODERS: dict[tuple[str, str | tuple[str, ...] | None], TextEncoder] = {}
 
 
 def get_text_encoder(spec: str, template: str | list[str] | None = None) -> TextEncoder:
