@@ -7,8 +7,9 @@ every model on both backends one after the other, median per model and round, th
 so drift of this machine's speed hits all rows alike; each model and backend in a process of its own, one
 working at a time, see benchmarks/timing.py), and the CamVid test mIoU / aAcc single pass and with
 `--flip`, read from the `attnseg eval --out` JSON files named below (a missing one is reported with the
-command that writes it, never guessed). Speed does not depend on the weights: rows whose trained file is
-not here are timed on the architecture with seeded random weights (said in the table).
+command that writes it, never guessed). Rows whose trained file is not here are timed on the architecture
+with seeded random weights (said in the table); the values move the speed a little (denormals), this
+machine more: read differences under about a third as noise.
 
     python benchmarks/camvid_zoo.py --threads 2 --out results/camvid_zoo
     python benchmarks/camvid_zoo.py --replot   # new accuracy JSONs into the table, the same timings
@@ -196,7 +197,7 @@ def scatter(rows: list[dict], path: Path) -> None:
     key = "\n".join(f"{n}  {r['label'].replace(' (timed with random weights', '')}"
                      f"{'' if r['trained'] else ' *'}" for n, r, _ in pts)
     if not all(r["trained"] for _, r, _ in pts):
-        key += "\n\n* timed with seeded random weights (no trained file here; speed does not depend on them)"
+        key += "\n\n* timed with seeded random weights (no trained file here; speeds are coarse, see README)"
     fig.text(0.62, 0.5, key, fontsize=7, va="center", ha="left", wrap=True)
     fig.subplots_adjust(left=0.08, right=0.6, top=0.93, bottom=0.1)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
