@@ -5,11 +5,10 @@
 # Validation and test evaluation happen afterwards on the CPU machine, on the original PNGs;
 # scripts/lite2_camvid.sh skips the training of a run whose final.safetensors is in place and evaluates it.
 #
-#   CAMVID=ROOT OUT=DIR [PARALLEL=1] [HALF="NAME..."] scripts/gpu_lite2.sh NAME[=CONFIG[,KEY=VALUE...]]...
+#   CAMVID=ROOT OUT=DIR [PARALLEL=1] scripts/gpu_lite2.sh NAME[=CONFIG[,KEY=VALUE...]]...
 # NAME is the run (runs/NAME); CONFIG defaults to configs/NAME.yaml; KEY=VALUE are extra --set overrides.
 # ROOT needs only train.txt and its files (no validation split is read here). Each run has $LIMIT seconds.
-# PARALLEL=1 trains the runs at once (a small model leaves most of the GPU idle, so runs share it well);
-# runs named in HALF come back with fp16 weights (half the bytes, for the size limit above).
+# PARALLEL=1 trains the runs at once (a small model leaves most of the GPU idle, so runs share it well).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -46,13 +45,6 @@ for name in "${names[@]}"; do
   W=runs/$name
   [ -f "$W/final.safetensors" ] || { echo "   $name: no final.safetensors"; continue; }
   cp "/tmp/train_$name.log" "$W/train.log"
-  if [[ " ${HALF:-} " == *" $name "* ]]; then
-    "$PY" -c 'import sys, torch; from safetensors import safe_open; from safetensors.torch import save_file
-f = safe_open(sys.argv[1], "pt"); meta = f.metadata()
-t = {k: (v.half() if v.is_floating_point() else v) for k in f.keys() for v in [f.get_tensor(k)]}
-save_file(t, sys.argv[1] + ".tmp", metadata=meta)' "$W/final.safetensors" && mv "$W/final.safetensors.tmp" "$W/final.safetensors"
-    echo "   $name: weights halved to fp16 for the trip back"
-  fi
   done_runs+=("$name/final.safetensors" "$name/metrics.csv" "$name/config.yaml" "$name/train.log")
 done
 [ ${#done_runs[@]} -gt 0 ] || exit 1

@@ -262,10 +262,10 @@ def _train(cfg: Config, resume: bool, progress: bool, overwrite: bool, table) ->
         raise TrainingError(f"data.label_names / data.label_templates / data.text_table are for LSeg models; "
                             f"{cfg.model.name} has fixed classes")
     if table is not None:  # every prompt the run can draw, checked now rather than at the iteration drawing it
-        missing = [p for p in dict.fromkeys(list(ds.class_names) + (vocab.prompts() if vocab else [])) if p not in table]
+        missing = [p for p in (vocab.needed(ds.class_names) if vocab else ds.class_names) if p not in table]
         if missing:
-            raise TrainingError(f"data.text_table: {len(missing)} prompt(s) this run can draw are not in {d.text_table} "
-                                f"(e.g. {missing[:3]}); rebuild it: python -m attnseg.tools.text_table --config "
+            raise TrainingError(f"data.text_table: {len(missing)} prompt(s) this run can draw are not in "
+                                f"{d.text_table} (e.g. {missing[:3]}); rebuild it: python -m attnseg.tools.text_table --config "
                                 "CONFIG --out FILE")
     model.meta = {"class_names": ds.class_names if num_classes == ds.num_classes else None,
                   "palette": ds.palette, "mean": list(d.mean), "std": list(d.std),

@@ -58,6 +58,11 @@ class LabelVocabulary:
         """Every string `draw` can return (each class's names under each template), in a fixed order."""
         return [t.format(n) for opts in self.choices for n in opts for t in self.templates]
 
+    def needed(self, class_names: list[str]) -> list[str]:
+        """Every string a run with this vocabulary encodes: the class names (validation, the saved model's
+        default labels) and every prompt `draw` can return, once each."""
+        return list(dict.fromkeys(list(class_names) + self.prompts()))
+
     def embeddings(self, text_encoder, iteration: int) -> torch.Tensor:
         return text_encoder.encode(self.draw(iteration))
 

@@ -62,13 +62,13 @@ class TextEncoder:
     def encode(self, labels: list[str]) -> torch.Tensor:
         labels = check_labels(labels)
         todo = [s for s in labels if s not in self._cache]
-        if todo and isinstance(self.template, (list, tuple)):  # a prompt ensemble: mean of the unit embeddings
-            embs = [F.normalize(self._embed([t.format(s) for s in todo]).float(), dim=-1) for t in self.template]
-            emb = F.normalize(torch.stack(embs).mean(0), dim=-1)
-        elif todo:
-            texts = [self.template.format(s) if self.template else s for s in todo]
-            emb = F.normalize(self._embed(texts).float(), dim=-1)
         if todo:
+            if isinstance(self.template, (list, tuple)):  # a prompt ensemble: mean of the unit embeddings
+                embs = [F.normalize(self._embed([t.format(s) for s in todo]).float(), dim=-1) for t in self.template]
+                emb = F.normalize(torch.stack(embs).mean(0), dim=-1)
+            else:
+                texts = [self.template.format(s) if self.template else s for s in todo]
+                emb = F.normalize(self._embed(texts).float(), dim=-1)
             for s, e in zip(todo, emb):
                 self._cache[s] = e
         return torch.stack([self._cache[s] for s in labels])
@@ -206,13 +206,13 @@ def get_text_encoder(spec: str, template: str | list[str] | None = None) -> Text
     """Shared instance per (spec, template): the cache and the weights are loaded once per process. `template`
     is one prompt ("a photo of a {}.") or a list of them, whose embeddings are averaged per label (a prompt
     ensemble, as CLIP evaluates zero-shot; e.g. the templates an LSeg model was trained with)."""
-    if isinstance(template, (list, tuple)):
-        template = tuple(template) if len(template) != 1 else template[0]
-    if template is not None and (not isinstance(template, (str, tuple)) or not template
-                                 or any(not isinstance(t, str) or t.count("{}") != 1
-                                        for t in (template if isinstance(template, tuple) else [template]))):
-        raise TextEncoderError(f"template must be a string with one {{}} (the label) or a non-empty list of them, "
-                               f"got {template!r}")
+    if template is not None:
+        items = ([template] if isinstance(template, str)
+                 else list(template) if isinstance(template, (list, tuple)) else [])
+        if not items or any(not isinstance(t, str) or t.count("{}") != 1 for t in items):
+            raise TextEncoderError(f"template must be a string with one {{}} (the label) or a non-empty list of "
+                                   f"them, got {template!r}")
+        template = items[0] if len(items) == 1 else tuple(items)  # hashable: the registry's key
     key = (spec, template)
     if key not in _ENCODERS:
         if spec == "minilm":

@@ -41,7 +41,7 @@ def main(argv=None) -> int:
         ds = build_dataset(d.dataset, d.root, d.train_split, None, check_labels=False)
         vocab = LabelVocabulary(ds.class_names, load_names(d.label_names), d.label_templates, cfg.train.seed)
         extra = [s.strip() for s in args.labels.split(",") if s.strip()]
-        strings = list(dict.fromkeys(list(ds.class_names) + vocab.prompts() + extra))
+        strings = list(dict.fromkeys(vocab.needed(ds.class_names) + extra))
         path = write_table(get_text_encoder(spec, None), strings, args.out)
     except (ConfigError, VocabularyError, TextEncoderError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
