@@ -114,15 +114,24 @@ class CLIPEncoder(TextEncoder):
         super().__init__(template)
         from transformers import AutoTokenizer, CLIPTextModelWithProjection
 
-        local = Path(source).is_dir()
+        hint = (f"Offline, download it on a machine with internet (huggingface-cli download {source} --local-dir "
+                "DIR) and use text_encoder='clip:DIR', or use the packaged offline encoder text_encoder='minilm'.")
+        folder = source
+        if not Path(source).is_dir():
+            # fetch the files once, without transformers' retry loop (five retries, ~50 s offline), then load locally
+            from huggingface_hub import snapshot_download
+            try:
+                folder = snapshot_download(source, allow_patterns=["*.json", "*.txt", "*.safetensors", "*.bin"],
+                                           etag_timeout=10)
+            except Exception as e:
+                raise TextEncoderError(f"could not fetch the CLIP text encoder {source!r} from the Hugging Face hub "
+                                       f"({type(e).__name__}: {str(e).splitlines()[0]}). {hint}") from None
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
-            self.model = CLIPTextModelWithProjection.from_pretrained(source, local_files_only=local).eval()
+            self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            self.model = CLIPTextModelWithProjection.from_pretrained(folder, local_files_only=True).eval()
         except OSError as e:
-            raise TextEncoderError(
-                f"could not load the CLIP text encoder {source!r} ({str(e).splitlines()[0]}). Offline, download it "
-                f"on a machine with internet (huggingface-cli download {source} --local-dir DIR) and use "
-                "text_encoder='clip:DIR', or use the packaged offline encoder text_encoder='minilm'.") from None
+            raise TextEncoderError(f"could not load the CLIP text encoder {source!r} ({str(e).splitlines()[0]}). "
+                                   f"{hint}") from None
         self.dim = self.model.config.projection_dim
         self.spec = f"clip:{source}"
 
