@@ -1,4 +1,7 @@
+import hashlib
+import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -48,3 +51,52 @@ def randomize_bn(model: torch.nn.Module, seed: int = 0) -> None:
             if m.affine:
                 m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
                 m.bias.data.copy_(torch.randn(n, generator=g) * 0.2)
+
+
+# -- one ONNX export per distinct model in a test session --------------------------------------------------------
+# torch.export takes 20-60 s per graph on these 2 cores, and several tests export the very same model (the
+# tiny_ckpt segformer through `--backend onnx`, `export --dynamic` and export_onnx). Within one session the code
+# cannot change, so a graph exported once for a model (architecture, every plain attribute of every module, the
+# weights, the metadata, the export arguments) is the graph any later export of it would write: later exports
+# copy it. Every distinct model is still exported for real once, and export errors are never cached.
+
+def _export_key(model, dynamic=True, example_size=(256, 320), opset=20) -> str:
+    h = hashlib.sha256(repr((type(model).__qualname__, getattr(model, "variant", None), bool(dynamic),
+                             tuple(example_size), opset)).encode())
+    plain = (bool, int, float, str, type(None))
+    for name, m in model.named_modules():
+        attrs = sorted((k, v) for k, v in vars(m).items() if k != "source"  # the file it was loaded from
+                       and (isinstance(v, plain) or isinstance(v, (tuple, list)) and all(isinstance(x, plain) for x in v)))
+        h.update(repr((name, type(m).__qualname__, attrs)).encode())
+    h.update(json.dumps(getattr(model, "meta", None), sort_keys=True, default=str).encode())
+    for k, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(repr((k, str(t.dtype), tuple(t.shape))).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_export_per_model(tmp_path_factory):
+    try:
+        import attnseg.export as ex
+    except ImportError:
+        yield
+        return
+    real, store, made = ex.export_onnx, tmp_path_factory.mktemp("onnx_exports"), {}
+
+    def export_onnx(model, path, *args, **kwargs):
+        key = _export_key(model.eval(), *args, **kwargs)  # the real export runs the model in eval mode too
+        if key not in made:
+            out = real(model, path, *args, **kwargs)
+            made[key] = store / f"{key}.onnx"
+            shutil.copyfile(out, made[key])
+            return out
+        from attnseg.io import atomic_write
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return atomic_write(Path(path), lambda tmp: shutil.copyfile(made[key], tmp))
+
+    ex.export_onnx = export_onnx
+    yield
+    ex.export_onnx = real

@@ -72,34 +72,23 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, dynamic: bool =
     args, names, graph = (x,), ["images"], model
     shapes = None
     if dynamic:
-        dim = torch.export.Dim
-        shapes = {"images": {0: dim("batch", min=1, max=256), 2: dim("height", min=64, max=8192),
-                             3: dim("width", min=64, max=8192)}}
+        # named dynamic axes without bounds: torch.export then takes every model in one trace (named Dims with
+        # min/max made it give up on SANet's and EfficientNet's derived sizes, "Cannot create Dim with
+        # inconsistent min/max", and trace a second time), and the graph's inputs keep the names
+        shapes = {"images": {0: "batch", 2: "height", 3: "width"}}
     if lseg:
         text = torch.nn.functional.normalize(torch.randn(3, model.head1.out_channels), dim=1)
         args, names, graph = (x, text), ["images", "text_embeddings"], _LSegGraph(model).eval()
         if dynamic:
-            shapes["text_embeddings"] = {0: torch.export.Dim("labels", min=1, max=4096)}
+            shapes["text_embeddings"] = {0: "labels"}
     from .io import atomic_write
     from .models.layers import export_forms
 
     quiet_exporter_logs()
-
-    def run(dynamic_shapes):
-        with export_forms():  # the onnxruntime-friendly forms of a few layers (same outputs)
-            return torch.onnx.export(graph, args, dynamo=True, input_names=names, output_names=["logits"],
-                                     dynamic_shapes=dynamic_shapes, opset_version=opset, optimize=True, verbose=False)
-
     try:
-        try:
-            prog = run(shapes)
-        except Exception:
-            if not dynamic:
-                raise
-            # torch.export cannot state the bounds of some derived sizes (SANet's ceil-mode pooling on
-            # EfficientNet's "same" padding: "Cannot create Dim with inconsistent min/max"); unnamed
-            # DYNAMIC dims take the same graph without asking for bounds
-            prog = run({k: {ax: torch.export.Dim.DYNAMIC for ax in v} for k, v in shapes.items()})
+        with export_forms():  # the onnxruntime-friendly forms of a few layers (same outputs)
+            prog = torch.onnx.export(graph, args, dynamo=True, input_names=names, output_names=["logits"],
+                                     dynamic_shapes=shapes, opset_version=opset, optimize=True, verbose=False)
     except Exception as e:
         first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
         raise ExportError(f"cannot export {getattr(model, 'variant', type(model).__name__)} to ONNX"
