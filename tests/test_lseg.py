@@ -1,5 +1,7 @@
 """LSeg: label equivariance, spatial regularization, text encoder backends, CLI with --labels."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -143,8 +145,10 @@ def test_clip_backend_matches_transformers(tmp_path):
 
 
 def test_clip_hub_id_offline_is_a_clear_error():
+    t = time.time()
     with pytest.raises(TextEncoderError, match="minilm"):
         CLIPEncoder("openai/no-such-clip-model-offline")
+    assert time.time() - t < 30  # no retry loop (transformers alone retries for ~50 s offline)
 
 
 def test_save_load_and_cli_predict_with_labels(tmp_path, tiny, capsys):
@@ -252,3 +256,20 @@ def test_label_study_at_a_working_size_scores_like_eval_at_that_scale(camvid_roo
                        model_kwargs={"labels": ds.class_names})["mIoU"] * 100 for s in (1.0, 1.5)}
     assert native == pytest.approx(ref[1.0], abs=1e-9) and scaled == pytest.approx(ref[1.5], abs=1e-9)
     assert scaled != pytest.approx(native, abs=1e-3)
+
+
+def test_label_study_sets_file_adds_label_sets_and_refuses_bad_files_in_one_line(tmp_path, capsys):
+    from attnseg.tools.label_study import load_label_sets
+
+    names = ["sky", "road", "car"]
+    good = tmp_path / "sets.yaml"
+    good.write_text("dev_a: [heaven, street, automobile]\ndev_b: [clouds, ' lane ', van]\n", encoding="utf-8")
+    assert load_label_sets(good, names) == {"dev_a": ["heaven", "street", "automobile"],
+                                            "dev_b": ["clouds", "lane", "van"]}
+    for text, why in [("dev: [a, b]\n", "must list 3 labels"), ("dev: [a, b, A]\n", "repeats"),
+                      ("- a\n- b\n", "mapping"), ("dev: [a, b, 3]\n", "must list 3"), ("a: [\n", "YAML")]:
+        good.write_text(text, encoding="utf-8")
+        with pytest.raises(ValueError, match=why):
+            load_label_sets(good, names)
+    with pytest.raises(ValueError, match="cannot read"):
+        load_label_sets(tmp_path / "missing.yaml", names)

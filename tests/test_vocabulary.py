@@ -37,17 +37,48 @@ def test_bad_vocabularies_are_refused_with_the_reason():
         load_names("no/such/names.yaml")
 
 
-def test_shipped_vocabulary_never_contains_a_held_out_name():
-    names = load_names(ROOT / "configs" / "vocab" / "camvid_label_names.yaml")
+@pytest.mark.parametrize("vocab", ["camvid_label_names.yaml", "camvid_label_names_wide.yaml"])
+def test_shipped_vocabularies_never_contain_a_held_out_or_development_name(vocab):
+    """Held-out names (scored on test) never appear in a training name as a word or plural; development names
+    (scored on validation to choose a recipe) never appear inside one at all."""
+    import re
+
+    names = load_names(ROOT / "configs" / "vocab" / vocab)
     held = yaml.safe_load((ROOT / "configs" / "vocab" / "camvid_heldout_names.yaml").read_text())["names"]
+    dev = yaml.safe_load((ROOT / "configs" / "vocab" / "camvid_dev_names.yaml").read_text())
     from attnseg.tools.label_study import CAMVID_SYNONYMS
 
     assert held == CAMVID_SYNONYMS and len(held) == len(CLASSES)
+    assert set(dev) == {"dev_a", "dev_b"} and all(len(v) == len(CLASSES) for v in dev.values())
+    dev_names = [n for v in dev.values() for n in v]
+    assert not set(dev_names) & set(held) and not set(dev_names) & set(CLASSES)
     v = LabelVocabulary(CLASSES, names)
     for opts in v.choices:
         for n in opts:
-            assert not any(h in n.split() or h == n for h in held), n
+            assert not any(re.search(rf"\b{re.escape(h)}(s|es)?\b", n, re.I) for h in held), n
+            assert not any(d.lower() in n.lower() for d in dev_names), n
     assert all(len(o) >= 4 for o in v.choices)
+    if vocab.endswith("_wide.yaml"):  # the wider list keeps every name of the first one
+        first = LabelVocabulary(CLASSES, load_names(ROOT / "configs" / "vocab" / "camvid_label_names.yaml"))
+        assert all(set(a) <= set(b) and len(b) >= 12 for a, b in zip(first.choices, v.choices))
+
+
+def test_label_noise_is_a_resumable_perturbation_of_unit_length():
+    class Fixed:  # a text encoder giving every prompt the same unit vector per class position
+        def encode(self, prompts):
+            return torch.nn.functional.normalize(torch.arange(1.0, 1 + 64 * len(prompts)).view(len(prompts), 64), dim=1)
+
+    plain = LabelVocabulary(["sky", "car"], seed=3)
+    assert not plain.varies and torch.equal(plain.embeddings(Fixed(), 5), Fixed().encode(["sky", "car"]))
+    v = LabelVocabulary(["sky", "car"], seed=3, noise=0.5)
+    a, b = v.embeddings(Fixed(), 5), v.embeddings(Fixed(), 6)
+    assert v.varies and torch.equal(a, LabelVocabulary(["sky", "car"], seed=3, noise=0.5).embeddings(Fixed(), 5))
+    assert not torch.equal(a, b)  # a new draw every iteration
+    assert torch.allclose(a.norm(dim=1), torch.ones(2))
+    cos = (a * Fixed().encode(["sky", "car"])).sum(1)
+    assert ((cos > 0.8) & (cos < 0.97)).all()  # sigma 0.5: cosine ~ 1/sqrt(1.25) = 0.89 to the clean embedding
+    with pytest.raises(VocabularyError, match="label_noise"):
+        LabelVocabulary(["sky"], noise=-1)
 
 
 def test_engine_trains_lseg_on_drawn_names_and_templates(camvid_root, tmp_path, monkeypatch):
@@ -81,6 +112,10 @@ def test_label_names_on_a_fixed_class_model_is_one_line(camvid_root, tmp_path, c
                "--set", "data.label_templates=[\"a {}\"]", "--set", "train.iters=1", "--work-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc != 0 and "LSeg" in err and "Traceback" not in err
+    rc = main(["train", "--set", "model.name=lseg-tiny", "--set", f"data.root={camvid_root}",
+               "--set", "data.label_noise=-0.1", "--set", "train.iters=1", "--work-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc != 0 and "data.label_noise" in err and ">= 0" in err and "Traceback" not in err
 
 
 def _train_tiny_lseg(root, work, *sets):
@@ -126,6 +161,10 @@ def test_a_text_table_trains_exactly_as_its_encoder_and_refuses_what_it_lacks(ca
                             f"data.text_table={tmp_path / 'rolled.safetensors'}") == 0
     c = load_file(tmp_path / "rolled" / "final.safetensors")
     assert not all(torch.equal(a[k], c[k]) for k in a)
+    assert _train_tiny_lseg(camvid_root, tmp_path / "noise", "--set", f"data.text_table={table}",
+                            "--set", "data.label_noise=0.5") == 0  # label noise reaches the run
+    d = load_file(tmp_path / "noise" / "final.safetensors")
+    assert not all(torch.equal(b[k], d[k]) for k in b)
 
     capsys.readouterr()
     rc = _train_tiny_lseg(camvid_root, tmp_path / "more", "--set", f"data.text_table={table}",
@@ -140,3 +179,4 @@ def test_a_text_table_trains_exactly_as_its_encoder_and_refuses_what_it_lacks(ca
     bad.write_bytes(b"not a table")
     with pytest.raises(text.TextEncoderError, match="not a table written by attnseg"):
         text.TableEncoder(bad)
+

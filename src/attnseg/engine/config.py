@@ -51,6 +51,8 @@ class DataCfg:
     # LSeg: precomputed prompt embeddings (python -m attnseg.tools.text_table) served instead of loading the
     # text encoder, e.g. on a training machine without it; every prompt the run draws must be in the table
     text_table: str | None = None
+    # LSeg: perturb each drawn label embedding by Gaussian noise of about this norm, then renormalise (0 = off)
+    label_noise: float = 0.0
 
 
 @dataclass
@@ -187,6 +189,7 @@ RULES: dict[str, tuple] = {
     "data.val_limit": _OPT_POS_INT,
     "data.label_names": (lambda v: v is None or isinstance(v, str) or (isinstance(v, dict) and all(
         isinstance(x, list) for x in v.values())), "null, a YAML file path or a mapping class -> list of names"),
+    "data.label_noise": _NONNEG,
     "data.text_table": (lambda v: v is None or (isinstance(v, str) and bool(v.strip())), "null or a file path"),
     "data.label_templates": (lambda v: v is None or (isinstance(v, list) and len(v) >= 1 and all(
         isinstance(x, str) and x.count("{}") == 1 for x in v)), 'null or a list of strings with one "{}"'),

@@ -246,7 +246,7 @@ def _train(cfg: Config, resume: bool, progress: bool, overwrite: bool, table) ->
         raise TrainingError(f"data.text_table: {d.text_table} holds {table.spec!r} embeddings but "
                             f"{cfg.model.name} uses the text encoder {model.cfg.text_encoder!r}")
     vocab = None
-    several_names = d.label_names is not None or d.label_templates is not None
+    several_names = d.label_names is not None or d.label_templates is not None or d.label_noise > 0
     if is_language_driven(model):  # LSeg: trained against the dataset's class names as labels
         model.default_labels = ds.class_names
         if several_names:  # or against several names/templates per class
@@ -254,13 +254,14 @@ def _train(cfg: Config, resume: bool, progress: bool, overwrite: bool, table) ->
             from .vocabulary import LabelVocabulary, VocabularyError, load_names
 
             try:
-                vocab = LabelVocabulary(ds.class_names, load_names(d.label_names), d.label_templates, t.seed)
+                vocab = LabelVocabulary(ds.class_names, load_names(d.label_names), d.label_templates, t.seed,
+                                        d.label_noise)
             except VocabularyError as e:
                 raise TrainingError(str(e)) from None
             vocab_encoder = get_text_encoder(model.cfg.text_encoder, None)  # templates come from the vocabulary
     elif several_names or d.text_table:
-        raise TrainingError(f"data.label_names / data.label_templates / data.text_table are for LSeg models; "
-                            f"{cfg.model.name} has fixed classes")
+        raise TrainingError("data.label_names / data.label_templates / data.label_noise / data.text_table are for "
+                            f"LSeg models; {cfg.model.name} has fixed classes")
     if table is not None:  # every prompt the run can draw, checked now rather than at the iteration drawing it
         missing = [p for p in (vocab.needed(ds.class_names) if vocab else ds.class_names) if p not in table]
         if missing:

@@ -10,6 +10,10 @@ Label sets are given per dataset class, in class order:
 
     python -m attnseg.tools.label_study --model CHECKPOINT --data-root ../shared/data/camvid --split test
 
+--sets FILE adds label sets from a YAML mapping {set name: [one label per class, in class order]}, e.g. the
+development names configs/vocab/camvid_dev_names.yaml, scored on --split val to choose a vocabulary recipe
+(each set's mIoU is also given as a share of the names' mIoU).
+
 The images run at the model's working size (--size auto: the short side its checkpoint records and `attnseg
 predict` runs it at, e.g. 540 for a model trained at 1.5x on CamVid), resized and scored at their own
 resolution as `attnseg eval --scales` does (the same number as `attnseg eval --scales 1.5` for that model).
@@ -85,6 +89,28 @@ def study(model, dataset, label_sets: dict[str, list[tuple[int, str]]], limit: i
     return out
 
 
+def load_label_sets(path, class_names: list[str]) -> dict[str, list[str]]:
+    """--sets: a YAML mapping {set name: [one label per class, in class order]}; ValueError names the problem."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(open(path, encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"--sets {path}: cannot read it as YAML ({e})") from None
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"--sets {path}: expected a mapping {{set name: [one label per class]}}")
+    out = {}
+    for key, labels in data.items():
+        if not isinstance(labels, list) or len(labels) != len(class_names) or not all(
+                isinstance(x, str) and x.strip() for x in labels):
+            raise ValueError(f"--sets {path}: {key!r} must list {len(class_names)} labels, one per class in the order "
+                             f"{', '.join(class_names)}")
+        if len({x.strip().lower() for x in labels}) != len(labels):
+            raise ValueError(f"--sets {path}: {key!r} repeats a label")
+        out[str(key)] = [x.strip() for x in labels]
+    return out
+
+
 def main(argv=None) -> int:
     from ..cli import _size
     from ..hub import load_model
@@ -99,6 +125,8 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=_size, default="auto", help="short side the images run at: auto (the model's "
                     "working size, the one `attnseg predict` uses), native, or pixels")
     ap.add_argument("--seed", type=int, default=0, help="shuffle of the reordered set")
+    ap.add_argument("--sets", default=None, help="YAML file: {set name: [one label per class, class order]}, "
+                    "extra label sets (e.g. configs/vocab/camvid_dev_names.yaml)")
     ap.add_argument("--out", default=None, help="write the results as JSON")
     args = ap.parse_args(argv)
     if args.threads:
@@ -119,10 +147,22 @@ def main(argv=None) -> int:
     if args.dataset == "camvid":
         sets["synonyms"] = list(enumerate(CAMVID_SYNONYMS))
         sets["removed"] = [(i, n) for i, n in enumerate(names) if n not in CAMVID_REMOVED]
+    if args.sets:
+        try:
+            extra = load_label_sets(args.sets, names)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if set(extra) & set(sets):
+            print(f"error: --sets {args.sets}: {sorted(set(extra) & set(sets))} clash with the built-in sets "
+                  f"{sorted(sets)}; rename them", file=sys.stderr)
+            return 2
+        sets.update({k: list(enumerate(v)) for k, v in extra.items()})
     res = study(model, ds, sets, args.limit, short_side=short_side)
     for name, r in res.items():
-        print(f"{name:<14} mIoU {r['mIoU']:6.2f}" + (f"   labels: {', '.join(str(v) for v in r['labels'])}"
-                                                      if "labels" in r else ""))
+        share = f" ({100 * r['mIoU'] / res['names']['mIoU']:5.1f}% of names)" if "labels" in r else ""
+        print(f"{name:<14} mIoU {r['mIoU']:6.2f}{share}" + (f"   labels: {', '.join(str(v) for v in r['labels'])}"
+                                                              if "labels" in r else ""))
     if args.out:
         atomic_write_text(args.out, json.dumps({"short_side": short_side, **res}, indent=2))
     return 0
