@@ -210,11 +210,15 @@ def test_int8_lseg_calibrates_with_its_labels_and_keeps_them_an_input(tmp_path, 
                  "--calibrate", f"camvid:{camvid_root}:train", "--calib-images", "2"]) == 0
     import onnx
 
-    from attnseg.quantize import downstream_of
+    from attnseg.quantize import downstream_of, label_similarity
 
     g = onnx.load(str(out)).graph
     tail = set(downstream_of(g, "text_embeddings"))
     assert tail and not [n.op_type for n in g.node if n.name in tail and "Quantize" in n.op_type]  # fp32 tail
+    # the image side of the similarity too: the norm of the image embedding (q conv, h*q, sum, sqrt, divide)
+    sim = set(label_similarity(g))
+    assert sim > tail and {"Conv", "ReduceSum", "Sqrt", "Div"} <= {n.op_type for n in g.node if n.name in sim - tail}
+    assert not [n.op_type for n in g.node if n.name in sim and "Quantize" in n.op_type]
     info = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["attnseg_quantization"])
     assert info["fp32_label_tail"] > 0 and info["fp32_image_convs"] == 1
     q = OnnxModel(out, threads=2)
