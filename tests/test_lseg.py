@@ -236,6 +236,17 @@ def test_label_study_reordering_is_invariant_and_removal_scores_kept_classes(cam
     np.testing.assert_array_equal([r["names"]["IoU"][n] for n in names], [r["reordered"]["IoU"][n] for n in names])
     assert set(r["removed"]["IoU"]) == set(names) - {"pole", "fence"}
     assert "names_on_kept" in r
+    # at another scale the scores are resized as probabilities: a softmax over the labels, whose sum rounds by
+    # their order, so each set runs in the order its embeddings fix (the same label tensor for any order)
+    seen, real = [], tiny.segment
+    tiny.segment = lambda h, t, size: seen.append(t.clone()) or real(h, t, size)
+    try:
+        r = study(tiny, ds, {"names": list(enumerate(names)), "reordered": [(i, names[i]) for i in order]},
+                  short_side=135)
+    finally:
+        del tiny.segment
+    assert len(seen) == 4 and torch.equal(seen[0], seen[1]) and torch.equal(seen[2], seen[3])
+    assert list(r["reordered"]["IoU"]) == list(names) and r["names"] == {**r["reordered"], "labels": names}
 
 
 def test_label_study_at_a_working_size_scores_like_eval_at_that_scale(camvid_root, tiny):

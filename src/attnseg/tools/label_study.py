@@ -32,7 +32,7 @@ from ..engine.evaluate import normalise
 from ..engine.metrics import ConfusionMatrix
 from ..io import atomic_write_text
 from ..models.layers import resize
-from ..models.lseg import is_language_driven
+from ..models.lseg import canonical_order, is_language_driven
 from ..segmenter import resolve_short_side, scaled_size
 
 CAMVID_SYNONYMS = ["heaven", "house", "post", "street", "sidewalk", "vegetation", "traffic sign", "barrier",
@@ -50,8 +50,11 @@ def study(model, dataset, label_sets: dict[str, list[tuple[int, str]]], limit: i
     cms = {name: ConfusionMatrix(k) for name in label_sets}
     embeds = {}
     for name, pairs in label_sets.items():
-        kept = [c for c, _ in pairs]
-        embeds[name] = (kept, model.text_encoder.encode([text for _, text in pairs]).to(device))
+        t = model.text_encoder.encode([text for _, text in pairs])
+        # the labels run in an order fixed by their embeddings (as LSeg.segment does), so the softmax taken
+        # when the scores are resized sums them in the same order whatever order they were given in
+        order = canonical_order(t).tolist()
+        embeds[name] = ([pairs[i][0] for i in order], t[order].to(device))
     meta = getattr(model, "meta", {}) or {}
     n = len(dataset) if limit is None else min(limit, len(dataset))
     model.eval().to(device)
@@ -77,13 +80,13 @@ def study(model, dataset, label_sets: dict[str, list[tuple[int, str]]], limit: i
                 cms[name].update(pred[None], target[None])
     out = {}
     for name, cm in cms.items():
-        kept = embeds[name][0]
+        kept = sorted(embeds[name][0])  # class order, whatever order the labels ran in
         iou = cm.compute()["IoU"]
         out[name] = {"labels": [text for _, text in label_sets[name]],
                      "mIoU": float(np.nanmean([iou[i] for i in kept])) * 100,
                      "IoU": {dataset.class_names[i]: float(iou[i]) * 100 for i in kept}}
     if "removed" in out and "names" in out:
-        kept = embeds["removed"][0]
+        kept = sorted(embeds["removed"][0])
         iou = cms["names"].compute()["IoU"]
         out["names_on_kept"] = {"mIoU": float(np.nanmean([iou[i] for i in kept])) * 100}
     return out
@@ -91,10 +94,12 @@ def study(model, dataset, label_sets: dict[str, list[tuple[int, str]]], limit: i
 
 def load_label_sets(path, class_names: list[str]) -> dict[str, list[str]]:
     """--sets: a YAML mapping {set name: [one label per class, in class order]}; ValueError names the problem."""
+    from pathlib import Path
+
     import yaml
 
     try:
-        data = yaml.safe_load(open(path, encoding="utf-8"))
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as e:
         raise ValueError(f"--sets {path}: cannot read it as YAML ({e})") from None
     if not isinstance(data, dict) or not data:
