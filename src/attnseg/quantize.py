@@ -107,11 +107,10 @@ def label_similarity(graph) -> list[str]:
     |b|^2, a difference of large terms: int8 there cost a model trained with label noise 5.7 mIoU)."""
     tail = set(downstream_of(graph, "text_embeddings"))
     reached = {"text_embeddings"} | {o for n in graph.node if n.name in tail for o in n.output}
-    features = {i for n in graph.node if n.name in tail for i in n.input if i and i not in reached}
-    consts = {t.name for t in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant"}
-    made_by = {o: n for n in graph.node for o in n.output}
-    features = {f for f in features if f not in consts and f in made_by and made_by[f].name not in tail
-                and f not in shape_tensors(graph)}
+    computed = {o for n in graph.node for o in n.output}  # not a weight or a graph input
+    sizes = shape_tensors(graph)  # sizes and weight arithmetic (Constant nodes included) are not features
+    features = {i for n in graph.node if n.name in tail for i in n.input
+                if i and i not in reached and i in computed and i not in sizes}
     return downstream_of(graph, "text_embeddings", *features)
 
 
