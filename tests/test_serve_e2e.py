@@ -129,3 +129,35 @@ def test_the_page_in_chromium(server, tmp_path):
         browser.close()
     shot = Image.open(ROOT / "results" / "serve_screenshot.png")
     assert shot.size[0] >= 1000
+
+
+def test_api_docs_render_offline(server, tmp_path):
+    """/docs and /redoc render with every request outside the server blocked: their scripts come from the package."""
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        blocked = []
+
+        def only_local(route):
+            if route.request.url.startswith(server):
+                route.continue_()
+            else:
+                blocked.append(route.request.url)
+                route.abort()
+
+        page.route("**/*", only_local)
+        page.goto(server + "/docs")
+        page.wait_for_selector(".swagger-ui .info .title", timeout=30_000)
+        assert "attnseg" in page.inner_text(".swagger-ui .info .title")
+        page.wait_for_selector(".opblock-summary-path[data-path='/api/segment']", timeout=30_000)
+        page.screenshot(path=str(tmp_path / "docs.png"))
+        page.goto(server + "/redoc")
+        page.wait_for_selector("h1", timeout=30_000)
+        assert "attnseg" in page.inner_text("h1")
+        page.wait_for_selector("text=segment one image", timeout=30_000)
+        page.screenshot(path=str(tmp_path / "redoc.png"))
+        browser.close()
+    assert blocked == [], blocked
+    for shot in ("docs.png", "redoc.png"):
+        a = np.asarray(Image.open(tmp_path / shot).convert("L"))
+        assert a.std() > 10, f"{shot} is blank"

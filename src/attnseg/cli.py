@@ -61,6 +61,15 @@ def _size(s: str):
     return int_range(8, 16384)(s)
 
 
+def _add_work_limit(p: argparse.ArgumentParser) -> None:
+    from .worksize import MAX_WORK_PIXELS, MAX_WORK_SIDE, MIN_WORK_SIDE
+
+    p.add_argument("--max-work-pixels", type=int_range(MIN_WORK_SIDE ** 2), default=MAX_WORK_PIXELS,
+                   help=f"most pixels one model input may have after resizing (default {MAX_WORK_PIXELS:,} = "
+                        f"2048x2048); larger working sizes are shrunk to fit, long sides capped at {MAX_WORK_SIDE}; "
+                        f"aspect ratios beyond {MAX_WORK_SIDE // MIN_WORK_SIDE}:1 are refused")
+
+
 def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--model", required=required, default=None,
                    help="shipped model name, checkpoint file/dir, or hub id (org/name)")
@@ -85,8 +94,10 @@ def _load(args):
         over = {"text_encoder": args.text_encoder} if getattr(args, "text_encoder", None) else {}
         over.update(_model_options(getattr(args, "model_option", [])))
         model = attnseg.load_model(args.model, model=args.arch, device=getattr(args, "device", "cpu"), **over)
+        if is_language_driven(model):
+            model.text_encoder  # noqa: B018 - built now: a missing extra is one line here, not a traceback later
     except (ValueError, OSError, ImportError) as e:
-        raise CLIError(str(e)) from None
+        raise CLIError(_first_line(e)) from None
     return _maybe_onnx(model, args)
 
 
@@ -248,6 +259,9 @@ def _all_outputs(base: Path) -> tuple[Path, ...]:
 
 
 def _check_out_dir(out: Path) -> None:
+    if out.is_symlink() and not out.exists():
+        raise CLIError(f"--out {out} is a symbolic link to {os.readlink(out)}, which does not exist; create that "
+                       "folder or choose another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -302,11 +316,13 @@ def check_device(name: str) -> str:
 
 
 def _inference_config(args, scales=None, flip=False):
-    from .engine.inference import InferenceConfig
+    from .engine.inference import InferenceConfig, WorkLimit
 
     stride = args.stride or tuple(max(1, math.ceil(c * 2 / 3)) for c in args.crop)
+    work = WorkLimit(max_pixels=args.max_work_pixels)
     try:
-        return InferenceConfig(mode=args.mode, crop=args.crop, stride=stride, scales=scales or [1.0], flip=flip)
+        return InferenceConfig(mode=args.mode, crop=args.crop, stride=stride, scales=scales or [1.0], flip=flip,
+                               work=work)
     except ValueError as e:
         raise CLIError(f"--stride/--crop: {e}") from None
 
@@ -327,11 +343,14 @@ def default_model_source() -> str | None:
 
 
 def cmd_predict(args) -> int:
-    import numpy as np
+    import warnings
+
     from tqdm import tqdm
 
     import attnseg
-    from .io import MAX_LABELS, ImageReadError, atomic_save, label_png, overlay, read_image
+    from .engine.inference import WorkSizeError
+    from .io import MAX_LABELS, ImageNote, ImageReadError, WriteFailed, read_image
+    from .segmenter import scaled_size
 
     check_device(args.device)
     if args.threads:
@@ -379,37 +398,67 @@ def cmd_predict(args) -> int:
     elif is_language_driven(model) and not getattr(model, "default_labels", None):
         raise CLIError("this LSeg model needs --labels \"sky, road, car, other\" (or --labels-file FILE)")
     _check_out_dir(out)
-    failed, replaced = [], 0
+    failed, replaced, stopped = [], 0, None
     bar = tqdm(plan, unit="img", disable=len(plan) < 2 or not sys.stderr.isatty() or bool(videos))
+    pending: list = []  # (file, output base, rgb): images of one size, run as one batch
+
+    def report(f, e):
+        nonlocal stopped
+        failed.append(f)
+        if isinstance(e, WriteFailed) and e.stop:
+            stopped = stopped or e  # disk full (or read-only): no later write can succeed; said once, at the end
+            return
+        msg = _first_line(e)
+        tqdm.write(f"error: {msg if isinstance(e, (ImageReadError, WriteFailed)) else f'{f}: {msg}'}; skipped",
+                   file=sys.stderr)
+
+    def flush():
+        nonlocal replaced
+        batch, pending[:] = list(pending), []
+        try:
+            labels_ = ([seg.predict(batch[0][2], **kw)] if len(batch) == 1
+                       else seg.predict_batch([rgb for _, _, rgb in batch], **kw))
+        except (MemoryError, RuntimeError, WorkSizeError) as e:
+            for f, _, _ in batch:
+                report(f, e if isinstance(e, WorkSizeError) else RuntimeError(f"{type(e).__name__}: {_first_line(e)}"))
+            return
+        for (f, base, rgb), label in zip(batch, labels_):
+            if stopped is None:
+                replaced += _write_prediction(f, base, rgb, label, seg, palette, args.alpha, bar.disable, report)
+
     for f, base in bar:
+        if stopped is not None:
+            break
         if is_video(f):
+            if pending:
+                flush()
             try:
                 replaced += _predict_video(seg, f, base, args, palette, kw)
-            except (VideoReadError, ImageReadError, MemoryError, RuntimeError) as e:
-                failed.append(f)
-                print(f"error: {_first_line(e)}; skipped", file=sys.stderr)
+            except (VideoReadError, ImageReadError, WriteFailed, WorkSizeError, MemoryError, RuntimeError) as e:
+                report(f, e)
             continue
         try:
-            rgb = read_image(f, args.max_pixels)
-            label = seg.predict(rgb, **kw)
-        except (ImageReadError, MemoryError, RuntimeError) as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            failed.append(f)
-            tqdm.write(f"error: {msg if isinstance(e, ImageReadError) else f'{f}: {type(e).__name__}: {msg}'}; "
-                       "skipped", file=sys.stderr)
+            with warnings.catch_warnings(record=True) as notes:
+                warnings.simplefilter("always", ImageNote)
+                rgb = read_image(f, args.max_pixels)
+            work = seg.working_size(*rgb.shape[:2])
+        except (ImageReadError, WorkSizeError) as e:
+            report(f, e)
             continue
-        lab_path, ov_path = output_files(base)
-        replaced += lab_path.exists() + ov_path.exists()
-        atomic_save(label_png(label, palette), lab_path)
-        atomic_save(overlay(rgb, label, palette, args.alpha), ov_path, quality=90)
-        if not bar.disable:
-            continue
-        counts = np.bincount(label.ravel(), minlength=1)
-        top = counts.argsort()[::-1][:3]
-        names = seg.class_names or []
-        desc = ", ".join(f"{names[i] if i < len(names) else i} {100 * counts[i] / label.size:.0f}%" for i in top
-                         if counts[i])
-        print(f"{f} -> {lab_path} ({desc})")
+        for n in notes:
+            tqdm.write(f"note: {n.message}", file=sys.stderr)
+        if work != scaled_size(*rgb.shape[:2], seg.size):
+            tqdm.write(f"note: {f} runs at {work[1]}x{work[0]}, not {'x'.join(map(str, scaled_size(*rgb.shape[:2], seg.size)[::-1]))}, "
+                       f"to stay within the working-size limits (--max-work-pixels {seg.inference.work.max_pixels})",
+                       file=sys.stderr)
+        if pending and (pending[0][2].shape != rgb.shape or len(pending) >= args.batch):
+            flush()
+        pending.append((f, base, rgb))
+    if pending and stopped is None:
+        flush()
+    if stopped is not None:
+        print(f"error: {stopped}; stopped: the files written so far are complete", file=sys.stderr)
+        return 1
     ok_videos = len(set(videos) - set(failed))
     ok = len(plan) - len(failed) - ok_videos
     what = ([f"{ok} label map(s) and overlay(s)"] if ok or not ok_videos else []) + \
@@ -418,6 +467,31 @@ def cmd_predict(args) -> int:
                                                                  if replaced else "")
           + (f"; {len(failed)} failed: " + ", ".join(map(str, failed)) if failed else ""))
     return 1 if failed else 0
+
+
+def _write_prediction(f, base, rgb, label, seg, palette, alpha, verbose, report) -> int:
+    """Write one image's label map and overlay (each encoded in memory, then atomically); returns the number
+    of files replaced. A write that fails is reported (one line) and the image counted as failed."""
+    import numpy as np
+
+    from .io import WriteFailed, atomic_save, label_png, overlay
+
+    lab_path, ov_path = output_files(base)
+    replaced = lab_path.exists() + ov_path.exists()
+    try:
+        atomic_save(label_png(label, palette), lab_path)
+        atomic_save(overlay(rgb, label, palette, alpha), ov_path, quality=90)
+    except WriteFailed as e:
+        report(f, e)
+        return 0
+    if verbose:
+        counts = np.bincount(label.ravel(), minlength=1)
+        top = counts.argsort()[::-1][:3]
+        names = seg.class_names or []
+        desc = ", ".join(f"{names[i] if i < len(names) else i} {100 * counts[i] / label.size:.0f}%" for i in top
+                         if counts[i])
+        print(f"{f} -> {lab_path} ({desc})")
+    return replaced
 
 
 def _predict_video(seg, f: Path, base: Path, args, palette, kw) -> int:
@@ -449,7 +523,10 @@ def _read_labels(args) -> list[str] | None:
         try:
             raw = Path(args.labels_file).read_text(encoding="utf-8").splitlines()
         except OSError as e:
-            raise CLIError(f"cannot read --labels-file {args.labels_file}: {e}") from None
+            raise CLIError(f"cannot read --labels-file {args.labels_file}: {e.strerror or e}") from None
+        except UnicodeDecodeError as e:
+            raise CLIError(f"--labels-file {args.labels_file} is not UTF-8 text (byte {e.object[e.start]:#04x} at "
+                           f"offset {e.start}); save it as UTF-8, one label per line") from None
         raw = [s for s in raw if s.strip()]
     if raw is None:
         return None
@@ -644,6 +721,9 @@ def cmd_erf(args) -> int:
     return 0
 
 
+EXPLAIN_MAX_WORK_PIXELS = 1_048_576  # 1024x1024: SegFormer-B0's recorded stage-1 weights are ~250 MB there
+
+
 def cmd_explain(args) -> int:
     import torch
 
@@ -666,12 +746,15 @@ def cmd_explain(args) -> int:
             raise CLIError("this LSeg model needs --labels \"sky, road, car, other\"")
     elif labels:
         raise CLIError(f"--labels needs a language-driven model (lseg-*); {args.model} has fixed classes")
+    from .engine.inference import InferenceConfig, WorkLimit, WorkSizeError
+
+    seg = __import__("attnseg").Segmenter(model, size=args.size,
+                                          inference=InferenceConfig(work=WorkLimit(max_pixels=args.max_work_pixels)))
     try:
         rgb = read_image(args.image)
-    except ImageReadError as e:
-        raise CLIError(str(e)) from None
-    seg = __import__("attnseg").Segmenter(model, size=args.size)
-    x, (H, W) = seg.preprocess(rgb)
+        x, (H, W) = seg.preprocess(rgb)
+    except (ImageReadError, WorkSizeError) as e:
+        raise CLIError(f"{args.image}: {e}" if isinstance(e, WorkSizeError) else str(e)) from None
     if not (0 <= py < H and 0 <= px < W):
         raise CLIError(f"--pixel {py},{px} is outside the {H}x{W} image")
     h, w = x.shape[-2:]
@@ -852,6 +935,19 @@ def _limit_malloc_arenas(n: int = 2) -> None:
         pass
 
 
+def _serve_logging(level: str) -> None:
+    """The server's own log on stderr: one access line per request (info), failures with their traceback and
+    request id (error)."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log = logging.getLogger("attnseg.serve")
+    log.addHandler(handler)
+    log.setLevel(level.upper())
+    log.propagate = False
+
+
 def cmd_serve(args) -> int:
     try:
         import uvicorn
@@ -869,11 +965,11 @@ def cmd_serve(args) -> int:
         raise CLIError(str(e)) from None
     settings = Settings(max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, max_batch=args.max_batch,
                         max_wait_ms=args.max_wait_ms, queue=args.queue, timeout_s=args.timeout, cors=args.cors)
-    from .serve.app import BodyLimit
-
-    app = BodyLimit(create_app(models, settings), int(args.max_upload_mb * 2**20))
+    app = create_app(models, settings)
+    _serve_logging(args.log_level)
     print(f"serving {', '.join(models)} on http://{args.host}:{args.port}/ (API docs: /docs)", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
+                timeout_graceful_shutdown=5)
     return 0
 
 
@@ -901,6 +997,7 @@ def _model_from_name_or_source(args, fixed_labels: bool = False):
 
 def cmd_export(args) -> int:
     from .export import ExportError, export_onnx
+    from .io import WriteFailed
 
     _check_file_out(args.out)
     model = _model_from_name_or_source(args)
@@ -911,6 +1008,8 @@ def cmd_export(args) -> int:
         path = export_onnx(model, args.out, dynamic=args.dynamic, example_size=args.size, opset=args.opset)
     except (ImportError, ExportError) as e:
         raise CLIError(str(e)) from None
+    except OSError as e:  # WriteFailed names the file; a temp file of the exporter's its own
+        raise CLIError(str(e) if isinstance(e, WriteFailed) else f"cannot write {args.out}: {e.strerror or e}") from None
     print(f"wrote {path} ({'dynamic batch/height/width' if args.dynamic else f'fixed {args.size[0]}x{args.size[1]}'}"
           + (f", ISR {args.isr} baked in" if args.isr else "") + ")")
     return 0
@@ -919,6 +1018,7 @@ def cmd_export(args) -> int:
 def _export_int8(model, args) -> int:
     from .data import DatasetError, EvalTransform, build_dataset
     from .export import ExportError
+    from .io import WriteFailed
     from .quantize import calibration_inputs, default_fp32_ops, quantize_int8
 
     if not args.calibrate:
@@ -935,6 +1035,8 @@ def _export_int8(model, args) -> int:
         path = quantize_int8(model, args.out, calib, args.calib_method, excl)
     except (DatasetError, ValueError, ImportError, ExportError) as e:
         raise CLIError(str(e)) from None
+    except OSError as e:
+        raise CLIError(str(e) if isinstance(e, WriteFailed) else f"cannot write {args.out}: {e.strerror or e}") from None
     print(f"wrote {path} (int8 QDQ, per-channel weights, {args.calib_method} calibration on {len(calib)} images"
           + (f", fp32 op types: {','.join(excl)}" if excl else "")
           + "; products of two activations and size arithmetic in fp32)")
@@ -1055,7 +1157,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_size, default="auto",
                    help="short side to run at: auto (default: the size the model was trained at, as its checkpoint "
                         "records; 512 if it records none), native (the image's own resolution) or N pixels; the "
-                        "label map always comes back at the image's size")
+                        "label map always comes back at the image's size. Small images are upscaled to it (an 8x8 "
+                        "icon runs as a 540x540 image: it costs as much as a photo; images of one size run --batch "
+                        "at a time); the result is then fitted to --max-work-pixels")
     p.add_argument("--mode", choices=["whole", "slide"], default="whole")
     p.add_argument("--crop", type=_pair, default=(512, 512), help="slide window, N or HxW")
     p.add_argument("--stride", type=_pair, default=None, help="slide stride, N or HxW (default: 2/3 of the crop)")
@@ -1063,6 +1167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=int_range(1), default=None,
                    help="refuse images with more pixels than this, read from the header before decoding "
                         "(default 250e6)")
+    _add_work_limit(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--isr", default=None, help="inference spatial reduction ENC[:DEC], e.g. 2,2,1,1:2,2,2")
     p.add_argument("--backend", choices=["eager", "onnx"], default="eager",
@@ -1074,7 +1179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-masks", action="store_true",
                    help="videos: also write one label PNG per frame (NAME_masks/000000.png, ...)")
     p.add_argument("--batch", type=int_range(1, 256), default=4,
-                   help="videos: frames per forward pass (default 4); videos become NAME_overlay.mp4 (H.264, no "
+                   help="images of one size and video frames per forward pass (default 4); videos become NAME_overlay.mp4 (H.264, no "
                         "audio) and need PyAV: pip install 'attnseg[video]'")
     p.set_defaults(fn=cmd_predict)
 
@@ -1099,6 +1204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scales", type=_scales, default=[1.0], help="multi-scale test, e.g. 0.5,0.75,1.0,1.25,1.5,1.75")
     p.add_argument("--flip", action="store_true", help="add horizontally flipped inputs")
     p.add_argument("--scale", type=_pair, default=None, help="keep-ratio resize before inference, e.g. 2048x512")
+    _add_work_limit(p)
     p.add_argument("--isr", default=None, help="inference spatial reduction ENC[:DEC]")
     p.add_argument("--fb-background", type=int_range(0, 65535), default=None, help="report FB-IoU with this background class")
     p.add_argument("--labels", default=None, help="LSeg: labels in class order (e.g. synonyms), comma-separated")
@@ -1203,6 +1309,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", default=None, help="LSeg: comma-separated labels (per-label similarity maps)")
     p.add_argument("--labels-file", default=None)
     p.add_argument("--size", type=_size, default="auto", help="short side to run at (as predict)")
+    p.add_argument("--max-work-pixels", type=int_range(1024), default=EXPLAIN_MAX_WORK_PIXELS,
+                   help=f"most pixels the model input may have (default {EXPLAIN_MAX_WORK_PIXELS:,}: every attention "
+                        "layer's weights are kept, quadratic in the pixels); larger inputs are shrunk to fit")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(fn=cmd_explain)
 
@@ -1218,6 +1327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["whole", "slide"], default="whole")
     p.add_argument("--crop", type=_pair, default=(512, 512))
     p.add_argument("--stride", type=_pair, default=None)
+    _add_work_limit(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="robustness", help="output folder")
     p.set_defaults(fn=cmd_robustness)
@@ -1250,8 +1360,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue", type=int_range(1, 100000), default=32, help="queued requests before 503")
     p.add_argument("--max-upload-mb", type=float_range(0.001, 10000.0), default=20.0)
     p.add_argument("--max-pixels", type=int_range(1), default=40_000_000, help="per image, read from the header")
+    _add_work_limit(p)
     p.add_argument("--timeout", type=float_range(0.1, 3600.0), default=60.0, help="seconds per request")
     p.add_argument("--cors", default=None, metavar="ORIGIN", help="allow this origin (no CORS headers otherwise)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
+                   help="server log on stderr: info writes one access line per request; errors always carry the "
+                        "request id and traceback (default info)")
     p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("isr-sweep", help="mIoU / GFLOPs / latency over a grid of ISR settings, with a plot")
@@ -1280,6 +1394,15 @@ def main(argv: list[str] | None = None) -> int:
     except CLIError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (OSError, ValueError, ImportError) as e:  # a library error no verb caught: still one line
+        from .io import WriteFailed
+        from .models.text import TextEncoderError
+        from .worksize import WorkSizeError
+
+        if not isinstance(e, (WriteFailed, WorkSizeError, TextEncoderError, ImportError)):
+            raise
+        print(f"error: {_first_line(e)}", file=sys.stderr)
+        return 1 if isinstance(e, WriteFailed) else 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -81,12 +82,13 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, dynamic: bool =
         args, names, graph = (x, text), ["images", "text_embeddings"], _LSegGraph(model).eval()
         if dynamic:
             shapes["text_embeddings"] = {0: "labels"}
-    from .io import atomic_write
+    from .io import atomic_write_bytes
     from .models.layers import export_forms
 
     quiet_exporter_logs()
     try:
-        with export_forms():  # the onnxruntime-friendly forms of a few layers (same outputs)
+        with export_forms(), warnings.catch_warnings():  # the onnxruntime-friendly forms of a few layers
+            warnings.filterwarnings("ignore", category=FutureWarning, module="copyreg")  # torch-internal pytree notice
             prog = torch.onnx.export(graph, args, dynamo=True, input_names=names, output_names=["logits"],
                                      dynamic_shapes=shapes, opset_version=opset, optimize=True, verbose=False)
     except Exception as e:
@@ -102,7 +104,7 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, dynamic: bool =
     prog.model.metadata_props["attnseg"] = json.dumps(info)
     proto = prog.model_proto
     fold_same_padding(proto)
-    return atomic_write(path, lambda tmp: onnx.save(proto, str(tmp)))
+    return atomic_write_bytes(path, proto.SerializeToString())  # size-checked: a full disk is one line
 
 
 SAME_PAD_MODULE = "attnseg.models.efficientnet.SameConv2d"

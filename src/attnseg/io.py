@@ -9,12 +9,15 @@
     their values fit in 16 bits (else min-max), float images from [0, 1] (or min-max); modes with
     transparency (RGBA, LA, P with a transparent index) are composited over white, as a viewer shows
     them; CMYK, YCbCr, 1-bit and palette images through Pillow's conversions.
-Every write is atomic (temp file in the target folder, then rename) with the umask's permissions;
-a failure leaves neither a partial file nor a temp file.
+Every write is atomic (encoded in memory where it can be, written to a temp file in the target folder,
+fsynced, its size checked, then renamed) with the umask's permissions; a failure raises `WriteFailed`,
+one line naming the path and the cause, and leaves neither a partial file nor a temp file.
 """
 from __future__ import annotations
 
 import colorsys
+import contextlib
+import errno
 import io
 import os
 import tempfile
@@ -36,6 +39,10 @@ class ImageReadError(ValueError):
 
 class ImageTooLarge(ImageReadError):
     """More pixels than the limit (read from the header, before decoding)."""
+
+
+class ImageNote(UserWarning):
+    """Something the user should know about an image that was still read (e.g. pages beyond the first)."""
 
 
 def _open(source, name: str, max_pixels: int | None, what: str = "image") -> Image.Image:
@@ -110,18 +117,26 @@ def pil_to_rgb(im: Image.Image) -> np.ndarray:
 
 
 def read_image(source: str | os.PathLike | bytes | BinaryIO, max_pixels: int | None = None,
-               name: str | None = None) -> np.ndarray:
+               name: str | None = None, orient: bool = True) -> np.ndarray:
     """RGB uint8 (H, W, 3) as the image is displayed (EXIF orientation applied).
 
     source: a path, the file's bytes or a binary file object; `name` labels it in errors.
+    orient=False reads the pixels as stored: a dataset's image must stay aligned with its label map, which
+    carries no orientation (the datasets and few-shot benchmarks read both as stored, as their references do).
     Raises ImageReadError (one line, naming the file) for a missing, corrupt, truncated or too large file.
     """
     name = name or (str(source) if isinstance(source, (str, os.PathLike)) else "upload")
     im = _open(source, name, max_pixels)
+    pages = getattr(im, "n_frames", 1)
+    if pages > 1:
+        kind = "pages" if im.format in ("TIFF", "MPO") else "frames"
+        warnings.warn(f"{name} has {pages} {kind}; only the first is segmented (save each {kind[:-1]} as its own "
+                      "file to segment the others)", ImageNote, stacklevel=2)
     try:
         with im:
             im.load()
-            im = ImageOps.exif_transpose(im) or im
+            if orient:
+                im = ImageOps.exif_transpose(im) or im
             out = pil_to_rgb(im)
     except ImageReadError:
         raise
@@ -197,25 +212,76 @@ def extend_palette(palette: list[list[int]] | None, n: int) -> list[list[int]]:
 
 # -- atomic writes ---------------------------------------------------------------------------------
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call write(tmp_path) on a temp file beside `path`, then rename it over `path`. The file gets the
-    umask's permissions (not mkstemp's 0600); on any failure the temp file is removed."""
+STOP_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}  # no later write can succeed either
+
+
+class WriteFailed(OSError):
+    """A file could not be written; `str()` is one line naming the path and the cause. `stop` is true when
+    later writes would fail the same way (disk full, quota, read-only file system): a batch stops there."""
+
+    def __init__(self, path, cause: str, code: int | None = None):
+        super().__init__(code, f"cannot write {path}: {cause}")
+        self.path, self.cause = Path(path), cause
+        self.stop = code in STOP_ERRNOS
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def _cause(e: BaseException) -> tuple[str, int | None]:
+    code = getattr(e, "errno", None)
+    if isinstance(code, int) and code in errno.errorcode:
+        return os.strerror(code), code
+    return (str(e).splitlines() or [type(e).__name__])[0][:200], code if isinstance(code, int) else None
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None], size: int | None = None) -> Path:
+    """Call write(tmp_path) on a temp file beside `path`, fsync it, check it holds `size` bytes when given,
+    then rename it over `path`. The file gets the umask's permissions (not mkstemp's 0600). Any failure
+    raises WriteFailed (one line: the path and the cause) and leaves neither a partial file nor a temp file."""
     path = Path(path)
     if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder; name a file to write")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+        raise WriteFailed(path, "a folder is in the way; name a file to write", errno.EISDIR)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         write(tmp)
+        _fsync(tmp)  # a delayed-allocation 'no space' surfaces here, not after the rename
+        if size is not None and os.path.getsize(tmp) != size:
+            raise WriteFailed(path, f"wrote {os.path.getsize(tmp)} of {size} bytes (is the disk full?)",
+                              errno.ENOSPC)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
+    except WriteFailed:
+        raise
+    except OSError as e:
+        raise WriteFailed(path, *_cause(e)) from None
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp is not None and os.path.exists(tmp):
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
     return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write bytes made in memory (so an encoder that swallows a write error cannot leave a short file)."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    return atomic_write(path, write, size=len(data))
 
 
 def remove_stale_temps(folder: str | os.PathLike, name: str) -> list[Path]:
@@ -230,17 +296,22 @@ def remove_stale_temps(folder: str | os.PathLike, name: str) -> list[Path]:
     return removed
 
 
-def atomic_save(img: Image.Image, path: str | os.PathLike, **kw) -> None:
+def encode_image(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def atomic_save(img: Image.Image, path: str | os.PathLike, **kw) -> Path:
+    """Encode `img` in memory in the format its suffix names, then write it atomically."""
     fmt = Image.registered_extensions().get(Path(path).suffix.lower())
-    atomic_write(path, lambda tmp: img.save(tmp, format=fmt, **kw))
+    if fmt is None:
+        raise WriteFailed(path, f"unknown image format {Path(path).suffix!r}")
+    return atomic_write_bytes(path, encode_image(img, fmt, **kw))
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-
-    atomic_write(path, write)
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def label_png(label: np.ndarray, palette: list[list[int]]) -> Image.Image:

@@ -45,7 +45,9 @@ class Segmenter:
     image: a path, bytes, PIL image or (H, W, 3) uint8 RGB array (EXIF orientation applied).
     size: "auto" (default) runs the image with its short side at the model's working size (the one its
     checkpoint records, e.g. 360 for the CamVid models; 512 if it records none); an int sets that short
-    side; "native" (or None) runs at the image's own resolution. The result always comes back at the
+    side; "native" (or None) runs at the image's own resolution. Either is then fitted to
+    `inference.work` (at most 4.2 megapixels and 8192 pixels long, at least 32 short by default): a larger
+    input is shrunk, a smaller one grown, an aspect ratio beyond 256:1 refused (WorkSizeError). The result always comes back at the
     image's size: the scores are upsampled and arg-maxed in row bands, so a 6000x8000 photo never holds
     a full-size score tensor. `inference` chooses whole/slide/multi-scale. `dtype=torch.bfloat16` runs the
     model under autocast (weights stay fp32).
@@ -78,7 +80,9 @@ class Segmenter:
         return extend_palette(self.palette, n) if n > len(self.palette) else self.palette
 
     def working_size(self, h: int, w: int) -> tuple[int, int]:
-        return scaled_size(h, w, self.size)
+        """The size an (h, w) image runs at: its short side at `size`, then fitted to the working-size limits
+        (`inference.work`: pixels, long and short side); raises WorkSizeError for ratios no size can fit."""
+        return self.inference.work.fit(*scaled_size(h, w, self.size), name=f"image of {w}x{h}")
 
     def preprocess(self, image) -> tuple[torch.Tensor, tuple[int, int]]:
         """Normalised (1, 3, h, w) at the working size (resized as uint8, like the datasets), and (H, W)."""

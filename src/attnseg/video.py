@@ -88,6 +88,7 @@ def segment_video(seg, src, dst, masks_dir=None, batch: int = 4, alpha: float = 
     import torch
 
     from .io import DEFAULT_MAX_PIXELS, atomic_save, atomic_write, label_png
+    from .worksize import WorkSizeError
 
     src, dst = Path(src), Path(dst)
     palette = palette or seg.palette
@@ -136,6 +137,9 @@ def segment_video(seg, src, dst, masks_dir=None, batch: int = 4, alpha: float = 
                 rgb = upright(frame.to_ndarray(format="rgb24"), getattr(frame, "rotation", 0) or 0)
                 if not put(q_in, (rgb, *seg.preprocess(rgb))):
                     return
+        except WorkSizeError as e:  # frames no working size fits (e.g. 20000x12)
+            errors.append(VideoReadError(f"{src}: frame {e}"))
+            stop.set()
         except Exception as e:  # a corrupt packet mid-file: stop and report
             errors.append(VideoReadError(f"cannot decode {src}: {e}"))
             stop.set()
@@ -174,7 +178,11 @@ def segment_video(seg, src, dst, masks_dir=None, batch: int = 4, alpha: float = 
             errors.append(e)
             stop.set()
         finally:
-            out.close()
+            try:
+                out.close()  # muxes the trailer: on a full disk it fails here
+            except Exception as e:
+                errors.append(e)
+                stop.set()
 
     t0 = time.perf_counter()
 

@@ -17,6 +17,47 @@ class ConfigError(ValueError):
     pass
 
 
+MAX_CONFIG_VALUES = 100_000  # values in a config after YAML aliases are expanded; real configs hold < 200
+MAX_CONFIG_BYTES = 1_000_000
+SHOWN = 200  # characters of a value an error message echoes
+
+
+def _show_text(text: str) -> str:
+    one = " ".join(text.split())
+    return one if len(one) <= SHOWN else one[:SHOWN - 3] + "..."
+
+
+def _show(value: Any) -> str:
+    """repr of a value for an error message, cut to SHOWN characters (a YAML alias bomb must not become a
+    message of hundreds of MB); the repr of a nested value is built only as far as needed."""
+    if isinstance(value, (list, tuple, dict)) and _count_values(value, SHOWN) > SHOWN:
+        head = list(value.items())[:5] if isinstance(value, dict) else list(value)[:5]
+        inner = ", ".join(_show(x)[:40] for x in head)
+        return f"{type(value).__name__} of {len(value)} items ({inner}, ...)"[:SHOWN]
+    r = repr(value)
+    return r if len(r) <= SHOWN else r[:SHOWN - 3] + "..."
+
+
+def _count_values(data: Any, limit: int = MAX_CONFIG_VALUES) -> int:
+    """Values in `data` with every alias expanded, counted up to just past `limit` (stops early)."""
+    n, stack = 0, [data]
+    while stack and n <= limit:
+        x = stack.pop()
+        n += 1
+        if isinstance(x, dict):
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        elif isinstance(x, (list, tuple)):
+            stack.extend(x)
+    return n
+
+
+def _check_expanded(data: Any, where: str) -> None:
+    if _count_values(data) > MAX_CONFIG_VALUES:
+        raise ConfigError(f"{where} expands to more than {MAX_CONFIG_VALUES:,} values (YAML anchors and aliases "
+                          "nested into a bomb?); a config holds a few hundred at most")
+
+
 @dataclass
 class ModelCfg:
     name: str = "segformer-b0"
@@ -121,10 +162,10 @@ def _check_type(path: str, value: Any, hint) -> Any:
         raise ConfigError(f"{path} may not be null")
     if hint is bool or s == "bool":
         if not isinstance(value, bool):
-            raise ConfigError(f"{path} must be true/false, got {value!r}")
+            raise ConfigError(f"{path} must be true/false, got {_show(value)}")
     elif s.startswith("int") or hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path} must be an integer, got {value!r}")
+            raise ConfigError(f"{path} must be an integer, got {_show(value)}")
     elif s.startswith("float") or hint is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
             try:
@@ -132,17 +173,17 @@ def _check_type(path: str, value: Any, hint) -> Any:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path} must be a number, got {value!r}")
+            raise ConfigError(f"{path} must be a number, got {_show(value)}")
         value = float(value)
     elif s.startswith("str") or hint is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{path} must be a string, got {value!r}")
+            raise ConfigError(f"{path} must be a string, got {_show(value)}")
     elif s.startswith("list"):
         if not isinstance(value, list):
-            raise ConfigError(f"{path} must be a list, got {value!r}")
+            raise ConfigError(f"{path} must be a list, got {_show(value)}")
     elif s.startswith("dict") or hint is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{path} must be a mapping, got {value!r}")
+            raise ConfigError(f"{path} must be a mapping, got {_show(value)}")
     return value
 
 
@@ -226,7 +267,7 @@ def validate(cfg: Config) -> Config:
         section, name = key.split(".")
         v = getattr(getattr(cfg, section), name)
         if not ok(v):
-            raise ConfigError(f"{key} = {v!r} is out of range; expected {accepted}")
+            raise ConfigError(f"{key} = {_show(v)} is out of range; expected {accepted}")
     if cfg.model.name not in MODELS:
         close = [n for n in MODELS if cfg.model.name.split("-")[0] in n][:8]
         raise ConfigError(f"model.name = {cfg.model.name!r} is not a registered architecture"
@@ -247,20 +288,28 @@ def load_config(path: str | Path | None = None, sets: list[str] | None = None) -
         if not p.is_file():
             raise ConfigError(f"config file {p} not found")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            if p.stat().st_size > MAX_CONFIG_BYTES:
+                raise ConfigError(f"config file {p} is {p.stat().st_size:,} bytes; a config is a few KB "
+                                  f"(limit {MAX_CONFIG_BYTES:,})")
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"{p} is not valid YAML: {e}") from None
+            raise ConfigError(f"{p} is not valid YAML: {_show_text(str(e))}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {p} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+                              f"{e.start})") from None
+        _check_expanded(data, f"config file {p}")
         if not isinstance(data, dict):
             raise ConfigError(f"{p} must hold a mapping at the top level")
         _merge(cfg, data, "")
     for s in sets or []:
         if "=" not in s:
-            raise ConfigError(f"--set expects key=value (e.g. train.iters=1000), got {s!r}")
+            raise ConfigError(f"--set expects key=value (e.g. train.iters=1000), got {_show(s)}")
         key, raw = s.split("=", 1)
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
             value = raw
+        _check_expanded(value, f"--set {_show(key)}")
         parts = key.strip().split(".")
         if parts[:2] == ["model", "options"]:
             if len(parts) != 3:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.layers import resize
+from ..worksize import WorkLimit, WorkSizeError
 
 
 @dataclass
@@ -26,6 +27,7 @@ class InferenceConfig:
     window_batch: int = 4
     scales: list[float] = field(default_factory=lambda: [1.0])
     flip: bool = False
+    work: WorkLimit = field(default_factory=WorkLimit)
 
     def __post_init__(self):
         if self.mode not in ("whole", "slide"):
@@ -89,8 +91,14 @@ def infer(model, x: torch.Tensor, cfg: InferenceConfig | None = None, num_classe
     H, W = x.shape[-2:]
 
     def run(inp):
+        h, w = inp.shape[-2:]
         if cfg.mode == "whole":
+            cfg.work.check(h, w)
             return forward_logits(model, inp, **kw).float()
+        cfg.work.check(*cfg.crop, what="slide window")
+        if h * w > 16 * cfg.work.max_pixels:  # the score buffer holds K x h x w floats
+            raise WorkSizeError(f"input of {w}x{h} is over 16x the working-size limit of {cfg.work.max_pixels:,} "
+                                "pixels for slide inference (--max-work-pixels); resize the images")
         k = num_classes or _num_classes(model, kw)
         return slide_logits(model, inp, k, cfg.crop, cfg.stride, cfg.window_batch, **kw)
 

