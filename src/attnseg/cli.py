@@ -894,22 +894,28 @@ def cmd_fewshot(args) -> int:
     import json
 
     from .data import DatasetError
-    from .data.fewshot import build_benchmark
+    from .data.fewshot import BACKGROUND, DEFAULT_SPLIT, PROTOCOLS, build_benchmark
     from .engine.fewshot import ZeroShotLSeg, evaluate_episodes
     from .io import ImageReadError, atomic_write_text
 
     model = _load(args)
     if not is_language_driven(model):
         raise CLIError(f"fewshot evaluates language-driven models (lseg-*) zero-shot; {args.model} has fixed classes")
+    words = args.label_words or PROTOCOLS[args.protocol]["words"]
+    background = args.background or BACKGROUND[words]
+    split = args.split or DEFAULT_SPLIT[args.benchmark]
     results = []
     try:
         for fold in args.folds:
-            bench = build_benchmark(args.benchmark, args.data_root, args.splits, fold, args.split, shots=args.shots,
+            bench = build_benchmark(args.benchmark, args.data_root, args.splits, fold, split, shots=args.shots,
                                     episodes=args.episodes, seed=args.seed, protocol=args.protocol)
             size = args.size or bench.score_size
-            r = evaluate_episodes(ZeroShotLSeg(model, size, args.background, args.device), bench,
-                                  progress=sys.stderr.isatty(), score_size=None if args.original_size else size)
-            print(f"{args.benchmark} fold {fold} ({r['episodes']} episodes, {args.protocol} protocol): "
+            r = evaluate_episodes(ZeroShotLSeg(model, size, background, args.device), bench,
+                                  progress=sys.stderr.isatty(), score_size=None if args.original_size else size,
+                                  words=words)
+            r["background"] = background
+            print(f"{args.benchmark} {split} fold {fold} ({r['episodes']} episodes, {args.protocol} protocol, "
+                  f"{words} label words): "
                   f"mIoU {r['mIoU']:.2f}  FB-IoU {r['FB-IoU']:.2f}"
                   + (f"  ({len(r['unseen_classes'])} class(es) drew no episode: IoU 0)" if r["unseen_classes"] else ""))
             results.append(r)
@@ -1236,19 +1242,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", required=True, help="HSNet's data/splits folder (pascal/, coco/, fss/)")
     p.add_argument("--folds", type=lambda s: [int(v) for v in s.split(",")], default=[0],
                    help="comma-separated folds (PASCAL/COCO 0..3; FSS-1000 has one split: 0)")
-    p.add_argument("--split", default="val", help="val (PASCAL/COCO), test (FSS-1000)")
+    p.add_argument("--split", default=None,
+                   help="split to evaluate (default: val for PASCAL-5i and COCO-20i, test for FSS-1000, as LSeg "
+                        "and HSNet evaluate)")
     p.add_argument("--protocol", choices=["lseg", "hsnet"], default="lseg",
                    help="episode schedule, mask reading and scoring size of LSeg's evaluation (default, 480) or "
                         "HSNet's (400); see the README")
+    p.add_argument("--label-words", choices=["lseg", "readable"], default=None,
+                   help="class words given to the text encoder: lseg (LSeg's label files: 'trafficlight', "
+                        "'tvmonitor', FSS names with underscores; background 'others') or readable ('traffic "
+                        "light', spaces; background 'other'); default: lseg under --protocol lseg, else readable")
     p.add_argument("--episodes", type=int_range(1), default=None,
-                   help="episodes per fold (default: the protocol's: 1000 PASCAL/COCO, every query for FSS-1000)")
+                   help="episodes per fold (default: the protocol's: 1000 for PASCAL-5i, wrapping around the "
+                        "fold's list, and COCO-20i; every query for FSS-1000: 2,160 on test under lseg)")
     p.add_argument("--original-size", action="store_true",
                    help="score at the original mask size (HSNet's --use_original_imgsize)")
     p.add_argument("--shots", type=int_range(1, 100), default=1, help="support images drawn per episode (unused zero-shot)")
     p.add_argument("--seed", type=int_range(0), default=0)
     p.add_argument("--size", type=int_range(16, 8192), default=None,
                    help="square input (and scoring) size; default the protocol's (480 lseg, 400 hsnet)")
-    p.add_argument("--background", default="other", help="the background label")
+    p.add_argument("--background", default=None,
+                   help="the background label (default: 'others' with LSeg's words, 'other' with readable ones)")
     p.add_argument("--out", default=None, help="write results as JSON here")
     p.add_argument("--device", default="cpu")
     p.set_defaults(fn=cmd_fewshot)

@@ -63,7 +63,7 @@ class SegDataset(Dataset):
 
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
         img_path, lab_path = self.samples[i]
-        img = read_image(img_path)
+        img = read_image(img_path, orient=False)  # as stored, like its label map
         if lab_path is None:
             return img, None
         lab = self.map_label(read_label(lab_path), lab_path)

@@ -17,13 +17,23 @@ Protocols (`protocol=`), facts from HSNet's `data/*.py`, `test.py`, `common/logg
 `fewshot_data/` copies and `test_lseg_zs.py`; both draw episodes from one legacy NumPy RandomState seeded
 with `seed` (their `fix_randseed(0)`), with the same calls in the same order, so seed 0 gives their episodes:
     "lseg" (default, LSeg's tables): images and masks resized to 480x480 (masks nearest) and scored there;
-        PASCAL: min(1000, #queries) episodes walking the fold's list; COCO: 1000 episodes, each a random
-        class, then a random query of it; FSS-1000 1-shot test: every image but the first of each class
-        (in sorted path order) as the query, once, with that first image as the support (2,160 episodes).
-    "hsnet": the same at 400x400 (HSNet's test size); PASCAL: 1000 episodes wrapping around the list;
-        FSS-1000: every image of each class once as the query (2,400), random supports (never the query).
+        PASCAL: 1000 episodes walking the fold's list and wrapping around it (`__len__` 1000, `idx %= n`);
+        COCO: 1000 episodes, each a random class, then a random query of it; FSS-1000 1-shot on `test`:
+        every image but the first of each class (in sorted path order) as the query, once, with that first
+        image as the support (240 classes x 9 = 2,160 episodes).
+    "hsnet": the same at 400x400 (HSNet's test size); FSS-1000: every image of each class once as the query
+        (2,400 on test), random supports (never the query).
 Both read FSS-1000 masks as `convert('L') >= 128` and count a fold class that no episode drew as IoU 0.
+Images and masks are read as stored (no EXIF rotation), as both references read them.
 `score_size=None` scores at the original mask size instead (HSNet's --use_original_imgsize).
+
+Label words (`label_text(c, words)`), what a zero-shot model is given for class c:
+    "lseg": LSeg's zero-shot net (`modules/models/lseg_net_zs.py`) tokenises ["others", label_list[class_id]]
+        with label_list read from lang-seg's `label_files/fewshot_{coco,fss}.txt` (shipped in
+        `attnseg/data/lseg_labels/`): COCO's 80 words as written there (`motorbike`, `trafficlight`, ...),
+        FSS-1000's 1000 names with their underscores, indexed as LSeg indexes them (class id + 520 on val,
+        + 760 on test). lang-seg's release has no PASCAL label file: PASCAL gets VOC's own class names.
+    "readable": VOC's names, COCO's names with spaces (`traffic light`), FSS-1000's with spaces; "other".
 """
 from __future__ import annotations
 
@@ -36,7 +46,16 @@ from ..io import read_image, read_label
 from .datasets import COCO_THINGS, DatasetError, PascalVOC
 
 IGNORE = 255
-PROTOCOLS = {"lseg": {"size": 480}, "hsnet": {"size": 400}}
+PROTOCOLS = {"lseg": {"size": 480, "words": "lseg"}, "hsnet": {"size": 400, "words": "readable"}}
+LABEL_WORDS = ("lseg", "readable")
+BACKGROUND = {"lseg": "others", "readable": "other"}  # LSeg's zero-shot net: ['others', label]
+DEFAULT_SPLIT = {"pascal5i": "val", "coco20i": "val", "fss1000": "test"}  # what LSeg and HSNet test on
+LSEG_LABELS = Path(__file__).parent / "lseg_labels"
+
+
+def lseg_label_list(name: str) -> list[str]:
+    """lang-seg's label_files/fewshot_{name}.txt, line by line (`line.strip()`, as its get_labels reads it)."""
+    return [line.strip() for line in (LSEG_LABELS / f"fewshot_{name}.txt").read_text().splitlines()]
 
 
 @dataclass
@@ -108,6 +127,12 @@ class FewShotBenchmark:
     def __len__(self) -> int:
         return len(self.plan)
 
+    def label_text(self, c: int, words: str = "readable") -> str:
+        """The text a zero-shot model gets for class c (see the module docstring's label words)."""
+        if words not in LABEL_WORDS:
+            raise ValueError(f"label words must be one of {', '.join(LABEL_WORDS)}, got {words!r}")
+        return self.class_names[c]
+
     def __getitem__(self, k: int) -> Episode:
         if not 0 <= k < len(self.plan):
             raise IndexError(k)
@@ -136,8 +161,8 @@ class Pascal5i(FewShotBenchmark):
         self.voc = _require(self.root / "VOC2012", "PASCAL VOC 2012")
 
     def schedule(self, rs, episodes):
-        n = len(self.queries)  # HSNet: 1000 episodes walking the list (wrapping); LSeg: min(1000, n)
-        count = episodes or (1000 if self.protocol == "hsnet" else min(1000, n))
+        n = len(self.queries)  # HSNet and LSeg: 1000 episodes walking the list, wrapping (idx %= n)
+        count = episodes or 1000
         plan = []
         for k in range(count):
             q, c = self.queries[k % n]
@@ -145,7 +170,7 @@ class Pascal5i(FewShotBenchmark):
         return plan
 
     def read(self, name, c):
-        img = read_image(self.voc / "JPEGImages" / f"{name}.jpg")
+        img = read_image(self.voc / "JPEGImages" / f"{name}.jpg", orient=False)
         lab = read_label(self.voc / "SegmentationClassAug" / f"{name}.png")
         mask = np.where(lab == IGNORE, IGNORE, lab == c + 1).astype(np.uint8)
         return img, mask
@@ -177,8 +202,12 @@ class COCO20i(FewShotBenchmark):
             plan.append((q, self._supports(rs, q, self.by_class[c]), c))
         return plan
 
+    def label_text(self, c: int, words: str = "readable") -> str:
+        super().label_text(c, words)
+        return lseg_label_list("coco")[c] if words == "lseg" else self.class_names[c]
+
     def read(self, name, c):
-        img = read_image(self.coco / name)
+        img = read_image(self.coco / name, orient=False)
         lab = read_label(self.coco / "annotations" / Path(name).with_suffix(".png"))
         return img, (lab == c + 1).astype(np.uint8)
 
@@ -218,10 +247,15 @@ class FSS1000(FewShotBenchmark):
 
     def read(self, name, c):
         d = self.base / self.class_names[c]
-        img = read_image(d / f"{name}.jpg")
+        img = read_image(d / f"{name}.jpg", orient=False)
         return img, (read_grey(d / f"{name}.png") >= 128).astype(np.uint8)
 
-    def label_text(self, c: int) -> str:
+    OFFSET = {"trn": 0, "val": 520, "test": 760}  # LSeg's class id: index in the sorted split + this
+
+    def label_text(self, c: int, words: str = "readable") -> str:
+        super().label_text(c, words)
+        if words == "lseg":
+            return lseg_label_list("fss")[self.OFFSET.get(self.split, 0) + c]
         return self.class_names[c].replace("_", " ")
 
 

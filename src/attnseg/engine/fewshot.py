@@ -6,7 +6,8 @@ For every episode the predicted binary mask is compared with the query mask (255
     FB-IoU = mean over b of (sum_c I[b, c]) / (sum_c U[b, c])
 as HSNet's AverageMeter computes them. The query mask is scored at the benchmark's `score_size` (nearest
 resize, as `F.interpolate(mode='nearest')` does in the references) or at its original size.
-A zero-shot LSeg predicts with the label set [background, class name] and ignores the supports; its input
+A zero-shot LSeg predicts with the label set [background, class word] ("others" and LSeg's words by default)
+and ignores the supports; its input
 is the query resized to `size` x `size` with Pillow's bilinear filter (torchvision's Resize on PIL images).
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..data.fewshot import IGNORE, Episode, FewShotBenchmark
+from ..data.fewshot import BACKGROUND, IGNORE, PROTOCOLS, Episode, FewShotBenchmark
 
 
 class FewShotMeter:
@@ -58,7 +59,7 @@ def resize_mask_nearest(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 class ZeroShotLSeg:
     """Predict an episode's mask with LSeg and the labels [background, class name]."""
 
-    def __init__(self, model, size: int = 480, background: str = "other", device="cpu"):
+    def __init__(self, model, size: int = 480, background: str = BACKGROUND["lseg"], device="cpu"):
         self.model, self.size, self.background, self.device = model.eval().to(device), size, background, device
         meta = getattr(model, "meta", None) or {}
         self.mean = torch.tensor(meta.get("mean", [127.5] * 3)).view(1, 3, 1, 1)
@@ -78,19 +79,20 @@ class ZeroShotLSeg:
 
 
 def evaluate_episodes(predict, bench: FewShotBenchmark, progress: bool = False,
-                      score_size: int | None | str = "protocol") -> dict:
+                      score_size: int | None | str = "protocol", words: str | None = None) -> dict:
     """`predict(episode, label_text, out_size) -> (h, w) {0, 1}` over every episode of `bench`, scored at
-    the protocol's resolution (`score_size="protocol"`), an int S (S x S), or None (original mask size)."""
+    the protocol's resolution (`score_size="protocol"`), an int S (S x S), or None (original mask size).
+    `words` picks the label text (see attnseg.data.fewshot): "lseg" or "readable"; None: the protocol's."""
     size = bench.score_size if score_size == "protocol" else score_size
+    words = words or PROTOCOLS[bench.protocol]["words"]
     meter = FewShotMeter(bench.classes)
-    text = getattr(bench, "label_text", lambda c: bench.class_names[c])
     for k in tqdm(range(len(bench)), desc=f"{bench.name} fold {bench.fold}", disable=not progress):
         ep = bench[k]
         gt = ep.query_mask if size is None else resize_mask_nearest(ep.query_mask, (size, size))
-        meter.update(predict(ep, text(ep.class_id), gt.shape), gt, ep.class_id)
+        meter.update(predict(ep, bench.label_text(ep.class_id, words), gt.shape), gt, ep.class_id)
     res = meter.result()
     res["per_class"] = {bench.class_names[c]: v for c, v in res["per_class"].items()}
     res["unseen_classes"] = [bench.class_names[c] for c in res.get("unseen_classes", [])]
     res.update(benchmark=bench.name, fold=bench.fold, split=bench.split, shots=bench.shots,
-               protocol=bench.protocol, score_size=size)
+               protocol=bench.protocol, score_size=size, label_words=words)
     return res

@@ -23,13 +23,15 @@ class PixelLoss:
         self.min_kept = ohem_min_kept
 
     def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits = resize(logits.float(), target.shape[-2:])
+        if logits.dtype in (torch.float16, torch.bfloat16):  # autocast outputs: the loss in float32
+            logits = logits.float()  # (float64 stays float64: parity checks compare in it)
+        logits = resize(logits, target.shape[-2:])
         if self.weight is not None and self.weight.numel() != logits.shape[1]:
             raise ValueError(f"{self.weight.numel()} class weights for {logits.shape[1]} classes")
-        w = self.weight.to(logits.device) if self.weight is not None else None
+        w = self.weight.to(logits.device, logits.dtype) if self.weight is not None else None
         ce = F.cross_entropy(logits, target, weight=w, ignore_index=self.ignore_index, reduction="none")
         valid = target != self.ignore_index
-        pix_w = valid.float() if w is None else w[target.clamp(0, logits.shape[1] - 1)] * valid
+        pix_w = valid.to(logits.dtype) if w is None else w[target.clamp(0, logits.shape[1] - 1)] * valid
         if self.ohem:
             pix_w = pix_w * self._ohem_mask(logits, target, valid)
         denom = all_reduce_sum(pix_w.sum().detach().clone())

@@ -197,16 +197,18 @@ class SANet(nn.Module):
         total = l_mask + self.cfg.beta * l_den
         parts = {"loss_mask": l_mask.detach(), "loss_den": l_den.detach()}
         if "cat" in out:
-            l_cat = F.binary_cross_entropy_with_logits(out["cat"], presence(target, self.num_classes))
+            y = presence(target, self.num_classes, dtype=out["cat"].dtype)  # y_nj in the logits' dtype
+            l_cat = F.binary_cross_entropy_with_logits(out["cat"], y)
             total = total + self.cfg.alpha * l_cat
             parts["loss_cat"] = l_cat.detach()
         parts["loss"] = total.detach()
         return total, parts
 
 
-def presence(target: torch.Tensor, k: int) -> torch.Tensor:
-    """(B, K) targets y_nj: 1 where class j appears in image n's ground truth (ignore pixels excluded)."""
-    present = torch.zeros(target.shape[0], k, device=target.device)
+def presence(target: torch.Tensor, k: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(B, K) targets y_nj: 1 where class j appears in image n's ground truth (ignore pixels excluded), in
+    `dtype` (the category logits': a float64 model computes L_cat in float64) on the target's device."""
+    present = torch.zeros(target.shape[0], k, dtype=dtype, device=target.device)
     for i, t in enumerate(target):
         present[i, t[(t >= 0) & (t < k)].unique()] = 1.0
     return present
