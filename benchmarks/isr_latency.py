@@ -12,7 +12,7 @@ import time
 import torch
 
 import attnseg
-from attnseg.cli import parse_isr
+from attnseg.isr import IsrSetting
 from attnseg.tools.flops import count_flops
 
 
@@ -27,7 +27,7 @@ def main():
     torch.set_num_threads(args.threads)
     h, w = (int(v) for v in args.size.split("x"))
     m = attnseg.create_model(args.model, num_classes=19).eval()
-    isr = parse_isr(args.isr)
+    isr = IsrSetting.parse(args.isr).kwargs()
     base_f = count_flops(m, (h, w))["gmacs"]
     m.set_isr(**isr)
     isr_f = count_flops(m, (h, w))["gmacs"]

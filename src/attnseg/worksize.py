@@ -48,3 +48,17 @@ class WorkLimit:
             raise WorkSizeError(f"{what} of {w}x{h} = {h * w:,} pixels is over the working-size limit of "
                                 f"{self.max_pixels:,} pixels (--max-work-pixels) and {self.max_side} per side; "
                                 "resize the images (e.g. eval --scale), use --mode slide, or raise the limit")
+
+
+def parse_short_side(text: str) -> int | str:
+    """A --size value: "auto" (the model's working size), "native" or a short side of 8..16384 pixels."""
+    t = str(text).strip().lower()
+    if t in ("auto", "native"):
+        return t
+    try:
+        v = float(t)
+    except ValueError:
+        v = math.nan
+    if not (math.isfinite(v) and v.is_integer() and 8 <= v <= 16384):
+        raise ValueError(f"expected auto, native or a short side of 8..16384 pixels, got {text!r}")
+    return int(v)

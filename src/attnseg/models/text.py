@@ -27,8 +27,9 @@ class TextEncoderError(ValueError):
     pass
 
 
-def check_labels(labels) -> list[str]:
-    """Labels must be a non-empty list of distinct, non-empty strings."""
+def check_labels(labels, max_labels: int | None = None, max_chars: int | None = None) -> list[str]:
+    """Labels must be a non-empty list of distinct, non-empty strings (at most `max_labels` of at most
+    `max_chars` characters each, where given): the one rule for the CLI, the server and the model."""
     if isinstance(labels, str):
         raise TextEncoderError("labels must be a list of strings, e.g. ['sky', 'road', 'other'], not one string")
     labels = [str(s).strip() for s in labels]
@@ -44,6 +45,11 @@ def check_labels(labels) -> list[str]:
         seen.add(s)
     if dups:
         raise TextEncoderError(f"duplicate label(s) {sorted(set(dups))}: each label must be given once")
+    if max_labels is not None and len(labels) > max_labels:
+        raise TextEncoderError(f"{len(labels)} labels; at most {max_labels}")
+    long = [s for s in labels if max_chars is not None and len(s) > max_chars]
+    if long:
+        raise TextEncoderError(f"label longer than {max_chars} characters: {long[0][:20]}...")
     return labels
 
 

@@ -112,7 +112,8 @@ class Batcher:
             with torch.inference_mode(), served.lock:
                 served.set_isr(first.isr)
                 kw = {"labels": list(first.labels)} if first.labels else {}
-                scores = infer(served.model, torch.cat([j.x for j in batch]), **kw).float()
+                scores = infer(served.model, torch.cat([j.x for j in batch]), served.segmenter.inference,
+                               **kw).float()
             ms = (time.perf_counter() - t0) * 1000
             self.on_batch(len(batch))
             for j, s in zip(batch, scores):

@@ -7,45 +7,34 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from .. import isr
+
 from ..engine.evaluate import evaluate
 from ..engine.inference import InferenceConfig
 from ..io import atomic_save, atomic_write_text
 from .benchmark import benchmark_model
 from .flops import count_flops
 
-DEFAULT_GRID = ["1,1,1,1:1,1,1", "2,1,1,1:1,1,1", "2,2,1,1:1,1,1", "1,1,1,1:2,2,2", "2,2,1,1:2,2,2",
-                "2,2,2,1:2,2,2", "4,2,1,1:2,2,2", "4,4,2,1:4,2,2"]
-
-
-def parse_setting(s: str) -> tuple[list[int], list[int] | None]:
-    enc, _, dec = s.partition(":")
-    return [int(v) for v in enc.split(",")], ([int(v) for v in dec.split(",")] if dec else None)
+DEFAULT_GRID = list(isr.GRID)
 
 
 def sweep(model, dataset, settings: list[str], size: tuple[int, int], mean, std, threads_note: str = "",
           latency_iters: int = 5, progress: bool = True) -> list[dict]:
     rows = []
     for s in settings:
-        enc, dec = parse_setting(s)
-        model.set_isr(encoder=enc, decoder=dec)
+        isr.apply(model, s)
         m = evaluate(model, dataset, InferenceConfig(), mean, std, progress=progress)
         f = count_flops(model, size)
         lat = benchmark_model(model, size, warmup=1, iters=latency_iters)
         rows.append({"isr": s, "mIoU": m["mIoU"], "aAcc": m["aAcc"], "gmacs": f["gmacs"],
                      "latency_ms": lat["median_ms"]})
-    model.set_isr(encoder=None, decoder=None) if _has_decoder_isr(model) else model.set_isr(encoder=None)
+    isr.reset(model)
     base = rows[0]
     for r in rows:
         r["gmacs_cut"] = 1 - r["gmacs"] / base["gmacs"]
         r["latency_cut"] = 1 - r["latency_ms"] / base["latency_ms"]
         r["mIoU_delta"] = r["mIoU"] - base["mIoU"]
     return rows
-
-
-def _has_decoder_isr(model) -> bool:
-    import inspect
-
-    return "decoder" in inspect.signature(model.set_isr).parameters
 
 
 def markdown(rows: list[dict], size) -> str:

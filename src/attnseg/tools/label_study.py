@@ -34,6 +34,7 @@ from ..io import atomic_write_text
 from ..models.layers import resize
 from ..models.lseg import canonical_order, is_language_driven
 from ..segmenter import resolve_short_side, scaled_size
+from ..worksize import parse_short_side
 
 CAMVID_SYNONYMS = ["heaven", "house", "post", "street", "sidewalk", "vegetation", "traffic sign", "barrier",
                    "automobile", "person", "cyclist"]
@@ -116,24 +117,30 @@ def load_label_sets(path, class_names: list[str]) -> dict[str, list[str]]:
     return out
 
 
-def main(argv=None) -> int:
-    from ..cli import _size
-    from ..hub import load_model
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--dataset", default="camvid")
     ap.add_argument("--data-root", default="../shared/data/camvid")
     ap.add_argument("--split", default="test")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--size", type=_size, default="auto", help="short side the images run at: auto (the model's "
-                    "working size, the one `attnseg predict` uses), native, or pixels")
+    ap.add_argument("--size", type=parse_short_side, default="auto", help="short side the images run at: auto (the "
+                    "model's working size, the one `attnseg predict` uses), native, or pixels")
     ap.add_argument("--seed", type=int, default=0, help="shuffle of the reordered set")
     ap.add_argument("--sets", default=None, help="YAML file: {set name: [one label per class, class order]}, "
                     "extra label sets (e.g. configs/vocab/camvid_dev_names.yaml)")
     ap.add_argument("--out", default=None, help="write the results as JSON")
-    args = ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(ap)
+    return run(ap.parse_args(argv))
+
+
+def run(args) -> int:
+    from ..hub import load_model
+
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

@@ -15,20 +15,27 @@ import sys
 from pathlib import Path
 
 
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--config", required=True, help="the LSeg training config (YAML)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
+    ap.add_argument("--labels", default="", help="more strings to include, comma-separated")
+    ap.add_argument("--out", required=True, help="the table to write (.safetensors); an existing file is refused")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+
 def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(ap)
+    return run(ap.parse_args(argv))
+
+
+def run(args) -> int:
     from ..data import build_dataset
     from ..engine.config import ConfigError, load_config
     from ..engine.vocabulary import LabelVocabulary, VocabularyError, load_names
     from ..models import model_config
     from ..models.text import TextEncoderError, get_text_encoder, write_table
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", required=True, help="the LSeg training config (YAML)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
-    ap.add_argument("--labels", default="", help="more strings to include, comma-separated")
-    ap.add_argument("--out", required=True, help="the table to write (.safetensors); an existing file is refused")
-    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    args = ap.parse_args(argv)
     if Path(args.out).exists() and not args.overwrite:
         print(f"error: {args.out} exists; choose another --out or pass --overwrite", file=sys.stderr)
         return 2

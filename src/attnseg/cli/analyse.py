@@ -1,0 +1,359 @@
+"""The analysis verbs: `flops`, `benchmark`, `erf`, `explain`, `robustness`, `isr-sweep`, and LSeg's
+`label-study` and `text-table`."""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+import attnseg
+
+from ..engine.inference import InferenceConfig
+from ..io import IMAGE_EXTENSIONS, ImageReadError, atomic_write_text, read_image
+from ..tools import label_study, text_table
+from ..tools.benchmark import benchmark_model
+from ..tools.corruptions import CORRUPTIONS
+from ..tools.erf import compute_erf, plot_erf, square_sides
+from ..tools.explain import explain, save_maps
+from ..tools.flops import count_flops
+from ..tools.isr_sweep import DEFAULT_GRID, markdown, sweep, write_outputs
+from ..tools.robustness import jobs, run, write
+from ..worksize import WorkLimit, WorkSizeError
+from . import options
+from .common import (CLIError, apply_isr_arg, check_device, check_file_out, check_out_dir, eval_dataset,
+                     inference_config, is_language_driven, load_model_arg, maybe_onnx, model_from_name_or_source,
+                     read_labels, require_plots)
+
+
+def add_arguments(verb: str, p):
+    return {"flops": _flops_arguments, "benchmark": _benchmark_arguments, "erf": _erf_arguments,
+            "explain": _explain_arguments, "robustness": _robustness_arguments, "isr-sweep": _isr_sweep_arguments,
+            "label-study": _tool_arguments(label_study), "text-table": _tool_arguments(text_table)}[verb](p)
+
+
+def _tool_arguments(tool):
+    def add(p):
+        tool.add_arguments(p)
+        return tool.run
+    return add
+
+
+def _name_or_source(p):
+    p.add_argument("--model", required=True, help="registered name (random weights) or checkpoint")
+    options.add_arch(p)
+    options.add_num_classes(p)
+
+
+def _flops_arguments(p):
+    _name_or_source(p)
+    p.add_argument("--size", type=options.pair, default=(512, 512))
+    options.add_isr(p)
+    p.add_argument("--as-run", action="store_true",
+                   help="count the operations actually executed (SegFormer's fused decoder) instead of the paper's")
+    return cmd_flops
+
+
+def _benchmark_arguments(p):
+    _name_or_source(p)
+    p.add_argument("--size", type=options.pair, default=(512, 512))
+    p.add_argument("--batch", type=options.int_range(1, 1024), default=1)
+    options.add_threads(p)
+    options.add_dtype(p, ("fp32", "bf16", "fp16"), help=None)
+    options.add_backend(p, ("eager", "compile", "onnx"))
+    options.add_device(p)
+    options.add_isr(p)
+    p.add_argument("--warmup", type=options.int_range(0, 100000), default=3)
+    p.add_argument("--iters", type=options.int_range(1, 100000), default=10)
+    p.add_argument("--json", action="store_true", help="also print the result as one JSON line")
+    return cmd_benchmark
+
+
+def _explain_arguments(p):
+    p.add_argument("image", help="an image file")
+    options.add_model(p)
+    p.add_argument("--pixel", required=True, help="Y,X: row and column in the image")
+    options.add_labels(p, "LSeg: comma-separated labels (per-label similarity maps)", "LSeg: labels, one per line")
+    p.add_argument("--size", type=options.short_side, default="auto", help="short side to run at (as predict)")
+    options.add_work_limit(p, EXPLAIN_MAX_WORK_PIXELS,
+                           f"most pixels the model input may have (default {EXPLAIN_MAX_WORK_PIXELS:,}: every "
+                           "attention layer's weights are kept, quadratic in the pixels); larger inputs are shrunk")
+    options.add_out(p, required=True, help="output folder")
+    return cmd_explain
+
+
+def _robustness_arguments(p):
+    p.add_argument("--model", action="append", required=True, help="model to test (repeatable: one line each)")
+    options.add_dataset(p, "test")
+    p.add_argument("--corruptions", default="all", help="all, or comma-separated names")
+    p.add_argument("--severities", default=None,
+                   help="comma-separated 1..5 (default: the protocol's: 1-5, and 1-3 for the four noises)")
+    options.add_limit(p)
+    options.add_inference_mode(p)
+    options.add_work_limit(p)
+    options.add_device(p)
+    options.add_out(p, default="robustness", help="output folder")
+    return cmd_robustness
+
+
+def _erf_arguments(p):
+    _name_or_source(p)
+    p.add_argument("--images", default=None, help="a folder of images")
+    options.add_dataset(p, required=False, help_split="split of --dataset (default val)")
+    p.add_argument("--num-images", type=options.int_range(1), default=100)
+    p.add_argument("--size", type=options.int_range(32, 4096), default=512, help="images are resized to SIZE x SIZE")
+    options.add_threads(p)
+    options.add_out(p, required=True, help="output PNG (a JSON with the square sides is written beside it)")
+    return cmd_erf
+
+
+def _isr_sweep_arguments(p):
+    options.add_model(p)
+    options.add_dataset(p, "test", dataset="camvid", root="../shared/data/camvid")
+    p.add_argument("--settings", default=None, help="';'-separated ENC:DEC settings (first = baseline)")
+    p.add_argument("--size", type=options.pair, default=None, help="size for GFLOPs/latency (default: the images')")
+    options.add_limit(p)
+    p.add_argument("--latency-iters", type=options.int_range(1, 10000), default=5)
+    options.add_threads(p)
+    options.add_out(p, default="isr_sweep", help="output folder")
+    return cmd_isr_sweep
+
+
+def cmd_flops(args) -> int:
+    model = model_from_name_or_source(args, fixed_labels=True)
+    apply_isr_arg(model, args)
+    r = count_flops(model, args.size, paper=not args.as_run)
+    print(f"{args.model} at {args.size[0]}x{args.size[1]}" + (f", ISR {args.isr}" if args.isr else "") + ":")
+    print(f"  GFLOPs (multiply-accumulates, as the papers count): {r['gmacs']:.2f}")
+    print(f"  parameters: {r['params_m']:.2f}M")
+    for k, v in sorted(r["by_op"].items(), key=lambda kv: -kv[1]):
+        print(f"    {k:<48} {v:8.2f}")
+    return 0
+
+
+def cmd_benchmark(args) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = model_from_name_or_source(args, fixed_labels=True)
+    apply_isr_arg(model, args)
+    backend = args.backend
+    if backend == "onnx" or str(args.model).endswith(".onnx"):
+        model, backend, args.backend = maybe_onnx(model, args), "eager", "onnx"
+    try:
+        r = benchmark_model(model, args.size, args.batch, args.dtype, backend, args.device, args.warmup, args.iters)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    r.update(model=args.model, size=f"{args.size[0]}x{args.size[1]}", batch=args.batch, dtype=args.dtype,
+             backend=args.backend, device=args.device, threads=torch.get_num_threads(), isr=args.isr)
+    print(f"{'model':<16} {'size':>10} {'batch':>5} {'dtype':>5} {'backend':>8} {'median ms':>10} {'p90 ms':>8} "
+          f"{'img/s':>7} {'peak MB':>8}")
+    print(f"{args.model[:16]:<16} {r['size']:>10} {args.batch:>5} {args.dtype:>5} {args.backend:>8} "
+          f"{r['median_ms']:>10.1f} {r['p90_ms']:>8.1f} {r['images_per_s']:>7.2f} {r['peak_mem_mb']:>8.0f}")
+    if args.json:
+        print(json.dumps(r))
+    return 0
+
+
+def cmd_erf(args) -> int:
+    require_plots()
+    check_file_out(args.out)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if str(args.model).endswith(".onnx"):
+        raise CLIError("erf needs gradients: pass a PyTorch checkpoint or a registered name, not an .onnx graph")
+    model = model_from_name_or_source(args)  # LSeg: its stages and fused decoder features need no labels
+    if args.images:
+        paths = sorted(p for p in Path(args.images).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    elif args.dataset:
+        from ..data import DatasetError, build_dataset
+
+        try:
+            paths = [img for img, _ in build_dataset(args.dataset, args.data_root, args.split).samples]
+        except DatasetError as e:
+            raise CLIError(str(e)) from None
+    else:
+        raise CLIError("erf needs images: --images DIR or --dataset NAME --data-root PATH")
+    paths = paths[: args.num_images]
+    if not paths:
+        raise CLIError("erf: no images found")
+    meta = dict(getattr(model, "meta", None) or {})
+    mean = torch.tensor(meta.get("mean") or [123.675, 116.28, 103.53]).view(1, 3, 1, 1)
+    std = torch.tensor(meta.get("std") or [58.395, 57.12, 57.375]).view(1, 3, 1, 1)
+    xs = []
+    for p in paths:
+        try:
+            rgb = np.asarray(Image.fromarray(read_image(p)).resize((args.size, args.size), Image.BILINEAR))
+        except ImageReadError as e:
+            raise CLIError(str(e)) from None
+        xs.append((torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float() - mean) / std)
+    maps = compute_erf(model, xs, progress=sys.stderr.isatty())
+    title = f"{getattr(model, 'variant', args.model)}: ERF over {len(xs)} images at {args.size}x{args.size}"
+    plot_erf(maps, args.out, title)
+    res = {name: square_sides(m) for name, m in maps.items()}
+    for name, sides in res.items():
+        print(f"{name:<10} side of the centred square holding " + ", ".join(f"{k}: {v} px" for k, v in sides.items()))
+    atomic_write_text(Path(args.out).with_suffix(".json"), json.dumps(
+        {"model": str(args.model), "images": len(xs), "size": args.size, "square_sides": res}, indent=2))
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.json')}")
+    return 0
+
+
+EXPLAIN_MAX_WORK_PIXELS = 1_048_576  # 1024x1024: SegFormer-B0's recorded stage-1 weights are ~250 MB there
+
+
+def cmd_explain(args) -> int:
+    require_plots()
+    check_out_dir(Path(args.out))
+    if str(args.model).endswith(".onnx"):
+        raise CLIError("explain reads the model's attention layers: pass a PyTorch checkpoint, not an .onnx graph")
+    try:
+        py, px = (int(v) for v in args.pixel.split(","))
+    except ValueError:
+        raise CLIError(f"--pixel expects Y,X (row, column in the image), got {args.pixel!r}") from None
+    model = load_model_arg(args)
+    labels = read_labels(args)
+    if is_language_driven(model):
+        labels = labels or getattr(model, "default_labels", None)
+        if not labels:
+            raise CLIError("this LSeg model needs --labels \"sky, road, car, other\"")
+    elif labels:
+        raise CLIError(f"--labels needs a language-driven model (lseg-*); {args.model} has fixed classes")
+
+    seg = attnseg.Segmenter(model, size=args.size,
+                                          inference=InferenceConfig(work=WorkLimit(max_pixels=args.max_work_pixels)))
+    try:
+        rgb = read_image(args.image)
+        x, (H, W) = seg.preprocess(rgb)
+    except (ImageReadError, WorkSizeError) as e:
+        raise CLIError(f"{args.image}: {e}" if isinstance(e, WorkSizeError) else str(e)) from None
+    if not (0 <= py < H and 0 <= px < W):
+        raise CLIError(f"--pixel {py},{px} is outside the {H}x{W} image")
+    h, w = x.shape[-2:]
+
+    small = np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR))
+    pixel = (min(int(py * h / H), h - 1), min(int(px * w / W), w - 1))
+    with torch.no_grad():
+        maps = explain(model, x, pixel, labels)
+    if not maps:
+        raise CLIError(f"{args.model} has no attention layers to show")
+    files = save_maps(maps, small, pixel, args.out, f"{getattr(model, 'variant', args.model)}: attention of pixel "
+                                                    f"{py},{px}")
+    print(f"wrote {len(files)} PNG(s) to {args.out} ({len(maps)} maps + contact_sheet.png)")
+    return 0
+
+
+def cmd_isr_sweep(args) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model_arg(args)
+    if not hasattr(model, "set_isr"):
+        raise CLIError(f"{args.model} has no spatial-reduction attention to reduce")
+    ds = eval_dataset(args)
+    grid = args.settings.split(";") if args.settings else DEFAULT_GRID
+    img = ds[0]["image"]
+    size = tuple(args.size) if args.size else tuple(img.shape[-2:])
+    meta = model.meta
+    rows = sweep(model, ds, grid, size, meta["mean"], meta["std"], latency_iters=args.latency_iters)
+    write_outputs(rows, Path(args.out), size, f"{model.variant}: ISR on {args.dataset} {args.split}")
+    print(markdown(rows, size))
+    print(f"wrote {args.out}/isr_sweep.json, isr_sweep.md, isr_sweep.png")
+    return 0
+
+
+def _fingerprint(src: str) -> str:
+    """What a model source names: a file's SHA-256 (a retrained file at the same path is another model), else
+    the registry or hub name itself."""
+    p = Path(src)
+    if not p.is_file():
+        return src
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cmd_robustness(args) -> int:
+    require_plots()
+    check_device(args.device)
+    try:
+        __import__("cv2")
+    except ImportError:
+        raise CLIError("robustness needs OpenCV for the corruptions: pip install 'attnseg[robustness]'") from None
+    corruptions = CORRUPTIONS if args.corruptions == "all" else [c.strip() for c in args.corruptions.split(",")]
+    bad = [c for c in corruptions if c not in CORRUPTIONS]
+    if bad:
+        raise CLIError(f"--corruptions: unknown {', '.join(bad)}; choose from {', '.join(CORRUPTIONS)}")
+    severities = None
+    if args.severities:
+        try:
+            severities = sorted({int(v) for v in args.severities.split(",")})
+        except ValueError:
+            raise CLIError(f"--severities expects comma-separated integers 1..5, got {args.severities!r}") from None
+        if not severities or min(severities) < 1 or max(severities) > 5:
+            raise CLIError(f"--severities must be within 1..5, got {args.severities!r}")
+    check_out_dir(Path(args.out))
+    ds = eval_dataset(args)
+    models = {}
+    for src in args.model:
+        try:
+            m = attnseg.load_model(src, device=args.device)
+        except (ValueError, OSError) as e:
+            raise CLIError(str(e)) from None
+        k = getattr(m, "num_classes", None)
+        if k is not None and k != ds.num_classes:
+            raise CLIError(f"{src} has {k} classes but {args.dataset} has {ds.num_classes}")
+        name = src
+        if Path(src).exists():  # runs/x/final.safetensors -> "x"; a clash keeps the folder too
+            p = Path(src)
+            name = p.parent.name if p.stem in ("final", "latest", "best") and p.parent.name else p.stem
+            if name in models:
+                name = f"{p.parent.name}/{p.stem}"
+        if name in models:
+            raise CLIError(f"--model {src} is given twice")
+        models[name] = m
+    inference = inference_config(args)
+    # An hour per model on a small CPU: every finished evaluation is appended to a partial file, and a run
+    # stopped for any reason continues from it when started again with the same settings and --out.
+    partial = Path(args.out) / "robustness.partial.jsonl"
+    setting = {"dataset": args.dataset, "data_root": str(Path(args.data_root).resolve()), "split": args.split,
+               "limit": args.limit, "mode": args.mode, "crop": list(args.crop),
+               "stride": list(args.stride) if args.stride else None}
+    marks = {name: _fingerprint(src) for name, src in zip(models, args.model)}
+    done = []
+    if partial.exists():
+        lines = [json.loads(x) for x in partial.read_text().splitlines() if x.strip()]
+        if not lines or lines[0].get("setting") != setting:
+            raise CLIError(f"{partial} is an unfinished run with other --dataset/--data-root/--split/--limit/--mode "
+                           "settings; rerun with those, or choose another --out (or delete that file)")
+        done = [r for r in lines[1:] if marks.get(r.get("model")) == r.pop("fingerprint", None)]
+        print(f"resuming {partial}: {len(done)} evaluations already done")
+    else:
+        if (Path(args.out) / "robustness.json").exists():
+            print(f"{args.out} holds results of an earlier run: they are replaced when this one finishes")
+        atomic_write_text(partial, json.dumps({"setting": setting}) + "\n")
+    total = len(jobs(severities, corruptions)) * len(models)
+    count, t0 = [len(done)], time.perf_counter()
+
+    def on_row(row):
+        with open(partial, "a") as f:
+            f.write(json.dumps(dict(row, fingerprint=marks[row["model"]])) + "\n")
+        count[0] += 1
+        print(f"[{count[0]}/{total}] {row['model']} {row['corruption']} s{row['severity']}: "
+              f"mIoU {100 * row['mIoU']:.2f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    rows = run(models, ds, inference, args.device, severities, corruptions, progress=sys.stderr.isatty(),
+               done=done, on_row=on_row)
+    summary = write(rows, args.out, f"{args.dataset} {args.split}: mIoU under corruption")
+    partial.unlink()
+    print((Path(args.out) / "robustness.md").read_text(), end="")
+    for name, s in summary.items():
+        print(f"{name}: clean {100 * s['clean']:.2f}  mean corrupted {100 * s['mean']:.2f}  " + "  ".join(
+            f"{g} {100 * v:.2f}" for g, v in s["per_group"].items()))
+    print(f"wrote {args.out}/robustness.json, .csv, .md and .png")
+    return 0

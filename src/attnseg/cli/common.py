@@ -1,0 +1,246 @@
+"""What the verbs share at run time: the one-line error, turning options into typed values (a loaded model,
+an inference config, labels, checked output paths), and the checks every verb makes the same way."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+
+class CLIError(Exception):
+    """An error the user can fix; printed as one line, no traceback."""
+
+
+def is_language_driven(model) -> bool:
+    from ..models.lseg import is_language_driven as f
+
+    return f(model)
+
+
+def first_line(e: BaseException) -> str:
+    return next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+
+
+def load_model_arg(args):
+    import attnseg
+
+    try:
+        if str(args.model).endswith(".onnx"):
+            from ..export import OnnxModel
+
+            if not Path(args.model).is_file():
+                raise CLIError(f"--model {args.model}: file not found")
+            return OnnxModel(args.model, *onnx_session(args))
+        over = {"text_encoder": args.text_encoder} if getattr(args, "text_encoder", None) else {}
+        over.update(model_options(getattr(args, "model_option", [])))
+        model = attnseg.load_model(args.model, model=args.arch, device=getattr(args, "device", "cpu"), **over)
+        if is_language_driven(model):
+            model.text_encoder  # noqa: B018 - built now: a missing extra is one line here, not a traceback later
+    except (ValueError, OSError, ImportError) as e:
+        raise CLIError(first_line(e)) from None
+    return maybe_onnx(model, args)
+
+
+def onnx_session(args) -> tuple[int | None, bool]:
+    """onnxruntime (threads, spinning): a video run calls one session from `video_workers` threads, each run
+    on one non-spinning thread (batches overlap each other, decoding and encoding); else --threads."""
+    if getattr(args, "video_workers", 1) > 1:
+        return 1, False
+    return getattr(args, "threads", None), not getattr(args, "video_workers", 0)
+
+
+def model_options(items: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CLIError(f"--model-option expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def maybe_onnx(model, args):
+    """--backend onnx on a PyTorch model: export it (with its ISR settings) to a temp file and run that."""
+    if getattr(args, "backend", "eager") != "onnx" or not isinstance(model, __import__("torch").nn.Module):
+        return model
+    import tempfile
+
+    from ..export import OnnxModel, export_onnx
+
+    if getattr(args, "isr", None):
+        apply_isr_arg(model, args)
+        args.isr = None  # baked into the graph
+    with tempfile.TemporaryDirectory(prefix="attnseg_onnx_") as tmp:  # the session keeps the graph in memory
+        path = Path(tmp) / "model.onnx"
+        try:
+            export_onnx(model, path)
+            return OnnxModel(path, *onnx_session(args))
+        except ImportError as e:
+            raise CLIError(str(e)) from None
+        except Exception as e:
+            raise CLIError(f"--backend onnx: {args.model} could not be exported ({type(e).__name__}: "
+                           f"{first_line(e)}); use --backend eager") from None
+
+
+def check_onnx_size(model, args) -> None:
+    """A fixed-size ONNX graph runs one input size: say so before any image is read."""
+    fixed = getattr(model, "fixed_size", None)
+    if not fixed:
+        return
+    if getattr(args, "mode", "whole") == "slide":
+        if tuple(args.crop) != fixed:
+            raise CLIError(f"{args.model} is a fixed-size graph ({fixed[0]}x{fixed[1]}); use --crop "
+                           f"{fixed[0]}x{fixed[1]} or export with --dynamic")
+        return
+    raise CLIError(f"{args.model} is a fixed-size graph ({fixed[0]}x{fixed[1]}) and images are resized by their "
+                   f"short side; export with --dynamic, or use --mode slide --crop {fixed[0]}x{fixed[1]}")
+
+
+def check_out_dir(out: Path) -> None:
+    if out.is_symlink() and not out.exists():
+        raise CLIError(f"--out {out} is a symbolic link to {os.readlink(out)}, which does not exist; create that "
+                       "folder or choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CLIError(f"cannot create --out {out}: {e.strerror or e}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise CLIError(f"--out {out} is not writable; choose another folder")
+
+
+def check_file_out(path: str, flag: str = "--out") -> Path:
+    """An output file path: not a folder, in a folder that exists or can be made and is writable."""
+    p = Path(path)
+    if p.is_dir() or str(path).endswith(("/", os.sep)):
+        raise CLIError(f"{flag} {path} is a folder; name a file")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CLIError(f"{flag} {path}: cannot create {p.parent}: {e.strerror or e}") from None
+    if not os.access(p.parent, os.W_OK | os.X_OK):
+        raise CLIError(f"{flag} {path}: folder {p.parent} is not writable")
+    return p
+
+
+def amp_dtype(args, model):
+    """--dtype: None for fp32, torch.bfloat16 for bf16 (autocast; eager PyTorch models only)."""
+    import torch
+
+    if getattr(args, "dtype", "fp32") == "fp32":
+        return None
+    if not isinstance(model, torch.nn.Module):
+        raise CLIError("--dtype bf16 runs eager PyTorch models; an ONNX graph runs in its own precision")
+    return torch.bfloat16
+
+
+def check_device(name: str) -> str:
+    import torch
+
+    kind = name.split(":")[0]
+    if kind not in ("cpu", "cuda", "mps"):
+        raise CLIError(f"--device {name!r}: expected cpu, cuda, cuda:N or mps")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    if kind == "cuda" and ":" in name:
+        try:
+            i = int(name.split(":")[1])
+        except ValueError:
+            raise CLIError(f"--device {name!r}: expected cuda:N") from None
+        if not 0 <= i < torch.cuda.device_count():
+            raise CLIError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise CLIError("--device mps: MPS is not available here; use --device cpu")
+    return name
+
+
+def inference_config(args, scales=None, flip=False):
+    from ..engine.inference import InferenceConfig, WorkLimit
+
+    stride = args.stride or tuple(max(1, math.ceil(c * 2 / 3)) for c in args.crop)
+    work = WorkLimit(max_pixels=args.max_work_pixels)
+    try:
+        return InferenceConfig(mode=args.mode, crop=args.crop, stride=stride, scales=scales or [1.0], flip=flip,
+                               work=work)
+    except ValueError as e:
+        raise CLIError(f"--stride/--crop: {e}") from None
+
+
+def read_labels(args) -> list[str] | None:
+    """--labels "a, b, c" or --labels-file (one per line); duplicates and empty labels are errors."""
+    from ..models.text import TextEncoderError, check_labels
+
+    raw = None
+    if getattr(args, "labels", None) is not None:
+        raw = [s for s in args.labels.split(",")]
+    if getattr(args, "labels_file", None):
+        try:
+            raw = Path(args.labels_file).read_text(encoding="utf-8").splitlines()
+        except OSError as e:
+            raise CLIError(f"cannot read --labels-file {args.labels_file}: {e.strerror or e}") from None
+        except UnicodeDecodeError as e:
+            raise CLIError(f"--labels-file {args.labels_file} is not UTF-8 text (byte {e.object[e.start]:#04x} at "
+                           f"offset {e.start}); save it as UTF-8, one label per line") from None
+        raw = [s for s in raw if s.strip()]
+    if raw is None:
+        return None
+    try:
+        return check_labels(raw)
+    except TextEncoderError as e:
+        raise CLIError(f"--labels: {e}") from None
+
+
+def require_plots() -> None:
+    from ..plots import PlotUnavailable, pyplot
+
+    try:
+        pyplot()
+    except PlotUnavailable as e:
+        raise CLIError(str(e)) from None
+
+
+def eval_dataset(args):
+    """--dataset/--data-root/--split at native resolution, first --limit samples; one-line errors."""
+    from ..data import DatasetError, EvalTransform, build_dataset
+
+    try:
+        ds = build_dataset(args.dataset, args.data_root, args.split, EvalTransform())
+    except DatasetError as e:
+        raise CLIError(str(e)) from None
+    if args.limit:
+        ds.samples = ds.samples[: args.limit]
+    return ds
+
+
+def model_from_name_or_source(args, fixed_labels: bool = False):
+    """Registered architecture name -> random weights (for speed/FLOPs); anything else -> load_model.
+    With `fixed_labels`, an LSeg model is wrapped to take images only, with --num-classes random label
+    embeddings (speed and FLOPs do not depend on the label text, and no text encoder is loaded)."""
+    import attnseg
+    from ..models import MODELS, has_classifier
+
+    if args.model in MODELS:
+        model = attnseg.create_model(args.model, **({"num_classes": args.num_classes}
+                                                    if has_classifier(args.model) else {}))
+    else:
+        backend, args.backend = getattr(args, "backend", "eager"), "eager"
+        model = load_model_arg(args)
+        args.backend = backend
+    if fixed_labels:
+        from ..models.lseg import FixedLabels, LSeg
+
+        if isinstance(model, LSeg):  # an LSeg ONNX graph already takes its label embeddings as an input
+            model = FixedLabels(model, args.num_classes)
+    return model
+
+
+def apply_isr_arg(model, args) -> None:
+    from ..isr import IsrError, apply
+
+    if not getattr(args, "isr", None):
+        return
+    try:
+        apply(model, args.isr)
+    except IsrError as e:
+        raise CLIError(f"--isr {args.isr}: {e}") from None

@@ -1,0 +1,71 @@
+"""`attnseg export`: a model to an ONNX graph (dynamic or fixed size, ISR baked in), or to an int8 QDQ graph
+calibrated on real images."""
+from __future__ import annotations
+
+from .. import export as onnx_export
+from ..data import DatasetError, EvalTransform, build_dataset
+from ..io import WriteFailed
+from ..quantize import calibration_inputs, default_fp32_ops, quantize_int8
+from . import options
+from .common import CLIError, apply_isr_arg, check_file_out, model_from_name_or_source
+
+
+def add_arguments(verb: str, p):
+    p.add_argument("--model", required=True, help="registered name (random weights) or checkpoint")
+    options.add_arch(p)
+    options.add_num_classes(p)
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    options.add_out(p, required=True, help="output .onnx file")
+    p.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
+    p.add_argument("--size", type=options.pair, default=(256, 320), help="example (or fixed) input size")
+    p.add_argument("--opset", type=int, default=20, choices=range(18, 24), metavar="{18..23}",
+                   help="ONNX opset (default 20: onnxruntime >= 1.17; 18 for older runtimes, GELU then unfused)")
+    options.add_isr(p)
+    p.add_argument("--quantize", choices=["int8"], default=None, help="int8: onnxruntime static QDQ quantization")
+    p.add_argument("--calibrate", default=None, metavar="DATASET:ROOT:SPLIT", help="calibration images (int8)")
+    p.add_argument("--calib-images", type=options.int_range(1, 10000), default=64)
+    p.add_argument("--calib-method", choices=["minmax", "percentile", "entropy"], default="minmax")
+    p.add_argument("--exclude-ops", default=None,
+                   help="comma-separated ONNX op types kept in fp32 (default: the model family's measured choice, "
+                        "'none' for none); products of two activations and arithmetic on sizes always stay fp32")
+    return cmd_export
+
+
+def cmd_export(args) -> int:
+    check_file_out(args.out)
+    model = model_from_name_or_source(args)
+    apply_isr_arg(model, args)
+    if args.quantize == "int8":
+        return _export_int8(model, args)
+    try:
+        path = onnx_export.export_onnx(model, args.out, dynamic=args.dynamic, example_size=args.size, opset=args.opset)
+    except (ImportError, onnx_export.ExportError) as e:
+        raise CLIError(str(e)) from None
+    except OSError as e:  # WriteFailed names the file; a temp file of the exporter's its own
+        raise CLIError(str(e) if isinstance(e, WriteFailed) else f"cannot write {args.out}: {e.strerror or e}") from None
+    print(f"wrote {path} ({'dynamic batch/height/width' if args.dynamic else f'fixed {args.size[0]}x{args.size[1]}'}"
+          + (f", ISR {args.isr} baked in" if args.isr else "") + ")")
+    return 0
+
+
+def _export_int8(model, args) -> int:
+    if not args.calibrate:
+        raise CLIError("--quantize int8 needs --calibrate DATASET:ROOT:SPLIT (real images for the activation ranges)")
+    parts = args.calibrate.split(":")
+    if len(parts) != 3:
+        raise CLIError(f"--calibrate expects DATASET:ROOT:SPLIT, e.g. camvid:../shared/data/camvid:train; got "
+                       f"{args.calibrate!r}")
+    try:
+        ds = build_dataset(parts[0], parts[1], parts[2], EvalTransform())
+        calib = calibration_inputs(model, ds, args.calib_images)
+        excl = (default_fp32_ops(model) if args.exclude_ops is None
+                else [o.strip() for o in args.exclude_ops.split(",") if o.strip() and o.strip() != "none"])
+        path = quantize_int8(model, args.out, calib, args.calib_method, excl)
+    except (DatasetError, ValueError, ImportError, onnx_export.ExportError) as e:
+        raise CLIError(str(e)) from None
+    except OSError as e:
+        raise CLIError(str(e) if isinstance(e, WriteFailed) else f"cannot write {args.out}: {e.strerror or e}") from None
+    print(f"wrote {path} (int8 QDQ, per-channel weights, {args.calib_method} calibration on {len(calib)} images"
+          + (f", fp32 op types: {','.join(excl)}" if excl else "")
+          + "; products of two activations and size arithmetic in fp32)")
+    return 0

@@ -1,0 +1,26 @@
+"""`attnseg models`: the registry and the shipped weights, read from models/param_counts.json (no torch)."""
+from __future__ import annotations
+
+from ..param_table import params_at, read_table
+from ..pretrained import list_pretrained
+from . import options
+
+
+def add_arguments(verb: str, p):
+    p.add_argument("--filter", default=None, help="only names containing this")
+    options.add_num_classes(p, hi=65535, help="classes for the parameter count (default 150)")
+    return cmd_models
+
+
+def cmd_models(args) -> int:
+    """Lists the registry from models/param_counts.json: no model is built and torch is not imported."""
+    table = read_table()
+    print(f"{'name':<20} {'params (M)':>10}  description")
+    for name in sorted(table):
+        if args.filter and args.filter not in name:
+            continue
+        n = params_at(table[name]["params"], args.num_classes)
+        print(f"{name:<20} {n / 1e6:>10.2f}  {table[name]['description']}")
+    shipped = list_pretrained()
+    print(f"\nshipped trained weights: {', '.join(shipped) if shipped else 'none yet'}")
+    return 0

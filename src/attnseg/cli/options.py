@@ -1,0 +1,161 @@
+"""Argument types and the argument groups verbs share: each option is declared here once.
+
+Nothing here imports torch: `attnseg --help` and `attnseg models` stay fast.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+from ..worksize import MAX_WORK_PIXELS, MAX_WORK_SIDE, MIN_WORK_SIDE, parse_short_side
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `attnseg predict: error: argument --alpha: ...` and exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# -- value types -------------------------------------------------------------------------------------------------
+
+def _number(s: str, kind=float):
+    """A finite float, or an integer (also written 4e7)."""
+    try:
+        v = float(s)
+    except ValueError:
+        v = math.nan
+    if not math.isfinite(v) or (kind is int and not v.is_integer()):
+        raise argparse.ArgumentTypeError(f"expected a finite {'integer' if kind is int else 'number'}, got {s!r}")
+    return int(v) if kind is int else v
+
+
+def int_range(lo: int, hi: int | None = None):
+    def parse(s: str) -> int:
+        v = _number(s, int)
+        if v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"{v} is out of range; expected an integer in [{lo}, {hi if hi else 'inf'})")
+        return v
+    return parse
+
+
+def float_range(lo: float, hi: float, lo_open: bool = False):
+    def parse(s: str) -> float:
+        v = _number(s, float)
+        if v < lo or (lo_open and v == lo) or v > hi:
+            raise argparse.ArgumentTypeError(f"{s} is out of range; expected a number in {'(' if lo_open else '['}{lo}, {hi}]")
+        return v
+    return parse
+
+
+def short_side(s: str):
+    """--size: auto (the model's working size), native, or a short side in pixels."""
+    try:
+        return parse_short_side(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def pair(s: str) -> tuple[int, int]:
+    """N or HxW (sides 1..16384)."""
+    parts = s.lower().replace("x", ",").split(",")
+    try:
+        v = tuple(int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or HxW, got {s!r}") from None
+    if len(v) > 2 or min(v) < 1 or max(v) > 16384:
+        raise argparse.ArgumentTypeError(f"expected N or HxW with sides in 1..16384, got {s!r}")
+    return (v[0], v[0]) if len(v) == 1 else v[:2]
+
+
+def scales(s: str) -> list[float]:
+    """--scales: comma-separated finite numbers in (0, 8]."""
+    return [float_range(0.0, 8.0, lo_open=True)(v) for v in s.split(",")]
+
+
+# -- argument groups -----------------------------------------------------------------------------------------------
+
+DATASETS_HELP = "camvid, ade20k, cityscapes, voc, pascal_context[59], coco_stuff164k, folder"
+
+
+def add_model(p: argparse.ArgumentParser, required: bool = True, help: str | None = None,
+              loading: bool = True) -> None:
+    """--model and --arch; with `loading`, the options of loading a checkpoint (--text-encoder, --model-option)."""
+    p.add_argument("--model", required=required, default=None,
+                   help=help or "shipped model name, checkpoint file/dir, or hub id (org/name)")
+    add_arch(p)
+    if loading:
+        p.add_argument("--text-encoder", default=None,
+                       help="LSeg: text encoder spec overriding the checkpoint's: minilm, clip:ID_OR_DIR, hf:DIR")
+        p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a model config field when loading, e.g. predict=mask for SANet (repeatable)")
+
+
+def add_arch(p) -> None:
+    p.add_argument("--arch", default=None,
+                   help="architecture for checkpoints that do not record it (official .pth), e.g. segformer-b2")
+
+
+def add_num_classes(p, default: int = 150, hi: int = 4096, help: str | None = None) -> None:
+    p.add_argument("--num-classes", type=int_range(1, hi), default=default,
+                   help=help or f"classes (LSeg: number of labels); default {default}")
+
+
+def add_device(p) -> None:
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+
+
+def add_threads(p) -> None:
+    p.add_argument("--threads", type=int_range(1, 1024), default=None, help="CPU threads (default: torch's)")
+
+
+def add_isr(p, help: str = "inference spatial reduction ENC[:DEC], e.g. 2,2,1,1:2,2,2") -> None:
+    p.add_argument("--isr", default=None, help=help)
+
+
+def add_dataset(p, split: str | None = "val", required: bool = True, help_split: str | None = None,
+                dataset: str | None = None, root: str | None = None) -> None:
+    """--dataset, --data-root and --split (required unless defaults are given)."""
+    required = required and dataset is None
+    p.add_argument("--dataset", required=required, default=dataset, help=DATASETS_HELP)
+    p.add_argument("--data-root", required=required, default=root, help="the dataset's folder")
+    p.add_argument("--split", default=split, help=help_split or f"split (default {split})")
+
+
+def add_limit(p, what: str = "only the first N images") -> None:
+    p.add_argument("--limit", type=int_range(1), default=None, help=what)
+
+
+def add_inference_mode(p, crop_help: str | None = None) -> None:
+    p.add_argument("--mode", choices=["whole", "slide"], default="whole")
+    p.add_argument("--crop", type=pair, default=(512, 512), help=crop_help or "slide window, N or HxW")
+    p.add_argument("--stride", type=pair, default=None, help="slide stride, N or HxW (default: 2/3 of the crop)")
+
+
+def add_labels(p, labels_help: str = 'LSeg: comma-separated labels, e.g. "sky, road, car, other"',
+               file_help: str = "LSeg: labels, one per line") -> None:
+    p.add_argument("--labels", default=None, help=labels_help)
+    p.add_argument("--labels-file", default=None, help=file_help)
+
+
+def add_backend(p, choices=("eager", "onnx"), help: str | None = None) -> None:
+    p.add_argument("--backend", choices=list(choices), default="eager", help=help)
+
+
+def add_dtype(p, choices=("fp32", "bf16"), help: str | None = "bf16: autocast (eager models)") -> None:
+    p.add_argument("--dtype", choices=list(choices), default="fp32", help=help)
+
+
+def add_max_pixels(p, default: int | None, help: str) -> None:
+    p.add_argument("--max-pixels", type=int_range(1), default=default, help=help)
+
+
+def add_work_limit(p, default: int = MAX_WORK_PIXELS, help: str | None = None) -> None:
+    p.add_argument("--max-work-pixels", type=int_range(MIN_WORK_SIDE ** 2), default=default,
+                   help=help or f"most pixels one model input may have after resizing (default {default:,} = "
+                                f"2048x2048); larger working sizes are shrunk to fit, long sides capped at "
+                                f"{MAX_WORK_SIDE}; aspect ratios beyond {MAX_WORK_SIDE // MIN_WORK_SIDE}:1 are refused")
+
+
+def add_out(p, required: bool = False, default=None, help: str = "output folder") -> None:
+    p.add_argument("--out", required=required, default=default, help=help)

@@ -1,0 +1,291 @@
+"""`attnseg predict`: images, folders and videos in; label maps, overlays and overlay videos out."""
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import attnseg
+
+from ..io import (IMAGE_EXTENSIONS, MAX_LABELS, ImageNote, ImageReadError, WriteFailed, atomic_save, label_png,
+                  overlay, read_image)
+from ..pretrained import default_model
+from ..segmenter import scaled_size
+from ..video import VIDEO_EXTENSIONS, VideoReadError, _require_av, is_video, segment_video, video_outputs
+from ..worksize import WorkSizeError
+from . import options
+from .common import (CLIError, amp_dtype, apply_isr_arg, check_device, check_onnx_size, check_out_dir, first_line,
+                     inference_config, is_language_driven, load_model_arg, read_labels)
+
+
+def plan_outputs(inputs: list[str], out: Path) -> list[tuple[Path, Path]]:
+    """(input image, output base path without extension) for every image the inputs name.
+
+    Outputs mirror each image's path under the folder argument it was found in (`OUT/SUB/NAME.png`, a
+    file argument gives `OUT/NAME.png`). Images whose names differ only by extension keep it
+    (`OUT/NAME.jpg.png`); the same relative path from two arguments goes under each argument's folder
+    name (`OUT/a/NAME.png`, `OUT/b/NAME.png`). The output folder is never walked as input, an output
+    never replaces an input, and two inputs never share an output (refused if no rule separates them).
+    """
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} is a file; name a folder for the label maps and overlays")
+    out_r = out.resolve()
+    entries: list[tuple[Path, Path, str]] = []  # (file, path relative to its argument, the argument's name)
+    for s in inputs:
+        p = Path(s)
+        if p.is_dir():
+            if p.resolve() == out_r:
+                raise CLIError(f"--out {out} is the input folder {s}: the outputs would be mixed with (and could "
+                               "replace) the images; choose another --out")
+            for f in sorted(p.rglob("*")):
+                if (f.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS and f.is_file()
+                        and out_r not in f.resolve().parents):
+                    entries.append((f, f.relative_to(p), p.resolve().name or "input"))
+        elif p.is_file():
+            entries.append((p, Path(p.name), p.resolve().parent.name or "input"))
+        elif p.exists():
+            raise CLIError(f"input {s} is neither a file nor a folder")
+        else:
+            raise CLIError(f"input not found: {s}")
+    if not entries:
+        raise CLIError(f"no images or videos found in {', '.join(inputs)} (looked for "
+                       f"{', '.join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)}"
+                       + (f"; {out} itself is skipped" if any(Path(i).resolve() in out_r.parents for i in inputs)
+                          else "") + ")")
+
+    def key(b: Path) -> str:
+        return str(b).lower()  # case-insensitive file systems
+
+    bases = [rel.with_suffix("") for _, rel, _ in entries]
+    for rule in ("extension", "argument"):
+        groups: dict[str, list[int]] = {}
+        for i, b in enumerate(bases):
+            groups.setdefault(key(b), []).append(i)
+        for idx in (g for g in groups.values() if len(g) > 1):
+            for i in idx:
+                _, rel, arg = entries[i]
+                if rule == "extension" and len({entries[j][2] for j in idx}) == 1:
+                    bases[i] = rel
+                elif rule == "argument":
+                    bases[i] = Path(arg) / bases[i]
+    seen: dict[str, Path] = {}
+    for (f, _, _), b in zip(entries, bases):
+        if key(b) in seen:
+            raise CLIError(f"{seen[key(b)]} and {f} would write the same output {out / b}.png; "
+                           "predict them in separate runs (or with separate --out folders)")
+        seen[key(b)] = f
+    plan = [(f, out / b) for (f, _, _), b in zip(entries, bases)]
+    inputs_r = {f.resolve() for f, _ in plan}
+    for _, b in plan:
+        for o in _all_outputs(b):
+            if o.resolve() in inputs_r:
+                raise CLIError(f"output {o} would replace an input image; choose another --out")
+    return plan
+
+
+def output_files(base: Path) -> tuple[Path, Path]:
+    """The label map and the overlay written for one image."""
+    return base.with_name(base.name + ".png"), base.with_name(base.name + "_overlay.jpg")
+
+
+def _all_outputs(base: Path) -> tuple[Path, ...]:
+    return output_files(base) + video_outputs(base)
+
+
+def add_arguments(verb: str, p):
+    p.add_argument("inputs", nargs="+", help="image files, folders or videos")
+    options.add_model(p, required=False)
+    options.add_out(p, default="outputs", help="output folder (default: outputs)")
+    p.add_argument("--size", type=options.short_side, default="auto",
+                   help="short side to run at: auto (default: the size the model was trained at, as its checkpoint "
+                        "records; 512 if it records none), native (the image's own resolution) or N pixels; the "
+                        "label map always comes back at the image's size. Small images are upscaled to it (an 8x8 "
+                        "icon runs as a 540x540 image: it costs as much as a photo; images of one size run --batch "
+                        "at a time); the result is then fitted to --max-work-pixels")
+    options.add_inference_mode(p)
+    p.add_argument("--alpha", type=options.float_range(0.0, 1.0), default=0.5, help="overlay opacity in [0, 1]")
+    options.add_max_pixels(p, None, "refuse images with more pixels than this, read from the header before "
+                                    "decoding (default 250e6)")
+    options.add_work_limit(p)
+    options.add_device(p)
+    options.add_isr(p)
+    options.add_backend(p, help="onnx: run in onnxruntime (a .onnx --model, or export the checkpoint first)")
+    options.add_labels(p)
+    options.add_threads(p)
+    options.add_dtype(p)
+    p.add_argument("--save-masks", action="store_true",
+                   help="videos: also write one label PNG per frame (NAME_masks/000000.png, ...)")
+    p.add_argument("--batch", type=options.int_range(1, 256), default=4,
+                   help="images of one size and video frames per forward pass (default 4); videos become "
+                        "NAME_overlay.mp4 (H.264, no audio) and need PyAV: pip install 'attnseg[video]'")
+    return cmd_predict
+
+
+def cmd_predict(args) -> int:
+    out = Path(args.out)
+    check_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    plan = plan_outputs(args.inputs, out)
+    videos = [f for f, _ in plan if is_video(f)]
+    if videos:
+        try:
+            _require_av()
+        except ImportError as e:
+            raise CLIError(f"{videos[0]}: {e}") from None
+        onnx = args.backend == "onnx" or str(args.model).endswith(".onnx")
+        args.video_workers = max(1, min(args.threads or 2, 4)) if onnx else 0  # see onnx_session
+    seg, palette, kw = _segmenter(args)
+    check_out_dir(out)
+    run = _Run(seg, palette, kw, args, quiet=len(plan) < 2 or not sys.stderr.isatty() or bool(videos))
+    for f, base in tqdm(plan, unit="img", disable=run.quiet):
+        if run.stopped is not None:
+            break
+        run.video(f, base) if is_video(f) else run.image(f, base)
+    if run.pending and run.stopped is None:
+        run.flush()
+    if run.stopped is not None:
+        print(f"error: {run.stopped}; stopped: the files written so far are complete", file=sys.stderr)
+        return 1
+    ok_videos = len(set(videos) - set(run.failed))
+    ok = len(plan) - len(run.failed) - ok_videos
+    what = ([f"{ok} label map(s) and overlay(s)"] if ok or not ok_videos else []) + \
+        ([f"{ok_videos} overlay video(s)" + (" and their frame masks" if args.save_masks else "")] if ok_videos else [])
+    print(f"wrote {' and '.join(what)} to {out}" + (f" (replaced {run.replaced} existing file(s))"
+                                                    if run.replaced else "")
+          + (f"; {len(run.failed)} failed: " + ", ".join(map(str, run.failed)) if run.failed else ""))
+    return 1 if run.failed else 0
+
+
+def _segmenter(args):
+    """The model, labels and Segmenter the options name: (segmenter, palette, model keyword arguments)."""
+    inference = inference_config(args)
+    labels = read_labels(args)
+    if labels is not None and len(labels) > MAX_LABELS:
+        raise CLIError(f"--labels: {len(labels)} labels; at most {MAX_LABELS} (label maps are one byte per pixel)")
+    args.model = args.model or default_model()
+    if args.model is None:
+        print("note: no trained default model is shipped yet; running segformer-b0 with RANDOM weights "
+              "(the outputs show the pipeline, not a segmentation). Pass --model CHECKPOINT for real results.",
+              file=sys.stderr)
+        model = attnseg.create_model("segformer-b0", num_classes=11)
+    else:
+        model = load_model_arg(args)
+    apply_isr_arg(model, args)
+    check_onnx_size(model, args)
+    try:
+        seg = attnseg.Segmenter(model, size=args.size, inference=inference, device=args.device,
+                                dtype=amp_dtype(args, model) or torch.float32)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    kw, palette = {}, seg.palette
+    if labels is not None:
+        if not is_language_driven(model):
+            raise CLIError(f"--labels needs a language-driven model (lseg-*); {args.model} has fixed classes")
+        kw["labels"] = labels
+        seg.class_names = labels
+        palette = seg.palette_for(len(labels))
+    elif is_language_driven(model) and not getattr(model, "default_labels", None):
+        raise CLIError("this LSeg model needs --labels \"sky, road, car, other\" (or --labels-file FILE)")
+    return seg, palette, kw
+
+
+class _Run:
+    """One predict run: images of one size are batched (--batch), every failure is one line and the others go on;
+    a write that no later write can escape (a full disk) stops the run (`stopped`)."""
+
+    def __init__(self, seg, palette, kw, args, quiet: bool):
+        self.seg, self.palette, self.kw, self.args, self.quiet = seg, palette, kw, args, quiet
+        self.failed: list = []
+        self.replaced = 0
+        self.stopped: WriteFailed | None = None
+        self.pending: list = []  # (file, output base, rgb) of one size
+
+    def report(self, f, e) -> None:
+        self.failed.append(f)
+        if isinstance(e, WriteFailed) and e.stop:
+            self.stopped = self.stopped or e  # said once, at the end
+            return
+        msg = first_line(e)
+        tqdm.write(f"error: {msg if isinstance(e, (ImageReadError, WriteFailed)) else f'{f}: {msg}'}; skipped",
+                   file=sys.stderr)
+
+    def video(self, f, base) -> None:
+        if self.pending:
+            self.flush()
+        try:
+            self.replaced += _predict_video(self.seg, f, base, self.args, self.palette, self.kw)
+        except (VideoReadError, ImageReadError, WriteFailed, WorkSizeError, MemoryError, RuntimeError) as e:
+            self.report(f, e)
+
+    def image(self, f, base) -> None:
+        try:
+            with warnings.catch_warnings(record=True) as notes:
+                warnings.simplefilter("always", ImageNote)
+                rgb = read_image(f, self.args.max_pixels)
+            work = self.seg.working_size(*rgb.shape[:2])
+        except (ImageReadError, WorkSizeError) as e:
+            return self.report(f, e)
+        for n in notes:
+            tqdm.write(f"note: {n.message}", file=sys.stderr)
+        asked = scaled_size(*rgb.shape[:2], self.seg.size)
+        if work != asked:
+            tqdm.write(f"note: {f} runs at {work[1]}x{work[0]}, not {asked[1]}x{asked[0]}, to stay within the "
+                       f"working-size limits (--max-work-pixels {self.seg.inference.work.max_pixels})", file=sys.stderr)
+        if self.pending and (self.pending[0][2].shape != rgb.shape or len(self.pending) >= self.args.batch):
+            self.flush()
+        self.pending.append((f, base, rgb))
+
+    def flush(self) -> None:
+        batch, self.pending = self.pending, []
+        try:
+            maps = ([self.seg.predict(batch[0][2], **self.kw)] if len(batch) == 1
+                    else self.seg.predict_batch([rgb for _, _, rgb in batch], **self.kw))
+        except (MemoryError, RuntimeError, WorkSizeError) as e:
+            for f, _, _ in batch:
+                self.report(f, e if isinstance(e, WorkSizeError) else RuntimeError(f"{type(e).__name__}: "
+                                                                                    f"{first_line(e)}"))
+            return
+        for (f, base, rgb), label in zip(batch, maps):
+            if self.stopped is None:
+                self.replaced += _write_prediction(f, base, rgb, label, self.seg, self.palette, self.args.alpha,
+                                                   self.quiet, self.report)
+
+
+def _write_prediction(f, base, rgb, label, seg, palette, alpha, print_each, report) -> int:
+    """Write one image's label map and overlay (each encoded in memory, then atomically); returns the number
+    of files replaced. A write that fails is reported (one line) and the image counted as failed."""
+    lab_path, ov_path = output_files(base)
+    replaced = lab_path.exists() + ov_path.exists()
+    try:
+        atomic_save(label_png(label, palette), lab_path)
+        atomic_save(overlay(rgb, label, palette, alpha), ov_path, quality=90)
+    except WriteFailed as e:
+        report(f, e)
+        return 0
+    if print_each:  # no progress bar: a line per image
+        counts = np.bincount(label.ravel(), minlength=1)
+        top = counts.argsort()[::-1][:3]
+        names = seg.class_names or []
+        desc = ", ".join(f"{names[i] if i < len(names) else i} {100 * counts[i] / label.size:.0f}%" for i in top
+                         if counts[i])
+        print(f"{f} -> {lab_path} ({desc})")
+    return replaced
+
+
+def _predict_video(seg, f: Path, base: Path, args, palette, kw) -> int:
+    """One video through the decode -> infer -> encode pipeline; prints frames/s; returns files replaced."""
+    dst, masks = video_outputs(base)
+    replaced = int(dst.exists()) + (sum(1 for _ in masks.glob("*.png")) if args.save_masks and masks.is_dir() else 0)
+    with tqdm(unit="frame", desc=f.name, disable=not sys.stderr.isatty(), mininterval=0.5) as bar:
+        r = segment_video(seg, f, dst, masks_dir=masks if args.save_masks else None, batch=args.batch,
+                          alpha=args.alpha, palette=palette, max_pixels=args.max_pixels, progress=bar.update,
+                          workers=max(getattr(args, "video_workers", 1), 1), **kw)
+    h, w = r["size"]
+    print(f"{f} -> {dst}" + (f" and {masks}/" if args.save_masks else "") +
+          f" ({r['frames']} frames of {w}x{h} in {r['seconds']:.1f} s: {r['fps']:.1f} frames/s end to end)")
+    return replaced

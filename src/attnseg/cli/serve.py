@@ -1,0 +1,78 @@
+"""`attnseg serve`: the web page and HTTP API over models loaded once (FastAPI + uvicorn, the serve extra)."""
+from __future__ import annotations
+
+import ctypes
+import logging
+import sys
+
+from ..pretrained import default_served
+from . import options
+from .common import CLIError
+
+
+def add_arguments(verb: str, p):
+    p.add_argument("--model", action="append", default=None,
+                   help="model to load (repeatable; default: every shipped model); requests pick them by name")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=options.int_range(1, 65535), default=8000)
+    options.add_backend(p)
+    options.add_threads(p)
+    p.add_argument("--max-batch", type=options.int_range(1, 256), default=8, help="requests per model batch")
+    p.add_argument("--max-wait-ms", type=options.float_range(0.0, 10000.0), default=0.0,
+                   help="how long the worker waits for requests to batch with the first; default 0 (no "
+                        "micro-batching: on a 2-core CPU batching measured slower, see the README); e.g. 10 on GPUs")
+    p.add_argument("--queue", type=options.int_range(1, 100000), default=32, help="queued requests before 503")
+    p.add_argument("--max-upload-mb", type=options.float_range(0.001, 10000.0), default=20.0)
+    options.add_max_pixels(p, 40_000_000, "per image, read from the header")
+    options.add_work_limit(p)
+    p.add_argument("--timeout", type=options.float_range(0.1, 3600.0), default=60.0, help="seconds per request")
+    p.add_argument("--cors", default=None, metavar="ORIGIN", help="allow this origin (no CORS headers otherwise)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
+                   help="server log on stderr: info writes one access line per request; errors always carry the "
+                        "request id and traceback (default info)")
+    return cmd_serve
+
+
+def _limit_malloc_arenas(n: int = 2) -> None:
+    """glibc gives each thread that allocates its own malloc arena; a server's request threads then grow RSS
+    with fragmentation. Two arenas keep it flat (the effect of MALLOC_ARENA_MAX=2; no-op off glibc)."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-8, n)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
+def _serve_logging(level: str) -> None:
+    """The server's own log on stderr: one access line per request (info), failures with their traceback and
+    request id (error)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log = logging.getLogger("attnseg.serve")
+    log.addHandler(handler)
+    log.setLevel(level.upper())
+    log.propagate = False
+
+
+def cmd_serve(args) -> int:
+    try:
+        import uvicorn
+
+        from ..serve.app import Settings, create_app, load_models
+    except ImportError as e:
+        raise CLIError(f"attnseg serve needs the serve extra: pip install 'attnseg[serve]' ({e.name} missing)") from None
+    _limit_malloc_arenas()
+    sources = args.model or default_served()
+    if not sources:
+        raise CLIError("no model to serve: pass --model SOURCE (repeatable)")
+    try:
+        models = load_models(sources, args.backend, args.threads, args.max_work_pixels)
+    except (ValueError, OSError, ImportError) as e:
+        raise CLIError(str(e)) from None
+    settings = Settings(max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, max_batch=args.max_batch,
+                        max_wait_ms=args.max_wait_ms, queue=args.queue, timeout_s=args.timeout, cors=args.cors)
+    app = create_app(models, settings)
+    _serve_logging(args.log_level)
+    print(f"serving {', '.join(models)} on http://{args.host}:{args.port}/ (API docs: /docs)", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
+                timeout_graceful_shutdown=5)
+    return 0
