@@ -1,11 +1,12 @@
 # `make demo`: set up .venv, then segment the bundled examples with the default model.
-# `make test`: set up .venv with the dev extras, then run the test suite.
+# `make test`: set up .venv with the dev extras, then run the whole test suite (as CI does).
+# `make check`: the fast subset for the edit loop (no slow, data or e2e tests).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.attnseg-installed
 
-.PHONY: setup demo test e2e chromium clean
+.PHONY: setup demo test check e2e chromium clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +30,12 @@ chromium:
 test: setup chromium
 	$(BIN)/python -m pytest -q
 
+# the edit loop: everything but the slow, data and browser/server tests (a couple of minutes on 2 cores)
+check: setup
+	$(BIN)/python -m pytest -q -m "not slow and not data and not e2e"
+
 e2e: setup chromium
-	$(BIN)/python -m pytest -q tests/test_serve_e2e.py
+	$(BIN)/python -m pytest -q -m e2e
 
 clean:
 	rm -rf $(VENV) demo_out outputs

@@ -15,6 +15,16 @@ ADE_SAMPLE = SHARED_DATA / "ade20k_sample"
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+def pytest_collection_modifyitems(config, items):
+    """`data` for tests that read ../shared/data (through its fixtures), `e2e` for the browser and live-server
+    tests; `slow` is set on each test by hand (measured, see `make check`)."""
+    for item in items:
+        if {"camvid_root", "ade_sample_root"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.data)
+        if item.module.__name__.endswith("test_serve_e2e") or item.name.startswith("test_panorama_and_line_through_the_server"):
+            item.add_marker(pytest.mark.e2e)
+
+
 @pytest.fixture
 def camvid_root():
     if not (CAMVID / "train.txt").is_file():

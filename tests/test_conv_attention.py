@@ -106,6 +106,7 @@ def test_conv_models_forward_backward(name, kw):
     assert out.shape[:2] == (2, 5)
 
 
+@pytest.mark.slow
 def test_sanet_losses_decrease_when_overfitting(camvid_root):
     from attnseg.data import TrainTransform, build_dataset
 
@@ -157,7 +158,7 @@ def torchvision_style_resnet_forward(sd, x):
 
 
 def test_resnet_torchvision_layout_round_trip():
-    from attnseg.models.resnet import load_resnet_weights
+    from attnseg.convert.resnet import load_resnet_weights
     from tests.conftest import randomize_bn
 
     torch.manual_seed(0)

@@ -46,6 +46,7 @@ def test_shape_dtype_and_determinism(name):
     assert C.corrupt(odd, name, 5, seed=1).shape == odd.shape
 
 
+@pytest.mark.slow
 def test_damage_grows_with_severity_on_camvid(camvid_images):
     """Mean absolute difference to the clean image, averaged over CamVid test images, does not decrease from
     one severity to the next, with three exceptions that are the protocol's own constants: snow 2 -> 3 is a

@@ -38,6 +38,7 @@ def test_resume_gives_identical_weights(camvid_root, tmp_path):
     assert ck["iter"] == 4 and {"optimizer", "scheduler", "scaler", "rng", "config"} <= set(ck)
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_one(camvid_root, tmp_path):
     sets = tiny_sets(camvid_root, tmp_path / "one", iters=3, batch=4,
                      **{"model.options.drop_path_rate": 0.0, "model.options.dropout": 0.0, "train.sync_bn": True, "optim.name": "sgd", "optim.lr": 0.05,
@@ -149,6 +150,7 @@ def test_score_of_predicted_label_maps_equals_eval(camvid_root, tmp_path, capsys
     assert "class index 11" in error("--limit", "2")
 
 
+@pytest.mark.slow
 def test_tiny_segformer_overfits_four_camvid_images(camvid_root, tmp_path):
     """Engine sanity check on real data: >= 90% pixel accuracy on 4 training images (about a minute on 2 cores)."""
     import attnseg

@@ -244,6 +244,7 @@ def test_7_predict_runs_at_the_working_size_and_upsamples_in_bands(tiny_ckpt):
     assert attnseg.Segmenter(model, size="native").preprocess(rgb)[0].shape[-2:] == (300, 400)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not attnseg.list_pretrained(), reason="no shipped model (predict's default)")
 def test_7_a_6000x8000_photo_stays_under_2_gb(tmp_path):
     small = Image.fromarray(photo(60, 80))
@@ -262,6 +263,7 @@ def test_7_a_6000x8000_photo_stays_under_2_gb(tmp_path):
 
 # -- 8: dynamic ONNX for every architecture ---------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["sanet-tiny", "allmlp-tiny", "nlnet-tiny"])
 def test_8_dynamic_onnx_export(tmp_path, name):
     pytest.importorskip("onnxruntime")
@@ -424,6 +426,7 @@ def test_11_prediction_outputs_get_the_umask_permissions(tmp_path, tiny_ckpt):
         assert p.stat().st_mode & 0o777 == 0o644
 
 
+@pytest.mark.slow
 def test_11_onnx_backend_leaves_no_temp_folder(tmp_path, tiny_ckpt, monkeypatch):
     pytest.importorskip("onnxruntime")
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
@@ -467,6 +470,7 @@ def test_11_recorded_parameter_counts_match_the_models():
             assert recorded_parameters(name, 11) == count_parameters(name, 11), name
 
 
+@pytest.mark.slow
 def test_11_onnx_export_prints_no_torchvision_noise(tmp_path):
     pytest.importorskip("onnxruntime")
     r = subprocess.run([*ATTNSEG, "export", "--model", "segformer-tiny", "--num-classes", "3", "--out",
@@ -489,6 +493,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_kill_9_during_checkpoint_writes_leaves_a_loadable_checkpoint(tmp_path):
     from attnseg.engine.checkpoint import load_checkpoint, remove_stale_checkpoint_temps
 

@@ -11,6 +11,7 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,isr", [("segformer-tiny", None), ("edaformer-tiny", ([2, 2, 1, 1], [2, 2, 2]))])
 def test_onnx_export_dynamic_shapes_match_eager(tmp_path, name, isr):
     from attnseg.export import OnnxModel, export_onnx
@@ -30,6 +31,7 @@ def test_onnx_export_dynamic_shapes_match_eager(tmp_path, name, isr):
         assert (got - want).abs().max() <= 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["lseg-tiny", "lseg-vit-tiny"])
 def test_lseg_onnx_takes_label_embeddings_as_input(tmp_path, name):
     """One LSeg graph serves any label set: the (N, C) text embeddings are an input with dynamic N."""
@@ -54,6 +56,7 @@ def test_lseg_onnx_takes_label_embeddings_as_input(tmp_path, name):
         o(torch.randn(1, 3, 64, 96), labels=["a", "a"])
 
 
+@pytest.mark.slow
 def test_cli_export_predict_and_benchmark_onnx(tmp_path, capsys):
     import numpy as np
     from PIL import Image
@@ -111,6 +114,7 @@ def test_isr_sweep_writes_table_and_plot(camvid_root, tmp_path, capsys):
     assert (tmp_path / "s" / "isr_sweep.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_int8_export_structure_metadata_and_agreement(tmp_path, camvid_root):
     """int8 QDQ graph: quantize/dequantize nodes and int8 weights, the choices in its metadata, and the
     same argmax as fp32 on most pixels of a real image (no timing here: benchmarks measure speed)."""
@@ -156,6 +160,7 @@ def _producers(graph):
     return {o: n for n in graph.node for o in n.output}
 
 
+@pytest.mark.slow
 def test_int8_transformer_keeps_attention_products_and_softmax_in_fp32(tmp_path, camvid_root):
     """SegFormer: products of two activations (q k^T, attn v) are not quantized, so no Softmax sits
     between DequantizeLinear and QuantizeLinear (onnxruntime would fuse it into the slow QLinearSoftmax);
@@ -198,6 +203,7 @@ def test_int8_transformer_keeps_attention_products_and_softmax_in_fp32(tmp_path,
     assert not [n.name for n in g.node if n.op_type == "QuantizeLinear" and n.name in sizes]
 
 
+@pytest.mark.slow
 def test_int8_lseg_calibrates_with_its_labels_and_keeps_them_an_input(tmp_path, camvid_root):
     import numpy as np
     from PIL import Image

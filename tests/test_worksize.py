@@ -95,6 +95,7 @@ def test_segmenter_and_infer_respect_the_limit():
 
 # -- end to end, under a cap -----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_panorama_and_line_through_predict_under_a_cap(tmp_path):
     pano, line = strip(tmp_path / "pano.png", 20000, 12), strip(tmp_path / "line.png", 40000, 1)
     wide = strip(tmp_path / "wide.png", 6000, 300)

@@ -66,6 +66,7 @@ def test_predict_on_a_full_disk_stops_with_one_line_and_complete_files(tmp_path)
     assert 0 < len(files) < 2 * len(EXAMPLES)  # the first image fit, the rest were not attempted
 
 
+@pytest.mark.slow
 def test_export_and_video_on_a_full_disk_are_one_line(tmp_path):
     pytest.importorskip("onnx")
     r = on_small_disk(tmp_path, 64, [sys.executable, "-m", "attnseg.cli", "export", "--model", "segformer-tiny",

@@ -22,6 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .meta import META_KEYS, meta_from
+from .models.efficientnet import SameConv2d
+
 
 class ExportError(RuntimeError):
     """The model could not be exported; the message is one line."""
@@ -95,8 +98,7 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, dynamic: bool =
         first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
         raise ExportError(f"cannot export {getattr(model, 'variant', type(model).__name__)} to ONNX"
                           f"{' with dynamic shapes' if dynamic else ''}: {type(e).__name__}: {first[:300]}") from e
-    info = {k: (getattr(model, "meta", None) or {}).get(k)
-            for k in ("class_names", "palette", "mean", "std", "short_side")}  # short_side: predict's working size
+    info = {k: (getattr(model, "meta", None) or {}).get(k) for k in META_KEYS}  # short_side: predict's working size
     info.update(model=getattr(model, "variant", None), output_stride=getattr(model, "output_stride", None))
     if lseg:
         info.update(text_encoder=model.cfg.text_encoder, template=model.cfg.template,
@@ -107,7 +109,7 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, dynamic: bool =
     return atomic_write_bytes(path, proto.SerializeToString())  # size-checked: a full disk is one line
 
 
-SAME_PAD_MODULE = "attnseg.models.efficientnet.SameConv2d"
+SAME_PAD_MODULE = f"{SameConv2d.__module__}.{SameConv2d.__qualname__}"  # the class torch.onnx records
 
 
 def fold_same_padding(proto) -> int:
@@ -187,10 +189,8 @@ class OnnxModel:
         self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         meta = self.session.get_modelmeta().custom_metadata_map.get("attnseg")
         info = json.loads(meta) if meta else {}
-        from .hub import default_meta
 
-        self.meta = {k: info.get(k) or default_meta().get(k)
-                     for k in ("class_names", "palette", "mean", "std", "short_side")}
+        self.meta = meta_from(info, fill_none=True)
         self.variant = info.get("model")
         dims = self.session.get_inputs()[0].shape
         self.fixed_size = tuple(dims[2:4]) if all(isinstance(d, int) for d in dims[2:4]) else None

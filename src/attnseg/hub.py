@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,23 +24,14 @@ from .convert import nonlocal_blocks as conv_nl
 from .convert import segformer as conv_segformer
 from .convert.keymap import ConversionError, check_against
 from .io import atomic_write
+from .meta import default_meta, meta_from
 from .pretrained import PRETRAINED, PRETRAINED_DIR, list_pretrained  # noqa: F401 (re-exported)
 from .models import MODELS, create_model, model_config, unknown_model_error
 from .models.mit import MIT_CONFIGS
+from .registry import family, same_family
 
-IMAGENET_MEAN = [123.675, 116.28, 103.53]
-IMAGENET_STD = [58.395, 57.12, 57.375]
 class ModelLoadError(ValueError):
     pass
-
-
-def default_meta(num_classes: int | None = None) -> dict:
-    return {"class_names": None, "palette": None, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-            "short_side": None}
-
-
-def _family(name: str) -> str:
-    return name.split("-")[0]
 
 
 def save_model(model: nn.Module, path: str | os.PathLike, class_names: list[str] | None = None,
@@ -242,6 +234,19 @@ def _looks_like_local_path(src: str) -> bool:
             or os.sep != "/" and os.sep in src or (bool(first) and "/" in src and os.path.isdir(first)))
 
 
+@dataclass
+class Checkpoint:
+    """What reading a checkpoint gives, before conversion: tensors, their format and what the file says."""
+    path: Path
+    sd: dict
+    fmt: str  # attnseg | transformers | official | mmseg | mmseg_nlnet | lseg
+    variant: str | None = None  # the architecture the file records (None: the caller must name it)
+    config: dict = field(default_factory=dict)  # config overrides the file records or its format implies
+    meta: dict = field(default_factory=default_meta)
+    hf_config: dict | None = None
+    hparams: dict = field(default_factory=dict)  # a Lightning checkpoint's hyper_parameters (LSeg)
+
+
 def load_model(source: str | os.PathLike, model: str | None = None, num_classes: int | None = None,
                device: str | torch.device = "cpu", dtype: torch.dtype | None = None, **overrides) -> nn.Module:
     """Load trained weights into the right architecture; returns the model in eval mode.
@@ -251,94 +256,19 @@ def load_model(source: str | os.PathLike, model: str | None = None, num_classes:
     `num_classes` is inferred from the classifier weight when not given; widths the checkpoint determines
     (decoder widths, LSeg features, NLNet head channels) are read from its tensors. `dtype` builds the
     model in that dtype before loading (float64 keeps a float64 checkpoint exact).
+    Steps: resolve the source to a path, read and identify it, name the architecture, convert the tensors to
+    ours, build the model and load them strictly.
     """
     if model is not None and model not in MODELS:
         raise unknown_model_error(model)
-    src = str(source)
-    meta = default_meta()
-    variant = None
-    if src in PRETRAINED:
-        path = PRETRAINED_DIR / PRETRAINED[src]
-        if not path.is_file():
-            raise ModelLoadError(f"pretrained weights {src!r} are registered but {path} is missing from the "
-                                 "installation; reinstall attnseg")
-    elif os.path.exists(src):
-        path = Path(src)
-    elif src in MODELS:
-        raise ModelLoadError(f"{src!r} is an architecture with no shipped weights. Use attnseg.create_model("
-                             f"{src!r}) for random weights, or pass a checkpoint: load_model(PATH, model={src!r}). "
-                             f"Shipped weights: {', '.join(list_pretrained()) or 'none'}")
-    elif _looks_like_local_path(src):
-        raise ModelLoadError(f"checkpoint not found: {src} (no such file or folder; a hub id looks like org/name)")
-    elif re.fullmatch(r"[\w.-]+/[\w.-]+", src) and not src.startswith((".", "/")):
-        path = _from_hub(src)
-    else:
-        raise ModelLoadError(f"{src!r} is not a file, a directory, a shipped model name "
-                             f"({', '.join(list_pretrained()) or 'none shipped'}) or a hub id (org/name)")
-
-    cfg_over: dict = {}
-    hf_config = None
-    hparams: dict = {}
-    if path.is_dir():
-        if (path / "config.json").is_file():
-            sd, hf_config, variant, meta = _load_hf_dir(path)
-            fmt = "transformers"
-        else:
-            cands = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.pth")) + sorted(path.glob("*.pt"))
-            if not cands:
-                raise ModelLoadError(f"directory {path} holds no checkpoint (*.safetensors, *.pth, config.json)")
-            path = cands[0]
-    if not path.is_dir():
-        sd, info = _read_state_dict(path, hparams)
-        if info is not None:
-            fmt, variant = "attnseg", info["model"]
-            cfg_over = dict(info["config"])
-            if _family(variant) == "sanet":  # saved before the paper's options existed: the choices it had
-                from .models.sanet import upgrade_config
-
-                cfg_over = upgrade_config(cfg_over)
-            meta = {k: info.get(k, meta.get(k)) for k in ("class_names", "palette", "mean", "std", "short_side")}
-        else:
-            fmt = _detect_format(sd)
-            if fmt == "lseg":
-                try:
-                    variant = conv_lseg.detect_variant(sd, hparams)
-                except ConversionError as e:
-                    raise ModelLoadError(str(e)) from None
-                meta = {**meta, "mean": [127.5] * 3, "std": [127.5] * 3}  # the release normalises to [-1, 1]
-    if variant is not None and model is not None and _family(model) != _family(variant):
-        raise ModelLoadError(f"{path} holds a {variant} model, but model={model!r} was given")
-    variant = variant if (model is None or fmt == "attnseg") else model
-    if variant is None:
-        raise ModelLoadError(f"{path} is a {fmt} checkpoint that does not record its architecture; name it, e.g. "
-                             "load_model(path, model='segformer-b2') or --arch segformer-b2 "
-                             f"(architectures: {', '.join(n for n in MODELS if not n.endswith('tiny'))})")
-    if variant not in MODELS:
-        raise unknown_model_error(variant)
-    if fmt == "lseg":
-        try:
-            sd, cfg_over = conv_lseg.from_official(sd, hparams, overrides)
-        except ConversionError as e:
-            raise ModelLoadError(str(e)) from None
-    elif fmt != "attnseg":
-        sd, cfg_over = _convert(sd, fmt, variant, hf_config)
-        inferred = _infer_num_classes(sd)
-        if inferred is not None:
-            cfg_over["num_classes"] = inferred
-    if num_classes is not None and cfg_over.get("num_classes", num_classes) != num_classes:
-        raise ModelLoadError(f"{path} has {cfg_over['num_classes']} classes, but num_classes={num_classes} "
+    ck = read_checkpoint(resolve_source(str(source)))
+    variant = _architecture(ck, model)
+    _convert_checkpoint(ck, variant, overrides)
+    if num_classes is not None and ck.config.get("num_classes", num_classes) != num_classes:
+        raise ModelLoadError(f"{ck.path} has {ck.config['num_classes']} classes, but num_classes={num_classes} "
                              "was given; fine-tune from it with --set model.num_classes instead")
-    cfg_over.update(overrides)
-    config = model_config(variant, **cfg_over)  # the config as the file records it
-    net = create_model(variant, **_without_imagenet_weights(config, cfg_over))
-    net.config = config
-    if dtype is not None:  # e.g. float64 for parity checks: the file's tensors are copied in without rounding
-        net = net.to(dtype)
-    try:
-        check_against(sd, net.state_dict(), f"{fmt} checkpoint {path}")
-    except ConversionError as e:
-        raise ModelLoadError(str(e)) from None
-    net.load_state_dict(sd, strict=True)
+    net = _build(ck, variant, overrides, dtype)
+    meta = ck.meta
     if meta.get("class_names") and "num_classes" in net.config and len(meta["class_names"]) != net.config["num_classes"]:
         meta["class_names"] = None
     net.meta = meta
@@ -346,6 +276,101 @@ def load_model(source: str | os.PathLike, model: str | None = None, num_classes:
     if hasattr(net, "default_labels") and meta.get("class_names"):
         net.default_labels = list(meta["class_names"])  # LSeg: the label set it was trained with
     return net.to(device).eval()
+
+
+def resolve_source(src: str) -> Path:
+    """A shipped name, a local file or folder, or a hub id -> a local path (hub ids are downloaded)."""
+    if src in PRETRAINED:
+        path = PRETRAINED_DIR / PRETRAINED[src]
+        if not path.is_file():
+            raise ModelLoadError(f"pretrained weights {src!r} are registered but {path} is missing from the "
+                                 "installation; reinstall attnseg")
+        return path
+    if os.path.exists(src):
+        return Path(src)
+    if src in MODELS:
+        raise ModelLoadError(f"{src!r} is an architecture with no shipped weights. Use attnseg.create_model("
+                             f"{src!r}) for random weights, or pass a checkpoint: load_model(PATH, model={src!r}). "
+                             f"Shipped weights: {', '.join(list_pretrained()) or 'none'}")
+    if _looks_like_local_path(src):
+        raise ModelLoadError(f"checkpoint not found: {src} (no such file or folder; a hub id looks like org/name)")
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", src) and not src.startswith((".", "/")):
+        return _from_hub(src)
+    raise ModelLoadError(f"{src!r} is not a file, a directory, a shipped model name "
+                         f"({', '.join(list_pretrained()) or 'none shipped'}) or a hub id (org/name)")
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    """Read the tensors and identify the format (a folder: transformers' config.json, or its first checkpoint)."""
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            sd, hf_config, variant, meta = _load_hf_dir(path)
+            return Checkpoint(path, sd, "transformers", variant, meta=meta, hf_config=hf_config)
+        cands = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.pth")) + sorted(path.glob("*.pt"))
+        if not cands:
+            raise ModelLoadError(f"directory {path} holds no checkpoint (*.safetensors, *.pth, config.json)")
+        path = cands[0]
+    hparams: dict = {}
+    sd, info = _read_state_dict(path, hparams)
+    if info is not None:
+        variant = info["model"]
+        upgrade = family(variant).upgrade if variant in MODELS else None  # saved before today's options existed
+        config = upgrade(dict(info["config"])) if upgrade else dict(info["config"])
+        return Checkpoint(path, sd, "attnseg", variant, config, meta_from(info), hparams=hparams)
+    ck = Checkpoint(path, sd, _detect_format(sd), hparams=hparams)
+    if ck.fmt == "lseg":
+        try:
+            ck.variant = conv_lseg.detect_variant(sd, hparams)
+        except ConversionError as e:
+            raise ModelLoadError(str(e)) from None
+        ck.meta.update(mean=[127.5] * 3, std=[127.5] * 3)  # the release normalises to [-1, 1]
+    return ck
+
+
+def _architecture(ck: Checkpoint, model: str | None) -> str:
+    """The variant to build: the file's, checked against `model=`, or `model=` where the file records none."""
+    if ck.variant is not None and model is not None and not same_family(model, ck.variant):
+        raise ModelLoadError(f"{ck.path} holds a {ck.variant} model, but model={model!r} was given")
+    variant = ck.variant if (model is None or ck.fmt == "attnseg") else model
+    if variant is None:
+        raise ModelLoadError(f"{ck.path} is a {ck.fmt} checkpoint that does not record its architecture; name it, "
+                             "e.g. load_model(path, model='segformer-b2') or --arch segformer-b2 "
+                             f"(architectures: {', '.join(n for n in MODELS if not n.endswith('tiny'))})")
+    if variant not in MODELS:
+        raise unknown_model_error(variant)
+    return variant
+
+
+def _convert_checkpoint(ck: Checkpoint, variant: str, overrides: dict) -> None:
+    """Foreign tensors -> our names, and the config their shapes imply (attnseg files need nothing)."""
+    if ck.fmt == "attnseg":
+        return
+    if ck.fmt == "lseg":
+        try:
+            ck.sd, ck.config = conv_lseg.from_official(ck.sd, ck.hparams, overrides)
+        except ConversionError as e:
+            raise ModelLoadError(str(e)) from None
+        return
+    ck.sd, ck.config = _convert(ck.sd, ck.fmt, variant, ck.hf_config)
+    inferred = _infer_num_classes(ck.sd)
+    if inferred is not None:
+        ck.config["num_classes"] = inferred
+
+
+def _build(ck: Checkpoint, variant: str, overrides: dict, dtype) -> nn.Module:
+    """The model the checkpoint describes, its tensors loaded strictly (every key named on a mismatch)."""
+    cfg_over = {**ck.config, **overrides}
+    config = model_config(variant, **cfg_over)  # the config as the file records it
+    net = create_model(variant, **_without_imagenet_weights(config, cfg_over))
+    net.config = config
+    if dtype is not None:  # e.g. float64 for parity checks: the file's tensors are copied in without rounding
+        net = net.to(dtype)
+    try:
+        check_against(ck.sd, net.state_dict(), f"{ck.fmt} checkpoint {ck.path}")
+    except ConversionError as e:
+        raise ModelLoadError(str(e)) from None
+    net.load_state_dict(ck.sd, strict=True)
+    return net
 
 
 def _without_imagenet_weights(config: dict, cfg: dict) -> dict:
@@ -358,7 +383,6 @@ def _without_imagenet_weights(config: dict, cfg: dict) -> dict:
     return {**cfg, "backbone_options": {**(config.get("backbone_options") or {}), "pretrained": False}}
 
 
-ENCODER_FAMILIES = {"mit", "eft"}  # variants without a decode head
 CONVERTERS = {  # (family, format) -> converter; "official" layouts are our own names
     ("segformer", "transformers"): conv_segformer.from_transformers, ("mit", "transformers"): conv_segformer.from_transformers,
     ("segformer", "mmseg"): conv_segformer.from_mmseg, ("mit", "mmseg"): conv_segformer.from_mmseg,
@@ -368,8 +392,8 @@ CONVERTERS = {  # (family, format) -> converter; "official" layouts are our own 
 
 def _convert(sd: dict, fmt: str, variant: str, hf_config: dict | None = None) -> tuple[dict, dict]:
     """Foreign state dict -> (our names, config overrides the format implies)."""
-    family = _family(variant)
-    fn = CONVERTERS.get((family, fmt))
+    fam = family(variant)
+    fn = CONVERTERS.get((fam.name, fmt))
     if fn is None and fmt != "official":
         raise ModelLoadError(f"a {fmt} checkpoint cannot be loaded into {variant}: no converter for that pair")
     try:
@@ -381,9 +405,9 @@ def _convert(sd: dict, fmt: str, variant: str, hf_config: dict | None = None) ->
             out, cfg, has_head = conv_segformer.from_official(sd)
     except ConversionError as e:
         raise ModelLoadError(str(e)) from None
-    if family not in ENCODER_FAMILIES:  # widths from the tensors (the variant names depth and family only)
+    if fam.kind != "encoder":  # widths from the tensors (the variant names depth and family only)
         cfg = {**conv_segformer.head_widths(out), **cfg}
-    if family in ENCODER_FAMILIES:
+    if fam.kind == "encoder":
         if has_head:  # a full segmentation checkpoint loaded as an encoder: keep the backbone
             out = {k: v for k, v in out.items() if k.startswith("backbone.")}
         out = {k.removeprefix("backbone."): v for k, v in out.items()}

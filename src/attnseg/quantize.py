@@ -65,13 +65,12 @@ def calibration_inputs(model, dataset, n: int, seed: int = 0) -> list[np.ndarray
 
 QUANTIZABLE = ("Conv", "MatMul", "Gemm", "Add", "Mul", "Relu", "Clip", "Resize", "Concat", "Softmax", "AveragePool",
                "MaxPool", "GlobalAveragePool", "Transpose", "Reshape")
-TRANSFORMER_FAMILIES = ("segformer", "mit", "edaformer", "eft")
-
-
 def default_fp32_ops(model) -> list[str]:
-    """The op types a model family keeps in fp32 (measured; see the module docstring)."""
-    variant = str(getattr(model, "variant", "") or "")
-    if variant.startswith(TRANSFORMER_FAMILIES):
+    """The op types a model family keeps in fp32 (measured; see the module docstring and attnseg.registry)."""
+    from .registry import FAMILIES, family_name
+
+    fam = FAMILIES.get(family_name(str(getattr(model, "variant", "") or "")))
+    if fam is not None and fam.transformer:
         return sorted(set(QUANTIZABLE) - {"Conv", "MatMul", "Gemm", "Add", "Mul"})
     return []
 

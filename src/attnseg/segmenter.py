@@ -6,7 +6,7 @@ import torch
 
 from .data.transforms import resize_pair
 from .engine.inference import InferenceConfig, infer
-from .hub import default_meta
+from .meta import default_meta
 from .io import MAX_LABELS, extend_palette, to_rgb_array
 from .models.layers import class_index, interp_matrix, resize
 

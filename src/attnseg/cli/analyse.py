@@ -16,6 +16,7 @@ import attnseg
 
 from ..engine.inference import InferenceConfig
 from ..io import IMAGE_EXTENSIONS, ImageReadError, atomic_write_text, read_image
+from ..meta import meta_from
 from ..tools import label_study, text_table
 from ..tools.benchmark import benchmark_model
 from ..tools.corruptions import CORRUPTIONS
@@ -45,14 +46,13 @@ def _tool_arguments(tool):
 
 
 def _name_or_source(p):
-    p.add_argument("--model", required=True, help="registered name (random weights) or checkpoint")
-    options.add_arch(p)
+    options.add_model(p, help="registered name (random weights) or checkpoint", loading=False)
     options.add_num_classes(p)
 
 
 def _flops_arguments(p):
     _name_or_source(p)
-    p.add_argument("--size", type=options.pair, default=(512, 512))
+    options.add_size(p, options.pair, (512, 512), "input size HxW (default 512x512)")
     options.add_isr(p)
     p.add_argument("--as-run", action="store_true",
                    help="count the operations actually executed (SegFormer's fused decoder) instead of the paper's")
@@ -61,8 +61,8 @@ def _flops_arguments(p):
 
 def _benchmark_arguments(p):
     _name_or_source(p)
-    p.add_argument("--size", type=options.pair, default=(512, 512))
-    p.add_argument("--batch", type=options.int_range(1, 1024), default=1)
+    options.add_size(p, options.pair, (512, 512), "input size HxW (default 512x512)")
+    options.add_batch(p, 1024, 1, "images per forward pass (default 1)")
     options.add_threads(p)
     options.add_dtype(p, ("fp32", "bf16", "fp16"), help=None)
     options.add_backend(p, ("eager", "compile", "onnx"))
@@ -79,7 +79,7 @@ def _explain_arguments(p):
     options.add_model(p)
     p.add_argument("--pixel", required=True, help="Y,X: row and column in the image")
     options.add_labels(p, "LSeg: comma-separated labels (per-label similarity maps)", "LSeg: labels, one per line")
-    p.add_argument("--size", type=options.short_side, default="auto", help="short side to run at (as predict)")
+    options.add_size(p, options.short_side, "auto", "short side to run at (as predict)")
     options.add_work_limit(p, EXPLAIN_MAX_WORK_PIXELS,
                            f"most pixels the model input may have (default {EXPLAIN_MAX_WORK_PIXELS:,}: every "
                            "attention layer's weights are kept, quadratic in the pixels); larger inputs are shrunk")
@@ -88,7 +88,7 @@ def _explain_arguments(p):
 
 
 def _robustness_arguments(p):
-    p.add_argument("--model", action="append", required=True, help="model to test (repeatable: one line each)")
+    options.add_model(p, help="model to test (repeatable: one line each)", loading=False, arch=False, many=True)
     options.add_dataset(p, "test")
     p.add_argument("--corruptions", default="all", help="all, or comma-separated names")
     p.add_argument("--severities", default=None,
@@ -106,7 +106,7 @@ def _erf_arguments(p):
     p.add_argument("--images", default=None, help="a folder of images")
     options.add_dataset(p, required=False, help_split="split of --dataset (default val)")
     p.add_argument("--num-images", type=options.int_range(1), default=100)
-    p.add_argument("--size", type=options.int_range(32, 4096), default=512, help="images are resized to SIZE x SIZE")
+    options.add_size(p, options.int_range(32, 4096), 512, "images are resized to SIZE x SIZE")
     options.add_threads(p)
     options.add_out(p, required=True, help="output PNG (a JSON with the square sides is written beside it)")
     return cmd_erf
@@ -116,7 +116,7 @@ def _isr_sweep_arguments(p):
     options.add_model(p)
     options.add_dataset(p, "test", dataset="camvid", root="../shared/data/camvid")
     p.add_argument("--settings", default=None, help="';'-separated ENC:DEC settings (first = baseline)")
-    p.add_argument("--size", type=options.pair, default=None, help="size for GFLOPs/latency (default: the images')")
+    options.add_size(p, options.pair, None, "size for GFLOPs/latency (default: the images')")
     options.add_limit(p)
     p.add_argument("--latency-iters", type=options.int_range(1, 10000), default=5)
     options.add_threads(p)
@@ -181,9 +181,9 @@ def cmd_erf(args) -> int:
     paths = paths[: args.num_images]
     if not paths:
         raise CLIError("erf: no images found")
-    meta = dict(getattr(model, "meta", None) or {})
-    mean = torch.tensor(meta.get("mean") or [123.675, 116.28, 103.53]).view(1, 3, 1, 1)
-    std = torch.tensor(meta.get("std") or [58.395, 57.12, 57.375]).view(1, 3, 1, 1)
+    meta = meta_from(getattr(model, "meta", None) or {}, fill_none=True)
+    mean = torch.tensor(meta["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(meta["std"]).view(1, 3, 1, 1)
     xs = []
     for p in paths:
         try:

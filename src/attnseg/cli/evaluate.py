@@ -60,13 +60,12 @@ def _score_arguments(p):
 def _fewshot_arguments(p):
     options.add_model(p)
     p.add_argument("--benchmark", choices=["pascal5i", "coco20i", "fss1000"], required=True)
-    p.add_argument("--data-root", required=True, help="folder holding VOC2012/, COCO2014/ or FSS-1000/")
+    options.add_data_root(p, help="folder holding VOC2012/, COCO2014/ or FSS-1000/")
     p.add_argument("--splits", required=True, help="HSNet's data/splits folder (pascal/, coco/, fss/)")
     p.add_argument("--folds", type=lambda s: [int(v) for v in s.split(",")], default=[0],
                    help="comma-separated folds (PASCAL/COCO 0..3; FSS-1000 has one split: 0)")
-    p.add_argument("--split", default=None,
-                   help="split to evaluate (default: val for PASCAL-5i and COCO-20i, test for FSS-1000, as LSeg "
-                        "and HSNet evaluate)")
+    options.add_split(p, None, "split to evaluate (default: val for PASCAL-5i and COCO-20i, test for FSS-1000, as "
+                               "LSeg and HSNet evaluate)")
     p.add_argument("--protocol", choices=["lseg", "hsnet"], default="lseg",
                    help="episode schedule, mask reading and scoring size of LSeg's evaluation (default, 480) or "
                         "HSNet's (400); see the README")
@@ -82,8 +81,8 @@ def _fewshot_arguments(p):
     p.add_argument("--shots", type=options.int_range(1, 100), default=1,
                    help="support images drawn per episode (unused zero-shot)")
     p.add_argument("--seed", type=options.int_range(0), default=0)
-    p.add_argument("--size", type=options.int_range(16, 8192), default=None,
-                   help="square input (and scoring) size; default the protocol's (480 lseg, 400 hsnet)")
+    options.add_size(p, options.int_range(16, 8192), None,
+                     "square input (and scoring) size; default the protocol's (480 lseg, 400 hsnet)")
     p.add_argument("--background", default=None,
                    help="the background label (default: 'others' with LSeg's words, 'other' with readable ones)")
     options.add_out(p, help="write results as JSON here")

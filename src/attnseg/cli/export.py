@@ -11,13 +11,12 @@ from .common import CLIError, apply_isr_arg, check_file_out, model_from_name_or_
 
 
 def add_arguments(verb: str, p):
-    p.add_argument("--model", required=True, help="registered name (random weights) or checkpoint")
-    options.add_arch(p)
+    options.add_model(p, help="registered name (random weights) or checkpoint", loading=False)
     options.add_num_classes(p)
     p.add_argument("--format", choices=["onnx"], default="onnx")
     options.add_out(p, required=True, help="output .onnx file")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
-    p.add_argument("--size", type=options.pair, default=(256, 320), help="example (or fixed) input size")
+    options.add_size(p, options.pair, (256, 320), "example (or fixed) input size")
     p.add_argument("--opset", type=int, default=20, choices=range(18, 24), metavar="{18..23}",
                    help="ONNX opset (default 20: onnxruntime >= 1.17; 18 for older runtimes, GELU then unfused)")
     options.add_isr(p)

@@ -79,16 +79,27 @@ DATASETS_HELP = "camvid, ade20k, cityscapes, voc, pascal_context[59], coco_stuff
 
 
 def add_model(p: argparse.ArgumentParser, required: bool = True, help: str | None = None,
-              loading: bool = True) -> None:
-    """--model and --arch; with `loading`, the options of loading a checkpoint (--text-encoder, --model-option)."""
-    p.add_argument("--model", required=required, default=None,
+              loading: bool = True, arch: bool = True, many: bool = False) -> None:
+    """--model (repeatable with `many`), --arch with `arch`; with `loading`, the options of loading a checkpoint
+    (--text-encoder, --model-option)."""
+    p.add_argument("--model", required=required, default=None, action="append" if many else "store",
                    help=help or "shipped model name, checkpoint file/dir, or hub id (org/name)")
-    add_arch(p)
+    if arch:
+        add_arch(p)
     if loading:
         p.add_argument("--text-encoder", default=None,
                        help="LSeg: text encoder spec overriding the checkpoint's: minilm, clip:ID_OR_DIR, hf:DIR")
         p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
                        help="override a model config field when loading, e.g. predict=mask for SANet (repeatable)")
+
+
+def add_size(p, type_, default, help: str) -> None:
+    """--size: what it sizes differs per verb (a short side, HxW, a square side); the type says which."""
+    p.add_argument("--size", type=type_, default=default, help=help)
+
+
+def add_batch(p, hi: int, default: int, help: str | None = None) -> None:
+    p.add_argument("--batch", type=int_range(1, hi), default=default, help=help)
 
 
 def add_arch(p) -> None:
@@ -118,8 +129,16 @@ def add_dataset(p, split: str | None = "val", required: bool = True, help_split:
     """--dataset, --data-root and --split (required unless defaults are given)."""
     required = required and dataset is None
     p.add_argument("--dataset", required=required, default=dataset, help=DATASETS_HELP)
-    p.add_argument("--data-root", required=required, default=root, help="the dataset's folder")
-    p.add_argument("--split", default=split, help=help_split or f"split (default {split})")
+    add_data_root(p, required, root)
+    add_split(p, split, help_split or f"split (default {split})")
+
+
+def add_data_root(p, required: bool = True, default: str | None = None, help: str = "the dataset's folder") -> None:
+    p.add_argument("--data-root", required=required, default=default, help=help)
+
+
+def add_split(p, default: str | None, help: str) -> None:
+    p.add_argument("--split", default=default, help=help)
 
 
 def add_limit(p, what: str = "only the first N images") -> None:

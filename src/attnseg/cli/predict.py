@@ -100,12 +100,12 @@ def add_arguments(verb: str, p):
     p.add_argument("inputs", nargs="+", help="image files, folders or videos")
     options.add_model(p, required=False)
     options.add_out(p, default="outputs", help="output folder (default: outputs)")
-    p.add_argument("--size", type=options.short_side, default="auto",
-                   help="short side to run at: auto (default: the size the model was trained at, as its checkpoint "
-                        "records; 512 if it records none), native (the image's own resolution) or N pixels; the "
-                        "label map always comes back at the image's size. Small images are upscaled to it (an 8x8 "
-                        "icon runs as a 540x540 image: it costs as much as a photo; images of one size run --batch "
-                        "at a time); the result is then fitted to --max-work-pixels")
+    options.add_size(p, options.short_side, "auto",
+                     "short side to run at: auto (default: the size the model was trained at, as its checkpoint "
+                     "records; 512 if it records none), native (the image's own resolution) or N pixels; the label "
+                     "map always comes back at the image's size. Small images are upscaled to it (an 8x8 icon runs "
+                     "as a 540x540 image: it costs as much as a photo; images of one size run --batch at a time); "
+                     "the result is then fitted to --max-work-pixels")
     options.add_inference_mode(p)
     p.add_argument("--alpha", type=options.float_range(0.0, 1.0), default=0.5, help="overlay opacity in [0, 1]")
     options.add_max_pixels(p, None, "refuse images with more pixels than this, read from the header before "
@@ -119,9 +119,8 @@ def add_arguments(verb: str, p):
     options.add_dtype(p)
     p.add_argument("--save-masks", action="store_true",
                    help="videos: also write one label PNG per frame (NAME_masks/000000.png, ...)")
-    p.add_argument("--batch", type=options.int_range(1, 256), default=4,
-                   help="images of one size and video frames per forward pass (default 4); videos become "
-                        "NAME_overlay.mp4 (H.264, no audio) and need PyAV: pip install 'attnseg[video]'")
+    options.add_batch(p, 256, 4, "images of one size and video frames per forward pass (default 4); videos become "
+                                 "NAME_overlay.mp4 (H.264, no audio) and need PyAV: pip install 'attnseg[video]'")
     return cmd_predict
 
 

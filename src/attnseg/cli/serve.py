@@ -11,8 +11,8 @@ from .common import CLIError
 
 
 def add_arguments(verb: str, p):
-    p.add_argument("--model", action="append", default=None,
-                   help="model to load (repeatable; default: every shipped model); requests pick them by name")
+    options.add_model(p, required=False, help="model to load (repeatable; default: every shipped model); requests "
+                      "pick them by name", loading=False, arch=False, many=True)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=options.int_range(1, 65535), default=8000)
     options.add_backend(p)

@@ -12,6 +12,8 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from ..meta import IMAGENET_MEAN, IMAGENET_STD
+
 
 class ConfigError(ValueError):
     pass
@@ -79,8 +81,8 @@ class DataCfg:
     flip: bool = True
     photometric: bool = True
     eval_scale: list[int] | None = None  # keep-ratio resize at evaluation; None = native resolution
-    mean: list[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])
-    std: list[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     batch_size: int = 8  # global images per optimizer step (all processes, all accumulation steps)
     workers: int = 2
     limit: int | None = None  # use only the first N training samples (debugging, overfitting tests)

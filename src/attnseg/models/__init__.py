@@ -6,11 +6,10 @@ Each entry: {"build": fn(config_dict) -> nn.Module, "config_class": dataclass, "
 from __future__ import annotations
 
 import dataclasses
-import difflib
 
 from torch import nn
 
-from . import dpt, edaformer, efficientnet, lseg, mit, nonlocal_block, resnet, sanet, segformer
+from . import dpt, edaformer, efficientnet, factory, lseg, mit, nonlocal_block, resnet, sanet, segformer
 
 MODELS: dict[str, dict] = {}
 for _module in (mit, segformer, edaformer, resnet, efficientnet, sanet, nonlocal_block, dpt, lseg):
@@ -26,9 +25,7 @@ def list_models() -> list[str]:
 
 
 def unknown_model_error(name: str) -> ValueError:
-    close = difflib.get_close_matches(name, list(MODELS), n=3)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
-    return ValueError(f"unknown model {name!r}.{hint} Valid names: {', '.join(list_models())}")
+    return factory.unknown_model_error(name, MODELS)
 
 
 def has_classifier(name: str) -> bool:
@@ -40,19 +37,7 @@ def has_classifier(name: str) -> bool:
 
 def model_config(name: str, num_classes: int | None = None, **overrides) -> dict:
     """The full config dict `create_model(name, num_classes, **overrides)` would build from."""
-    if name not in MODELS:
-        raise unknown_model_error(name)
-    entry = MODELS[name]
-    valid = {f.name for f in dataclasses.fields(entry["config_class"])}
-    if num_classes is not None:
-        if "num_classes" not in valid:
-            raise ValueError(f"{name} is a backbone without a classifier; do not pass num_classes")
-        overrides["num_classes"] = int(num_classes)
-    bad = sorted(set(overrides) - valid)
-    if bad:
-        raise ValueError(f"unknown option(s) {bad} for model {name!r}; valid options: {', '.join(sorted(valid))}")
-    cfg = dataclasses.asdict(entry["config_class"](**{**entry["config"], **overrides}))
-    return cfg
+    return factory.config_for(MODELS, name, num_classes, **overrides)
 
 
 def create_model(name: str, num_classes: int | None = None, **overrides) -> nn.Module:
@@ -60,11 +45,7 @@ def create_model(name: str, num_classes: int | None = None, **overrides) -> nn.M
 
     Keyword overrides set fields of the model's config dataclass (e.g. `drop_path_rate=0.0`).
     """
-    cfg = model_config(name, num_classes, **overrides)
-    model = MODELS[name]["build"](cfg)
-    model.variant = name
-    model.config = cfg
-    return model
+    return factory.build(MODELS, name, num_classes, **overrides)
 
 
 from ..param_table import PARAM_COUNTS_FILE, params_at, read_table  # noqa: E402

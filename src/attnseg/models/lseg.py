@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .backbones import create_backbone
 from .layers import check_images, resize
 from .text import check_labels, get_text_encoder
 
@@ -99,11 +100,9 @@ class LSeg(nn.Module):
 
     def __init__(self, cfg: LSegConfig | None = None):
         super().__init__()
-        from . import create_model
-
         cfg = cfg or LSegConfig()
         self.cfg = cfg
-        self.backbone = create_model(cfg.backbone, **(cfg.backbone_options or {}))
+        self.backbone = create_backbone(cfg.backbone, **(cfg.backbone_options or {}))
         self._text = None  # loaded lazily: the text encoder is not a submodule (frozen, not in checkpoints)
         f = cfg.features
         self.layer_rn = nn.ModuleList(nn.Conv2d(c, f, 3, 1, 1, bias=False) for c in self.backbone.out_channels)

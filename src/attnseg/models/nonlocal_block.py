@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .backbones import create_backbone
 from .layers import ConvBNAct, check_images, resize
 
 MODES = ("gaussian", "embedded_gaussian", "dot_product", "concatenation")
@@ -170,12 +171,11 @@ class NLNet(nn.Module):
 
     def __init__(self, cfg: NLNetConfig | None = None):
         super().__init__()
-        from . import create_model
         from .sanet import FCNHead
 
         cfg = cfg or NLNetConfig()
         self.cfg = cfg
-        self.backbone = create_model(cfg.backbone, **(cfg.backbone_options or {}))
+        self.backbone = create_backbone(cfg.backbone, **(cfg.backbone_options or {}))
         if cfg.backbone_nonlocal:
             insert_nonlocal(self.backbone, "layer3", cfg.backbone_nonlocal, mode=cfg.mode)
         c3, c4 = self.backbone.out_channels[2:]

@@ -10,7 +10,7 @@ output stride 16: layer4 dilation 2), as DeepLab and mmseg do. `forward` returns
 (256, 512, 1024, 2048 channels).
 
 Checkpoints: a torchvision state dict (`conv1.weight`, `fc.*`) or an mmseg V1c one (`stem.0.weight`,
-optionally under `backbone.`) load through `load_resnet_weights`, which detects the layout.
+optionally under `backbone.`) load through `attnseg.convert.resnet.load_resnet_weights`, which detects the layout.
 """
 from __future__ import annotations
 
@@ -101,21 +101,6 @@ class ResNet(nn.Module):
             x = getattr(self, f"layer{i}")(x)
             feats.append(x)
         return feats
-
-
-def load_resnet_weights(model: ResNet, sd: dict[str, torch.Tensor]) -> None:
-    """Load a torchvision or mmseg-V1c ResNet state dict (layout detected from the keys), strictly."""
-    from ..convert.keymap import Rule, apply_key_map
-
-    if any(k.startswith("backbone.") for k in sd):
-        sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
-    if "conv1.weight" in sd and model.cfg.stem != "plain":
-        raise ValueError("torchvision ResNet weights have a 7x7 stem: build the model with stem='plain'")
-    if "stem.0.weight" in sd and model.cfg.stem != "deep":
-        raise ValueError("mmseg V1c ResNet weights have a deep stem: build the model with stem='deep'")
-    rules = [Rule(r"fc\.(weight|bias)", None), Rule(r"(.+)", r"\1")]  # drop the ImageNet classifier
-    out = apply_key_map(sd, rules, expected=model.state_dict(), fmt="ResNet checkpoint")
-    model.load_state_dict(out, strict=True)
 
 
 def build_resnet(config: dict) -> ResNet:

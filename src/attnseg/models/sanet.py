@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .backbones import create_backbone
 from .layers import ConvBNAct, check_images, resize
 
 
@@ -135,9 +136,7 @@ class SANet(nn.Module):
                 raise ValueError(f"{name} must be one of {', '.join(ok)}, got {getattr(cfg, name)!r}")
         if cfg.category_gate and not cfg.use_category:
             raise ValueError("category_gate needs use_category=True")
-        from . import create_model
-
-        self.backbone = create_model(cfg.backbone, **(cfg.backbone_options or {}))
+        self.backbone = create_backbone(cfg.backbone, **(cfg.backbone_options or {}))
         chans = list(self.backbone.out_channels)
         outs = [max(c // cfg.sa_reduction, cfg.sa_min_channels) for c in chans]
         self.sa_heads = nn.ModuleList(

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .backbones import create_backbone
 from .layers import ConvBNAct, check_images, exporting, map_to_tokens, resize, resize_sum, tokens_to_map
 from .mit import MIT_CONFIGS, MiTConfig, MixVisionTransformer
 
@@ -180,11 +181,9 @@ class AllMLPSeg(nn.Module):
 
     def __init__(self, cfg: AllMLPConfig | None = None):
         super().__init__()
-        from . import create_model
-
         cfg = cfg or AllMLPConfig()
         self.cfg = cfg
-        self.backbone = create_model(cfg.backbone, **(cfg.backbone_options or {}))
+        self.backbone = create_backbone(cfg.backbone, **(cfg.backbone_options or {}))
         self.decode_head = SegFormerHead(list(self.backbone.out_channels), cfg.decoder_dim, cfg.num_classes,
                                          cfg.dropout)
         self.num_classes = cfg.num_classes

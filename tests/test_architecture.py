@@ -1,0 +1,121 @@
+"""The house rules, checked on the code itself (see ARCHITECTURE.md): imports point down the layers and form no
+cycle, every registered variant belongs to a family, no CLI option is declared twice, functions stay short."""
+import ast
+import collections
+from pathlib import Path
+
+import attnseg
+from attnseg.registry import FAMILIES, family
+
+SRC = Path(attnseg.__file__).parent
+
+# lowest first: a module may import modules of its own layer or a lower one
+LAYERS = [
+    ("base", ("attnseg.worksize", "attnseg.meta", "attnseg.io", "attnseg.pretrained", "attnseg.param_table")),
+    ("models", ("attnseg.models", "attnseg.registry")),
+    ("library", ("attnseg.convert", "attnseg.data", "attnseg.engine", "attnseg.segmenter", "attnseg.hub",
+                 "attnseg.export", "attnseg.quantize", "attnseg.video", "attnseg.isr", "attnseg.plots", "attnseg")),
+    ("analysis", ("attnseg.tools",)),
+    ("serve", ("attnseg.serve",)),
+    ("cli", ("attnseg.cli",)),
+]
+
+
+def layer(module: str) -> int:
+    best = None
+    for rank, (_, prefixes) in enumerate(LAYERS):
+        for p in prefixes:
+            if module == p or module.startswith(p + "."):
+                if best is None or len(p) > best[1]:
+                    best = (rank, len(p))
+    assert best is not None, f"{module} is in no layer: add it to LAYERS and ARCHITECTURE.md"
+    return best[0]
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for p in SRC.rglob("*.py"):
+        parts = list(p.relative_to(SRC.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = p
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Every attnseg import of every module (inside functions too), resolved to the module it names."""
+    mods = modules()
+    graph = {}
+    for m, p in mods.items():
+        pkg = m.split(".") if p.name == "__init__.py" else m.split(".")[:-1]
+        targets = set()
+        for n in ast.walk(ast.parse(p.read_text())):
+            if isinstance(n, ast.ImportFrom):
+                base = (pkg[: len(pkg) - n.level + 1] + ([n.module] if n.module else [])) if n.level else [n.module or ""]
+                tgt = ".".join(base)
+                for a in n.names:
+                    sub = f"{tgt}.{a.name}"
+                    targets.add(sub if sub in mods else tgt)
+            elif isinstance(n, ast.Import):
+                targets.update(a.name for a in n.names)
+        graph[m] = {t for t in targets if t in mods and t != m}
+    return graph
+
+
+def test_imports_point_down_the_layers():
+    wrong = [(m, t) for m, ts in import_graph().items() for t in ts if layer(t) > layer(m)]
+    assert wrong == [], "imports pointing up: " + ", ".join(f"{m} -> {t}" for m, t in sorted(wrong))
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = import_graph()
+    state: dict[str, int] = {}
+
+    def visit(v, path):
+        state[v] = 1
+        for w in graph[v]:
+            if state.get(w) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(w):] + [w]))
+            if w not in state:
+                visit(w, path + [w])
+        state[v] = 2
+
+    for v in graph:
+        if v not in state:
+            visit(v, [v])
+
+
+def test_every_registered_variant_belongs_to_a_family():
+    for name in attnseg.list_models():
+        assert family(name).name in FAMILIES
+    kinds = {family(n).kind for n in attnseg.list_models()}
+    assert kinds == {"encoder", "segmenter", "language"}
+
+
+def test_no_cli_option_is_declared_twice():
+    seen = collections.defaultdict(list)
+    for p in (SRC / "cli").glob("*.py"):
+        for n in ast.walk(ast.parse(p.read_text())):
+            if (isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "add_argument" and n.args
+                    and isinstance(n.args[0], ast.Constant) and str(n.args[0].value).startswith("--")):
+                seen[n.args[0].value].append(f"{p.name}:{n.lineno}")
+    twice = {k: v for k, v in seen.items() if len(v) > 1}
+    assert twice == {}, f"declare these once in cli/options.py: {twice}"
+
+
+# functions allowed past 80 lines, and why
+LONG = {
+    ("engine/train.py", "_train"): "the training loop reads top to bottom as one procedure (set-up in helpers)",
+    ("video.py", "segment_video"): "the decode -> infer -> encode pipeline: three threads sharing one stop event",
+}
+
+
+def test_functions_stay_short():
+    long = []
+    for p in SRC.rglob("*.py"):
+        for n in ast.walk(ast.parse(p.read_text())):
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 80:
+                key = (p.relative_to(SRC).as_posix(), n.name)
+                if key not in LONG:
+                    long.append(f"{key[0]}:{n.name} ({n.end_lineno - n.lineno + 1} lines)")
+    assert long == [], "split these (or say why in LONG): " + ", ".join(long)
