@@ -1,4 +1,5 @@
-"""Precision and backend speed in one run: fp32 / bf16 eager PyTorch and fp32 / int8 onnxruntime.
+"""Precision and backend speed in one run: fp32 / bf16 eager PyTorch, fp32 / int8 onnxruntime and fp32 / bf16
+OpenVINO (`--variants` picks a subset, e.g. onnx_fp32,ov_fp32,ov_bf16).
 
 For each model and input size the four variants are timed interleaved (round r runs fp32, bf16, onnx
 fp32, onnx int8 one after the other, `--iters` forward passes each after an untimed one, median per
@@ -33,7 +34,7 @@ from attnseg.tools.flops import count_flops  # noqa: E402
 from matmul_peak import peaks  # noqa: E402
 from timing import time_interleaved  # noqa: E402
 
-VARIANTS = ("fp32", "bf16", "onnx_fp32", "onnx_int8")
+VARIANTS = ("fp32", "bf16", "onnx_fp32", "onnx_int8", "ov_fp32", "ov_bf16")
 
 
 def load(name: str):
@@ -81,6 +82,10 @@ def make_runner(variant: str, name: str, path: str | None):
     """The call a timing worker times (runs in the worker process)."""
     if variant.startswith("onnx"):
         return OnnxModel(path, torch.get_num_threads())
+    if variant.startswith("ov_"):
+        from attnseg.backends.openvino import OpenVinoModel
+
+        return OpenVinoModel(load(name), variant[3:], torch.get_num_threads())
     model = load(name)
     return model if variant == "fp32" else (lambda x: _bf16(model, x))
 
@@ -99,22 +104,26 @@ def main():
                     help="also the pixel agreement of int8 and bf16 argmax with fp32 on these images")
     ap.add_argument("--agreement-images", type=int, default=None, help="evenly spaced subset (default: all)")
     ap.add_argument("--no-timing", action="store_true", help="only the agreement (no timings)")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS))
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    variants = [v for v in args.variants.split(",") if v]
     torch.set_num_threads(args.threads)
     ready = dict(kv.split("=", 1) for kv in args.int8)
     pk = peaks(args.threads) if not args.no_timing else {"fp32": 0, "bf16": 0, "int8_ort": 0, "int8_torch": 0}
     print(f"peaks ({args.threads} threads): fp32 {pk['fp32']:.0f} GFLOP/s, bf16 {pk['bf16']:.0f} GFLOP/s, int8 "
           f"{pk['int8_ort']:.0f} GOP/s (onnxruntime MatMulInteger), {pk['int8_torch']:.0f} (torch._int_mm)")
-    peak_of = {"fp32": pk["fp32"], "bf16": pk["bf16"], "onnx_fp32": pk["fp32"], "onnx_int8": pk["int8_ort"]}
+    peak_of = {"fp32": pk["fp32"], "bf16": pk["bf16"], "onnx_fp32": pk["fp32"], "onnx_int8": pk["int8_ort"],
+               "ov_fp32": pk["fp32"], "ov_bf16": pk["bf16"]}
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     rows = []
     with tempfile.TemporaryDirectory(prefix="attnseg_precision_") as tmp:
         for name in args.models.split(","):
             model = load(name)
             fp32_path = export_onnx(model, Path(tmp) / f"{name}.onnx", dynamic=True)
-            int8_path = Path(ready[name]) if name in ready else int8_graph(
+            int8_path = (Path(ready[name]) if name in ready else int8_graph(
                 model, name, Path(tmp) / f"{name}.int8.onnx", args.calibrate, args.calib_images)
+                if "onnx_int8" in variants or args.agreement else None)
             paths = {"onnx_fp32": str(fp32_path), "onnx_int8": str(int8_path)}
             if args.agreement:
                 agree = agreement(model, int8_path, args.agreement, args.agreement_images, args.threads)
@@ -123,21 +132,21 @@ def main():
                       f"int8 {100 * agree['onnx_int8']:.2f}%, bf16 {100 * agree['bf16']:.2f}%", flush=True)
             for size in ([] if args.no_timing else sizes):
                 macs = count_flops(model, size, paper=False)["gmacs"]
-                per_round = time_interleaved({v: (make_runner, (v, name, paths.get(v))) for v in VARIANTS},
+                per_round = time_interleaved({v: (make_runner, (v, name, paths.get(v))) for v in variants},
                                              (1, 3, *size), args.threads, args.rounds, args.iters)
                 ms = {v: statistics.median(t) for v, t in per_round.items()}
+                ratio = {f"{v}_vs_onnx_fp32": statistics.median(a / b for a, b in zip(per_round["onnx_fp32"],
+                                                                                       per_round[v]))
+                         for v in variants if v != "onnx_fp32" and "onnx_fp32" in per_round}
+                if "fp32" in per_round and "bf16" in per_round:
+                    ratio["bf16_vs_fp32"] = statistics.median(a / b for a, b in zip(per_round["fp32"], per_round["bf16"]))
                 row = {"model": name, "size": f"{size[0]}x{size[1]}", "gmacs": macs, "ms": ms,
-                       "images_per_s": {v: 1000 / m for v, m in ms.items()},
-                       "speedup_bf16_vs_fp32": statistics.median(
-                           a / b for a, b in zip(per_round["fp32"], per_round["bf16"])),
-                       "speedup_int8_vs_onnx_fp32": statistics.median(
-                           a / b for a, b in zip(per_round["onnx_fp32"], per_round["onnx_int8"])),
-                       "of_peak": {v: 2 * macs / (ms[v] / 1000) / peak_of[v] for v in VARIANTS if peak_of[v]}}
+                       "images_per_s": {v: 1000 / m for v, m in ms.items()}, "speedup": ratio,
+                       "of_peak": {v: 2 * macs / (ms[v] / 1000) / peak_of[v] for v in variants if peak_of[v]}}
                 rows.append(row)
                 print(f"{name:<28} {row['size']:>8} " + "  ".join(
-                    f"{v} {1000 / ms[v]:6.2f} img/s ({100 * row['of_peak'].get(v, 0):4.1f}% peak)" for v in VARIANTS)
-                    + f"  bf16/fp32 {row['speedup_bf16_vs_fp32']:.2f}x  int8/onnx-fp32 "
-                      f"{row['speedup_int8_vs_onnx_fp32']:.2f}x", flush=True)
+                    f"{v} {1000 / ms[v]:6.2f} img/s ({100 * row['of_peak'].get(v, 0):4.1f}% peak)" for v in variants)
+                    + "  " + "  ".join(f"{k} {r:.2f}x" for k, r in ratio.items()), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"threads": args.threads, "rounds": args.rounds, "iters": args.iters,
                                                "peaks": pk, "rows": rows}, indent=1))

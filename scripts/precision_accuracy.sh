@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# CamVid test mIoU per precision and backend (issue 16): fp32 eager, bf16 eager, fp32 onnxruntime and int8
-# onnxruntime for the shipped SANet and LSeg and the CamVid-trained EDAFormer-T in results/. int8 graphs are
+# CamVid test mIoU per precision and backend: fp32 eager, bf16 eager, fp32 onnxruntime, int8 onnxruntime,
+# fp32 OpenVINO and bf16 OpenVINO for the shipped SANet and LSeg and the CamVid-trained EDAFormer-T in results/. int8 graphs are
 # `attnseg export --quantize int8` with its defaults (the family's measured fp32 ops), calibrated on $CALIB (64)
 # CamVid train images. JSONs go to results/precision/. Accuracy only: speed is benchmarks/precision.py.
 #   scripts/precision_accuracy.sh [MODEL...]
@@ -22,9 +22,11 @@ for m in ${models[@]}; do
            ${SCALES:+--scales "$SCALES"} --out "$OUT/${n}_$1$sfx.json" "${@:2}" | tail -1; }
   ev fp32 --model "$m"
   ev bf16 --model "$m" --dtype bf16
-  [ -f "$TMP/$n.onnx" ] || "$A" export --model "$m" --dynamic --out "$TMP/$n.onnx"
+  [ -f "$OUT/${n}_onnx_fp32$sfx.json" ] || [ -f "$TMP/$n.onnx" ] || "$A" export --model "$m" --dynamic --out "$TMP/$n.onnx"
   ev onnx_fp32 --model "$TMP/$n.onnx"
-  [ -f "$TMP/$n.int8.onnx" ] || "$A" export --model "$m" --out "$TMP/$n.int8.onnx" --quantize int8 \
+  [ -f "$OUT/${n}_onnx_int8$sfx.json" ] || [ -f "$TMP/$n.int8.onnx" ] || "$A" export --model "$m" --out "$TMP/$n.int8.onnx" --quantize int8 \
     --calibrate "camvid:$ROOT:train" --calib-images "${CALIB:-64}"
   ev onnx_int8 --model "$TMP/$n.int8.onnx"
+  ev ov_fp32 --model "$m" --backend openvino
+  ev ov_bf16 --model "$m" --backend openvino --dtype bf16
 done

@@ -13,6 +13,8 @@ CAMVID = SHARED_DATA / "camvid"
 ADE_SAMPLE = SHARED_DATA / "ade20k_sample"
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# converted OpenVINO graphs are cached per model: a session's cache, never the user's ~/.cache
+os.environ.setdefault("ATTNSEG_CACHE", __import__("tempfile").mkdtemp(prefix="attnseg_test_cache_"))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -71,8 +73,10 @@ def randomize_bn(model: torch.nn.Module, seed: int = 0) -> None:
 # copy it. Every distinct model is still exported for real once, and export errors are never cached.
 
 def _export_key(model, dynamic=True, example_size=(256, 320), opset=20) -> str:
+    from attnseg.models.layers import converting_for_runtime  # OpenVINO's conversion traces other forms
+
     h = hashlib.sha256(repr((type(model).__qualname__, getattr(model, "variant", None), bool(dynamic),
-                             tuple(example_size), opset)).encode())
+                             tuple(example_size), opset, converting_for_runtime())).encode())
     plain = (bool, int, float, str, type(None))
     for name, m in model.named_modules():
         attrs = sorted((k, v) for k, v in vars(m).items() if k != "source"  # the file it was loaded from

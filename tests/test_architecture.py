@@ -13,7 +13,7 @@ SRC = Path(attnseg.__file__).parent
 LAYERS = [
     ("base", ("attnseg.worksize", "attnseg.meta", "attnseg.io", "attnseg.pretrained", "attnseg.param_table")),
     ("models", ("attnseg.models", "attnseg.registry")),
-    ("library", ("attnseg.convert", "attnseg.data", "attnseg.engine", "attnseg.segmenter", "attnseg.hub",
+    ("library", ("attnseg.convert", "attnseg.data", "attnseg.engine", "attnseg.segmenter", "attnseg.hub", "attnseg.backends",
                  "attnseg.export", "attnseg.quantize", "attnseg.video", "attnseg.isr", "attnseg.plots", "attnseg")),
     ("analysis", ("attnseg.tools",)),
     ("serve", ("attnseg.serve",)),
@@ -119,3 +119,9 @@ def test_functions_stay_short():
                 if key not in LONG:
                     long.append(f"{key[0]}:{n.name} ({n.end_lineno - n.lineno + 1} lines)")
     assert long == [], "split these (or say why in LONG): " + ", ".join(long)
+
+
+def test_no_message_advises_unpickling_a_users_file():
+    """Nothing in the package tells a user to load a file with weights_only=False (or to unpickle it)."""
+    offenders = [str(p.relative_to(SRC)) for p in SRC.rglob("*.py") if "weights_only=False" in p.read_text()]
+    assert offenders == [], offenders

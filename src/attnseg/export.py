@@ -169,8 +169,79 @@ def fold_same_padding(proto) -> int:
     return len(folded)
 
 
-class OnnxModel:
-    """A callable with the model interface (`images` tensor in, logits tensor out) running in onnxruntime."""
+class GraphModel:
+    """The model interface (`images` tensor in, logits tensor out; `meta`, `num_classes`, LSeg's labels) over a
+    compiled graph. A runtime subclass opens the graph and implements `_run(feeds) -> logits array`."""
+
+    backend = "graph"
+    precision = "fp32"
+
+    def _setup(self, info: dict, input_names: list[str], image_dims: list, out_channels) -> None:
+        """info: the attnseg metadata the graph carries; image_dims: the images input's 4 dims (int = fixed)."""
+        self.meta = meta_from(info, fill_none=True)
+        self.variant = info.get("model")
+        self.fixed_size = tuple(image_dims[2:4]) if all(isinstance(d, int) for d in image_dims[2:4]) else None
+        self.fixed_batch = image_dims[0] if isinstance(image_dims[0], int) else None
+        self.num_classes = out_channels if isinstance(out_channels, int) else None
+        self.training = False
+        self.lseg = "text_embeddings" in input_names
+        if self.lseg:
+            self.num_classes = None
+            self._text_spec = (info.get("text_encoder") or "minilm", info.get("template"))
+            self._text = None
+            self.default_labels = info.get("default_labels")
+
+    def __getattr__(self, name):
+        if name == "text_encoder" and self.__dict__.get("lseg"):  # LSeg graphs: encode labels outside the graph
+            if self._text is None:
+                from .models.text import get_text_encoder
+
+                self._text = get_text_encoder(*self._text_spec)
+            return self._text
+        raise AttributeError(name)
+
+    def _run(self, feeds: dict) -> np.ndarray:
+        raise NotImplementedError
+
+    def __call__(self, images: torch.Tensor, labels: list[str] | None = None,
+                 text_embeddings: torch.Tensor | None = None, **kw) -> torch.Tensor:
+        if self.fixed_size and tuple(images.shape[-2:]) != self.fixed_size:
+            raise ValueError(f"this graph was exported for {self.fixed_size[0]}x{self.fixed_size[1]} inputs, got "
+                             f"{images.shape[-2]}x{images.shape[-1]}; export with --dynamic for any size")
+        if self.fixed_batch and images.shape[0] != self.fixed_batch:  # e.g. slide windows through a batch-1 graph
+            b = self.fixed_batch
+            return torch.cat([self(images[i:i + b], labels, text_embeddings) for i in range(0, images.shape[0], b)])
+        feeds = {"images": np.ascontiguousarray(images.detach().float().cpu().numpy())}
+        if self.lseg:
+            if text_embeddings is None:
+                from .models.text import check_labels
+
+                labels = labels if labels is not None else self.default_labels
+                if labels is None:
+                    raise ValueError("this LSeg graph needs labels: model(images, labels=['sky', 'road', 'other'])")
+                text_embeddings = self.text_encoder.encode(check_labels(labels))
+            feeds["text_embeddings"] = np.ascontiguousarray(text_embeddings.detach().float().cpu().numpy())
+        elif labels is not None or text_embeddings is not None:
+            raise ValueError("labels were given, but this graph has fixed classes")
+        return torch.from_numpy(self._run(feeds))
+
+    def eval(self):
+        return self
+
+    def train(self, mode: bool = True):
+        return self
+
+    def to(self, *a, **k):
+        return self
+
+    def parameters(self):
+        return iter([torch.zeros(1)])
+
+
+class OnnxModel(GraphModel):
+    """A graph `attnseg export` wrote, run in onnxruntime."""
+
+    backend = "onnx"
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, spinning: bool = True):
         """threads: onnxruntime's intra-op threads (default: its own choice). spinning=False makes idle pool
@@ -188,62 +259,9 @@ class OnnxModel:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         meta = self.session.get_modelmeta().custom_metadata_map.get("attnseg")
-        info = json.loads(meta) if meta else {}
+        inputs = self.session.get_inputs()
+        self._setup(json.loads(meta) if meta else {}, [i.name for i in inputs], list(inputs[0].shape),
+                    self.session.get_outputs()[0].shape[1])
 
-        self.meta = meta_from(info, fill_none=True)
-        self.variant = info.get("model")
-        dims = self.session.get_inputs()[0].shape
-        self.fixed_size = tuple(dims[2:4]) if all(isinstance(d, int) for d in dims[2:4]) else None
-        self.fixed_batch = dims[0] if isinstance(dims[0], int) else None
-        out = self.session.get_outputs()[0]
-        self.num_classes = out.shape[1] if isinstance(out.shape[1], int) else None
-        self.training = False
-        self.lseg = "text_embeddings" in [i.name for i in self.session.get_inputs()]
-        if self.lseg:
-            self.num_classes = None
-            self._text_spec = (info.get("text_encoder") or "minilm", info.get("template"))
-            self._text = None
-            self.default_labels = info.get("default_labels")
-
-    def __getattr__(self, name):
-        if name == "text_encoder" and self.__dict__.get("lseg"):  # LSeg graphs: encode labels outside the graph
-            if self._text is None:
-                from .models.text import get_text_encoder
-
-                self._text = get_text_encoder(*self._text_spec)
-            return self._text
-        raise AttributeError(name)
-
-    def __call__(self, images: torch.Tensor, labels: list[str] | None = None,
-                 text_embeddings: torch.Tensor | None = None, **kw) -> torch.Tensor:
-        if self.fixed_size and tuple(images.shape[-2:]) != self.fixed_size:
-            raise ValueError(f"this ONNX graph was exported for {self.fixed_size[0]}x{self.fixed_size[1]} inputs, got "
-                             f"{images.shape[-2]}x{images.shape[-1]}; export with --dynamic for any size")
-        if self.fixed_batch and images.shape[0] != self.fixed_batch:  # e.g. slide windows through a batch-1 graph
-            b = self.fixed_batch
-            return torch.cat([self(images[i:i + b], labels, text_embeddings) for i in range(0, images.shape[0], b)])
-        feeds = {"images": np.ascontiguousarray(images.detach().float().cpu().numpy())}
-        if self.lseg:
-            if text_embeddings is None:
-                from .models.text import check_labels
-
-                labels = labels if labels is not None else self.default_labels
-                if labels is None:
-                    raise ValueError("this LSeg graph needs labels: model(images, labels=['sky', 'road', 'other'])")
-                text_embeddings = self.text_encoder.encode(check_labels(labels))
-            feeds["text_embeddings"] = np.ascontiguousarray(text_embeddings.detach().float().cpu().numpy())
-        elif labels is not None or text_embeddings is not None:
-            raise ValueError("labels were given, but this ONNX model has fixed classes")
-        return torch.from_numpy(self.session.run(None, feeds)[0])
-
-    def eval(self):
-        return self
-
-    def train(self, mode: bool = True):
-        return self
-
-    def to(self, *a, **k):
-        return self
-
-    def parameters(self):
-        return iter([torch.zeros(1)])
+    def _run(self, feeds: dict) -> np.ndarray:
+        return self.session.run(None, feeds)[0]

@@ -82,6 +82,9 @@ class Segmenter:
     def working_size(self, h: int, w: int) -> tuple[int, int]:
         """The size an (h, w) image runs at: its short side at `size`, then fitted to the working-size limits
         (`inference.work`: pixels, long and short side); raises WorkSizeError for ratios no size can fit."""
+        fixed = getattr(self.model, "fixed_size", None)  # a graph exported for one size runs every image at it
+        if fixed and self.inference.mode == "whole":
+            return tuple(fixed)
         return self.inference.work.fit(*scaled_size(h, w, self.size), name=f"image of {w}x{h}")
 
     def preprocess(self, image) -> tuple[torch.Tensor, tuple[int, int]]:

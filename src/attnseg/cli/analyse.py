@@ -29,7 +29,7 @@ from ..worksize import WorkLimit, WorkSizeError
 from . import options
 from .common import (CLIError, apply_isr_arg, check_device, check_file_out, check_out_dir, eval_dataset,
                      inference_config, is_language_driven, load_model_arg, maybe_onnx, model_from_name_or_source,
-                     read_labels, require_plots)
+                     read_labels, require_plots, to_backend)
 
 
 def add_arguments(verb: str, p):
@@ -65,7 +65,7 @@ def _benchmark_arguments(p):
     options.add_batch(p, 1024, 1, "images per forward pass (default 1)")
     options.add_threads(p)
     options.add_dtype(p, ("fp32", "bf16", "fp16"), help=None)
-    options.add_backend(p, ("eager", "compile", "onnx"))
+    options.add_backend(p, ("eager", "compile", "onnx", "openvino"))
     options.add_device(p)
     options.add_isr(p)
     p.add_argument("--warmup", type=options.int_range(0, 100000), default=3)
@@ -141,11 +141,13 @@ def cmd_benchmark(args) -> int:
         torch.set_num_threads(args.threads)
     model = model_from_name_or_source(args, fixed_labels=True)
     apply_isr_arg(model, args)
-    backend = args.backend
+    backend, dtype = args.backend, args.dtype
     if backend == "onnx" or str(args.model).endswith(".onnx"):
         model, backend, args.backend = maybe_onnx(model, args), "eager", "onnx"
+    elif backend == "openvino":  # the precision is OpenVINO's hint, not an autocast
+        model, backend, dtype = to_backend(model, args), "eager", "fp32"
     try:
-        r = benchmark_model(model, args.size, args.batch, args.dtype, backend, args.device, args.warmup, args.iters)
+        r = benchmark_model(model, args.size, args.batch, dtype, backend, args.device, args.warmup, args.iters)
     except ValueError as e:
         raise CLIError(str(e)) from None
     r.update(model=args.model, size=f"{args.size[0]}x{args.size[1]}", batch=args.batch, dtype=args.dtype,

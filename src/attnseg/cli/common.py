@@ -25,11 +25,15 @@ def load_model_arg(args):
     import attnseg
 
     try:
-        if str(args.model).endswith(".onnx"):
+        if str(args.model).endswith((".onnx", ".xml")):
             from ..export import OnnxModel
 
             if not Path(args.model).is_file():
                 raise CLIError(f"--model {args.model}: file not found")
+            if getattr(args, "backend", "eager") in ("openvino", "auto") or str(args.model).endswith(".xml"):
+                from ..backends.openvino import OpenVinoModel
+
+                return OpenVinoModel(args.model, getattr(args, "dtype", "fp32"), getattr(args, "threads", None))
             return OnnxModel(args.model, *onnx_session(args))
         over = {"text_encoder": args.text_encoder} if getattr(args, "text_encoder", None) else {}
         over.update(model_options(getattr(args, "model_option", [])))
@@ -38,7 +42,35 @@ def load_model_arg(args):
             model.text_encoder  # noqa: B018 - built now: a missing extra is one line here, not a traceback later
     except (ValueError, OSError, ImportError) as e:
         raise CLIError(first_line(e)) from None
-    return maybe_onnx(model, args)
+    return to_backend(model, args)
+
+
+def to_backend(model, args):
+    """--backend: eager (the PyTorch model), onnx (exported, run in onnxruntime), openvino (converted, run with
+    --dtype fp32|bf16 as the CPU plugin's precision) or auto (the fastest one whose recorded CamVid mIoU is
+    within 0.3 points of fp32; see attnseg.backends.choose). Sets args.backend/args.dtype to what runs."""
+    from ..backends import choose
+
+    backend = getattr(args, "backend", "eager")
+    if backend == "auto":
+        args.backend, args.dtype = choose(model, getattr(args, "dtype", "fp32"))
+        backend = args.backend
+    if backend == "onnx":
+        return maybe_onnx(model, args)
+    if backend != "openvino" or not isinstance(model, __import__("torch").nn.Module):
+        return model
+    from ..backends.openvino import OpenVinoModel
+
+    if getattr(args, "isr", None):
+        apply_isr_arg(model, args)
+        args.isr = None  # baked into the graph
+    try:
+        return OpenVinoModel(model, args.dtype, getattr(args, "threads", None))
+    except ImportError as e:
+        raise CLIError(str(e)) from None
+    except Exception as e:
+        raise CLIError(f"--backend openvino: {args.model} could not be converted ({type(e).__name__}: "
+                       f"{first_line(e)}); use --backend eager") from None
 
 
 def onnx_session(args) -> tuple[int | None, bool]:
@@ -85,17 +117,12 @@ def maybe_onnx(model, args):
 
 
 def check_onnx_size(model, args) -> None:
-    """A fixed-size ONNX graph runs one input size: say so before any image is read."""
+    """A fixed-size graph runs one input size: whole images are resized to it (Segmenter.working_size); slide
+    windows must be that size."""
     fixed = getattr(model, "fixed_size", None)
-    if not fixed:
-        return
-    if getattr(args, "mode", "whole") == "slide":
-        if tuple(args.crop) != fixed:
-            raise CLIError(f"{args.model} is a fixed-size graph ({fixed[0]}x{fixed[1]}); use --crop "
-                           f"{fixed[0]}x{fixed[1]} or export with --dynamic")
-        return
-    raise CLIError(f"{args.model} is a fixed-size graph ({fixed[0]}x{fixed[1]}) and images are resized by their "
-                   f"short side; export with --dynamic, or use --mode slide --crop {fixed[0]}x{fixed[1]}")
+    if fixed and getattr(args, "mode", "whole") == "slide" and tuple(args.crop) != fixed:
+        raise CLIError(f"{args.model} is a fixed-size graph ({fixed[0]}x{fixed[1]}); use --crop "
+                       f"{fixed[0]}x{fixed[1]} or export with --dynamic")
 
 
 def check_out_dir(out: Path) -> None:
@@ -128,10 +155,11 @@ def amp_dtype(args, model):
     """--dtype: None for fp32, torch.bfloat16 for bf16 (autocast; eager PyTorch models only)."""
     import torch
 
-    if getattr(args, "dtype", "fp32") == "fp32":
-        return None
+    if getattr(args, "dtype", "fp32") == "fp32" or getattr(model, "backend", None) == "openvino":
+        return None  # OpenVINO takes the precision itself (its inference precision hint)
     if not isinstance(model, torch.nn.Module):
-        raise CLIError("--dtype bf16 runs eager PyTorch models; an ONNX graph runs in its own precision")
+        raise CLIError("--dtype bf16 runs eager PyTorch models and --backend openvino; an ONNX graph runs in its "
+                       "own precision")
     return torch.bfloat16
 
 

@@ -113,10 +113,11 @@ def add_arguments(verb: str, p):
     options.add_work_limit(p)
     options.add_device(p)
     options.add_isr(p)
-    options.add_backend(p, help="onnx: run in onnxruntime (a .onnx --model, or export the checkpoint first)")
+    options.add_backend(p)
     options.add_labels(p)
     options.add_threads(p)
     options.add_dtype(p)
+    p.add_argument("-v", "--verbose", action="store_true", help="say which backend and precision run")
     p.add_argument("--save-masks", action="store_true",
                    help="videos: also write one label PNG per frame (NAME_masks/000000.png, ...)")
     options.add_batch(p, 256, 4, "images of one size and video frames per forward pass (default 4); videos become "
@@ -176,6 +177,8 @@ def _segmenter(args):
         model = load_model_arg(args)
     apply_isr_arg(model, args)
     check_onnx_size(model, args)
+    if args.verbose:
+        print(f"running {args.model} on {getattr(model, 'backend', 'eager')} {args.dtype}", file=sys.stderr)
     try:
         seg = attnseg.Segmenter(model, size=args.size, inference=inference, device=args.device,
                                 dtype=amp_dtype(args, model) or torch.float32)

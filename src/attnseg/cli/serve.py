@@ -16,6 +16,7 @@ def add_arguments(verb: str, p):
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=options.int_range(1, 65535), default=8000)
     options.add_backend(p)
+    options.add_dtype(p)
     options.add_threads(p)
     p.add_argument("--max-batch", type=options.int_range(1, 256), default=8, help="requests per model batch")
     p.add_argument("--max-wait-ms", type=options.float_range(0.0, 10000.0), default=0.0,
@@ -65,7 +66,7 @@ def cmd_serve(args) -> int:
     if not sources:
         raise CLIError("no model to serve: pass --model SOURCE (repeatable)")
     try:
-        models = load_models(sources, args.backend, args.threads, args.max_work_pixels)
+        models = load_models(sources, args.backend, args.threads, args.max_work_pixels, args.dtype)
     except (ValueError, OSError, ImportError) as e:
         raise CLIError(str(e)) from None
     settings = Settings(max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, max_batch=args.max_batch,

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 _EXPORT_FORMS = False
+_CONVERTING_FOR: str | None = None
 
 
 @contextlib.contextmanager
@@ -32,6 +33,22 @@ def export_forms():
 def exporting() -> bool:
     """True inside `export_forms()`: modules trace their onnxruntime-friendly form."""
     return _EXPORT_FORMS
+
+
+@contextlib.contextmanager
+def converting_for(runtime: str):
+    """Modules trace a form `runtime` can compile (e.g. OpenVINO's CPU plugin has no convolution whose
+    weights are a graph input: LSeg's label correlation traces as a matrix product there)."""
+    global _CONVERTING_FOR
+    previous, _CONVERTING_FOR = _CONVERTING_FOR, runtime
+    try:
+        yield
+    finally:
+        _CONVERTING_FOR = previous
+
+
+def converting_for_runtime() -> str | None:
+    return _CONVERTING_FOR
 
 
 class DropPath(nn.Module):

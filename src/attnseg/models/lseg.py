@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import create_backbone
-from .layers import check_images, resize
+from .layers import check_images, converting_for_runtime, resize
 from .text import check_labels, get_text_encoder
 
 
@@ -151,7 +151,10 @@ class LSeg(nn.Module):
         """
         w = self.head1.weight[:, :, 0, 0]  # (C, f)
         b = self.head1.bias  # (C,)
-        dot = F.conv2d(h, (t @ w)[:, :, None, None], t @ b)  # (B, N, h, w)
+        if converting_for_runtime() == "openvino":  # the same product, with the label weights as a matmul operand
+            dot = torch.einsum("bfhw,nf->bnhw", h, t @ w) + (t @ b)[None, :, None, None]
+        else:
+            dot = F.conv2d(h, (t @ w)[:, :, None, None], t @ b)  # (B, N, h, w)
         q = F.conv2d(h, (w.t() @ w)[:, :, None, None], 2 * (w.t() @ b))
         sq = (h * q).sum(1, keepdim=True) + b.dot(b)
         norm = sq.clamp_min(1e-24).sqrt()  # F.normalize clamps the norm at 1e-12

@@ -5,6 +5,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..backends import choose
 from ..engine.inference import InferenceConfig
 from ..isr import accepted as isr_accepted, apply as apply_isr
 from ..worksize import MAX_WORK_PIXELS, WorkLimit
@@ -39,8 +40,9 @@ class ServedModel:
 
 
 def load_models(sources: list[str], backend: str = "eager", threads: int | None = None,
-                max_work_pixels: int = MAX_WORK_PIXELS) -> dict[str, ServedModel]:
-    """Load every model the server will serve (name -> ServedModel); raises ValueError naming a bad source."""
+                max_work_pixels: int = MAX_WORK_PIXELS, dtype: str = "fp32") -> dict[str, ServedModel]:
+    """Load every model the server will serve (name -> ServedModel); raises ValueError naming a bad source.
+    backend: eager, onnx, openvino (with dtype fp32|bf16) or auto (attnseg.backends.choose, per model)."""
     import torch
 
     import attnseg
@@ -54,9 +56,14 @@ def load_models(sources: list[str], backend: str = "eager", threads: int | None 
         name = Path(src).stem if (Path(src).exists() and src not in attnseg.list_pretrained()) else src
         if name in out:
             raise ValueError(f"two models would be served as {name!r}; rename one of the files")
-        settings = isr_accepted(model) if backend == "eager" else []  # the grid's settings it takes
-        if backend == "onnx":
+        run, precision = choose(model, dtype) if backend == "auto" else (backend, dtype)
+        settings = isr_accepted(model) if run == "eager" else []  # the grid's settings it takes
+        if run == "onnx":
             model = _to_onnx(model, threads)
+        elif run == "openvino":
+            from ..backends.openvino import OpenVinoModel
+
+            model = OpenVinoModel(model, precision, threads)
         lang = is_language_driven(model)
         if lang:
             model.text_encoder.encode(["warm-up"])  # load the text encoder now, not on the first request
