@@ -284,3 +284,20 @@ def test_api_docs_are_served_from_the_package(client):
         assert asset in html and "cdn" not in html.lower() and "fonts.googleapis" not in html
         r = client.get(asset)
         assert r.status_code == 200 and len(r.content) > 100_000
+
+
+def test_readyz_after_warm_up_and_version(tiny_models):
+    models = load_models([tiny_models[0]])
+    app = create_app(models, Settings())
+    with TestClient(app) as c:  # the lifespan warms every model up before the first request
+        r = c.get("/readyz")
+        assert r.status_code == 200 and r.json() == {"status": "ready", "models": ["tiny_seg"]}
+        v = c.get("/version").json()
+        assert v["attnseg"] == attnseg.__version__ and v["models"]["tiny_seg"] == {"backend": "eager",
+                                                                                     "precision": "fp32"}
+        assert 'path="/readyz"' in c.get("/metrics").text
+    app.state.ready = False
+    with TestClient(app, raise_server_exceptions=False) as c:
+        c.app.state.ready = False
+        r = c.get("/readyz")
+        assert r.status_code == 503 and r.headers["Retry-After"] == "1"

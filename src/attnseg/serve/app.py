@@ -18,6 +18,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .batcher import Batcher
@@ -42,7 +43,7 @@ class Settings:
 class Metrics:
     """The Prometheus registry of one app: requests by path and status, segment latency, batch sizes, queue."""
 
-    PATHS = ("/", "/api/models", "/api/segment", "/healthz", "/metrics", "/docs", "/redoc")
+    PATHS = ("/", "/api/models", "/api/segment", "/healthz", "/readyz", "/version", "/metrics", "/docs", "/redoc")
 
     def __init__(self, batcher_depth):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -69,6 +70,9 @@ def create_app(models: dict[str, ServedModel], settings: Settings | None = None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        app.state.ready = False
+        await run_in_threadpool(_warm_up, models)  # the first request is not the cold one
+        app.state.ready = True
         yield
         batcher.close()  # the worker thread ends with the server
 
@@ -86,6 +90,21 @@ def create_app(models: dict[str, ServedModel], settings: Settings | None = None)
     app.include_router(router)
     _docs_routes(app)
     return app
+
+
+def _warm_up(models: dict[str, ServedModel]) -> None:
+    """One forward pass per model at its working size (allocations, kernels, LSeg's label embeddings)."""
+    import numpy as np
+
+    for served in models.values():
+        seg = served.segmenter
+        side = seg.size or 64
+        image = np.zeros((side, side * 4 // 3, 3), np.uint8)
+        try:
+            with served.lock:
+                seg.predict(image)
+        except Exception:  # a model that cannot warm up still serves; its first request will say what is wrong
+            log.warning("warm-up of %s failed", served.name, exc_info=True)
 
 
 def _error_handlers(app: FastAPI) -> None:

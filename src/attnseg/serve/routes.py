@@ -53,6 +53,28 @@ async def healthz(request: Request) -> dict:
     return {"status": "ok", "models": list(st.models), "queue_depth": st.batcher.depth()}
 
 
+@router.get("/readyz", summary="readiness: every model loaded and warmed up (503 until then)")
+async def readyz(request: Request):
+    st = request.app.state
+    if not getattr(st, "ready", False):
+        return JSONResponse({"error": "warming up"}, status_code=503, headers={"Retry-After": "1"})
+    return {"status": "ready", "models": list(st.models)}
+
+
+@router.get("/version", summary="versions of attnseg and its runtime, and what each model runs on")
+async def version(request: Request) -> dict:
+    import platform
+
+    import torch
+
+    from .. import __version__
+
+    return {"attnseg": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "models": {name: {"backend": getattr(m.model, "backend", "eager"),
+                              "precision": getattr(m.model, "precision", "fp32")}
+                       for name, m in request.app.state.models.items()}}
+
+
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(request: Request):
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
