@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("camvid_test_*.png"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["segformer-tiny", "edaformer-tiny", "allmlp-tiny", "sanet-tiny", "nlnet-tiny"])
 def test_fp32_equals_eager_at_any_size(name):
     torch.manual_seed(0)
@@ -49,6 +50,7 @@ def test_lseg_takes_its_labels_as_an_input():
         assert (graph(x, labels=labels) - ref).abs().max().item() < 1e-4
 
 
+@pytest.mark.slow
 def test_bf16_agrees_with_fp32_on_camvid_images():
     from attnseg.io import read_image
 
@@ -63,6 +65,7 @@ def test_bf16_agrees_with_fp32_on_camvid_images():
     assert same / total > 0.98, same / total
 
 
+@pytest.mark.slow
 def test_converted_graphs_are_cached(monkeypatch, tmp_path):
     monkeypatch.setenv("ATTNSEG_CACHE", str(tmp_path))
     torch.manual_seed(0)
@@ -105,6 +108,7 @@ def test_every_shipped_model_has_its_precisions_recorded():
         assert abs(rec[name]["openvino-fp32"] - rec[name]["eager-fp32"]) < 0.05, name  # fp32 graphs are exact
 
 
+@pytest.mark.slow
 def test_predict_with_openvino_matches_eager(tmp_path, capsys):
     out_e, out_o = tmp_path / "e", tmp_path / "o"
     assert main(["predict", str(EXAMPLES[0]), "--model", "sanet-effnet-lite0-camvid", "--out", str(out_e)]) == 0
