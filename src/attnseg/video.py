@@ -85,13 +85,9 @@ def segment_video(seg, src, dst, masks_dir=None, batch: int = 4, alpha: float = 
     Returns {"frames", "seconds", "fps", "size"}; `progress(n)` is called as frames are written.
     """
     av = _require_av()
-    import torch
-
-    from .io import DEFAULT_MAX_PIXELS, atomic_save, atomic_write, label_png
-    from .worksize import WorkSizeError
+    from .io import DEFAULT_MAX_PIXELS, atomic_write
 
     src, dst = Path(src), Path(dst)
-    palette = palette or seg.palette
     try:
         container = av.open(str(src))
     except (av.error.FFmpegError, OSError) as e:  # not a video, truncated header, unreadable
@@ -106,16 +102,36 @@ def segment_video(seg, src, dst, masks_dir=None, batch: int = 4, alpha: float = 
     if w * h > limit:
         container.close()
         raise VideoReadError(f"{src}: frames of {w}x{h} = {w * h} pixels exceed --max-pixels {limit}")
-    rate = stream.average_rate or stream.guessed_rate or Fraction(30)
-    overlay = OverlayLUT(palette, alpha)
-    q_in: queue.Queue = queue.Queue(maxsize=2 * batch)
-    q_out: queue.Queue = queue.Queue(maxsize=2 * batch)
-    errors: list[BaseException] = []
-    shown = [h, w]  # frame size as displayed (after the stream's rotation), set by the writer
-    stop = threading.Event()
+    run = _Pipeline(av, seg, container, stream, src, palette or seg.palette, alpha, batch, workers, masks_dir,
+                    progress, crf, preset, kw)
+    t0 = time.perf_counter()
+    atomic_write(dst, run)
+    seconds = time.perf_counter() - t0
+    return {"frames": run.written, "seconds": seconds, "fps": run.written / max(seconds, 1e-9),
+            "size": tuple(run.shown), "rate": float(run.rate)}
 
-    def put(q, item) -> bool:  # gives up when another stage has failed, so no thread blocks forever
-        while not stop.is_set():
+
+class _Pipeline:
+    """decode (a reader thread) -> infer in batches (this thread, or `workers` threads) -> overlay, encode and
+    write masks (a writer thread). Any stage that fails records the error and sets `stop`; the others give up
+    at their next queue operation, so no thread blocks forever. Called with the temp path to write to."""
+
+    def __init__(self, av, seg, container, stream, src, palette, alpha, batch, workers, masks_dir, progress,
+                 crf, preset, kw):
+        self.av, self.seg, self.container, self.stream, self.src = av, seg, container, stream, src
+        self.palette, self.overlay = palette, OverlayLUT(palette, alpha)
+        self.batch, self.workers, self.masks_dir, self.progress = batch, workers, masks_dir, progress
+        self.crf, self.preset, self.kw = crf, preset, kw
+        self.rate = stream.average_rate or stream.guessed_rate or Fraction(30)
+        self.q_in: queue.Queue = queue.Queue(maxsize=2 * batch)
+        self.q_out: queue.Queue = queue.Queue(maxsize=2 * batch)
+        self.errors: list[BaseException] = []
+        self.shown = [stream.codec_context.height, stream.codec_context.width]  # as displayed, set by the writer
+        self.stop = threading.Event()
+        self.written = 0
+
+    def put(self, q, item) -> bool:  # gives up when another stage has failed
+        while not self.stop.is_set():
             try:
                 q.put(item, timeout=0.1)
                 return True
@@ -123,115 +139,125 @@ def segment_video(seg, src, dst, masks_dir=None, batch: int = 4, alpha: float = 
                 continue
         return False
 
-    def get(q):
+    def get(self, q):
         while True:
             try:
                 return q.get(timeout=0.1)
             except queue.Empty:
-                if stop.is_set():
+                if self.stop.is_set():
                     return _END
 
-    def read():
+    def fail(self, e: BaseException) -> None:
+        self.errors.append(e)
+        self.stop.set()
+
+    def read(self) -> None:
+        from .worksize import WorkSizeError
+
         try:
-            for frame in container.decode(stream):
+            for frame in self.container.decode(self.stream):
                 rgb = upright(frame.to_ndarray(format="rgb24"), getattr(frame, "rotation", 0) or 0)
-                if not put(q_in, (rgb, *seg.preprocess(rgb))):
+                if not self.put(self.q_in, (rgb, *self.seg.preprocess(rgb))):
                     return
         except WorkSizeError as e:  # frames no working size fits (e.g. 20000x12)
-            errors.append(VideoReadError(f"{src}: frame {e}"))
-            stop.set()
+            self.fail(VideoReadError(f"{self.src}: frame {e}"))
         except Exception as e:  # a corrupt packet mid-file: stop and report
-            errors.append(VideoReadError(f"cannot decode {src}: {e}"))
-            stop.set()
-        put(q_in, _END)
+            self.fail(VideoReadError(f"cannot decode {self.src}: {e}"))
+        self.put(self.q_in, _END)
 
-    written = [0]
+    def _open_stream(self, out, rgb):
+        """The output stream, sized by the first (rotated) frame."""
+        fh, fw = _even(rgb).shape[:2]
+        self.shown[:] = rgb.shape[:2]
+        codec = "libx264" if "libx264" in self.av.codecs_available else "mpeg4"
+        vstream = out.add_stream(codec, rate=self.rate)
+        vstream.width, vstream.height, vstream.pix_fmt = fw, fh, "yuv420p"
+        if codec == "libx264":
+            vstream.options = {"preset": self.preset, "crf": str(self.crf), "threads": "1"}
+        return vstream
 
-    def write(tmp: str):
-        out = av.open(tmp, "w", format="mp4")
+    def write(self, tmp: str) -> None:
+        from .io import atomic_save, label_png
+
+        out = self.av.open(tmp, "w", format="mp4")
         try:
             vstream = None
-            while (item := get(q_out)) is not _END:
+            while (item := self.get(self.q_out)) is not _END:
                 rgb, fut, j, size = item
-                label = seg.labels(fut.result()[j], size)
-                if vstream is None:  # the size is known from the first (rotated) frame
-                    fh, fw = _even(rgb).shape[:2]
-                    shown[:] = rgb.shape[:2]
-                    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-                    vstream = out.add_stream(codec, rate=rate)
-                    vstream.width, vstream.height, vstream.pix_fmt = fw, fh, "yuv420p"
-                    if codec == "libx264":
-                        vstream.options = {"preset": preset, "crf": str(crf), "threads": "1"}
-                frame = av.VideoFrame.from_ndarray(_even(overlay(rgb, label)), format="rgb24")
+                label = self.seg.labels(fut.result()[j], size)
+                if vstream is None:
+                    vstream = self._open_stream(out, rgb)
+                frame = self.av.VideoFrame.from_ndarray(_even(self.overlay(rgb, label)), format="rgb24")
                 for packet in vstream.encode(frame):
                     out.mux(packet)
-                if masks_dir is not None:
-                    atomic_save(label_png(label, palette), Path(masks_dir) / f"{written[0]:06d}.png",
+                if self.masks_dir is not None:
+                    atomic_save(label_png(label, self.palette), Path(self.masks_dir) / f"{self.written:06d}.png",
                                 compress_level=1)
-                written[0] += 1
-                if progress:
-                    progress(1)
-            if vstream is not None and not stop.is_set():
+                self.written += 1
+                if self.progress:
+                    self.progress(1)
+            if vstream is not None and not self.stop.is_set():
                 for packet in vstream.encode(None):  # flush the encoder
                     out.mux(packet)
         except Exception as e:
-            errors.append(e)
-            stop.set()
+            self.fail(e)
         finally:
             try:
                 out.close()  # muxes the trailer: on a full disk it fails here
             except Exception as e:
-                errors.append(e)
-                stop.set()
+                self.fail(e)
 
-    t0 = time.perf_counter()
+    def _next_batch(self) -> tuple[list, bool]:
+        items, done = [], False  # (rgb, normalised tensor, size) per frame
+        while len(items) < self.batch and not done:
+            item = self.get(self.q_in)
+            done = item is _END
+            if not done:
+                items.append(item)
+        return items, done
 
-    def pipeline(tmp: str):
-        if masks_dir is not None:
-            Path(masks_dir).mkdir(parents=True, exist_ok=True)
-        reader = threading.Thread(target=read, name="attnseg-video-read", daemon=True)
-        writer = threading.Thread(target=write, args=(tmp,), name="attnseg-video-write", daemon=True)
+    def infer(self, pool) -> None:
+        import torch
+
+        done = False
+        while not done and not self.stop.is_set():
+            items, done = self._next_batch()
+            if not items:
+                break
+            if len({x.shape for _, x, _ in items}) > 1:  # the size changed mid-stream: one at a time
+                jobs = [(x, size, [i]) for i, (_, x, size) in enumerate(items)]
+            else:
+                jobs = [(torch.cat([x for _, x, _ in items]), items[0][2], list(range(len(items))))]
+            for x, size, idx in jobs:
+                if pool:
+                    fut = pool.submit(self.seg.batch_scores, x, size, **self.kw)
+                else:  # inference on this thread: an already finished Future
+                    fut = Future()
+                    fut.set_result(self.seg.batch_scores(x, size, **self.kw))
+                for j, i in enumerate(idx):
+                    self.put(self.q_out, (items[i][0], fut, j, size))
+
+    def __call__(self, tmp: str) -> None:
+        if self.masks_dir is not None:
+            Path(self.masks_dir).mkdir(parents=True, exist_ok=True)
+        reader = threading.Thread(target=self.read, name="attnseg-video-read", daemon=True)
+        writer = threading.Thread(target=self.write, args=(tmp,), name="attnseg-video-write", daemon=True)
         reader.start()
         writer.start()
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="attnseg-video-infer") if workers > 1 else None
+        pool = (ThreadPoolExecutor(self.workers, thread_name_prefix="attnseg-video-infer") if self.workers > 1
+                else None)
         try:
-            done = False
-            while not done and not stop.is_set():
-                items = []  # (rgb, normalised tensor, size) per frame
-                while len(items) < batch and not done:
-                    item = get(q_in)
-                    done = item is _END
-                    if not done:
-                        items.append(item)
-                if not items:
-                    break
-                if len({x.shape for _, x, _ in items}) > 1:  # the size changed mid-stream: one at a time
-                    jobs = [(x, size, [i]) for i, (_, x, size) in enumerate(items)]
-                else:
-                    jobs = [(torch.cat([x for _, x, _ in items]), items[0][2], list(range(len(items))))]
-                for x, size, idx in jobs:
-                    if pool:
-                        fut = pool.submit(seg.batch_scores, x, size, **kw)
-                    else:  # inference on this thread: an already finished Future
-                        fut = Future()
-                        fut.set_result(seg.batch_scores(x, size, **kw))
-                    for j, i in enumerate(idx):
-                        put(q_out, (items[i][0], fut, j, size))
-            put(q_out, _END)
+            self.infer(pool)
+            self.put(self.q_out, _END)
             writer.join()
         finally:
-            stop.set()
+            self.stop.set()
             if pool:
                 pool.shutdown(cancel_futures=True)
             writer.join()
             reader.join(timeout=5)
-            container.close()
-        if errors:
-            raise errors[0]
-        if written[0] == 0:
-            raise VideoReadError(f"{src} has no decodable frames")
-
-    atomic_write(dst, pipeline)
-    seconds = time.perf_counter() - t0
-    return {"frames": written[0], "seconds": seconds, "fps": written[0] / max(seconds, 1e-9),
-            "size": tuple(shown), "rate": float(rate)}
+            self.container.close()
+        if self.errors:
+            raise self.errors[0]
+        if self.written == 0:
+            raise VideoReadError(f"{self.src} has no decodable frames")
