@@ -52,6 +52,21 @@ def tiny_ckpt(tmp_path):
                                   short_side=48))
 
 
+def without_modules(tmp_path: Path, *names: str) -> dict:
+    """The environment of a child process in which importing any of `names` fails as if it were not installed
+    (a sitecustomize that refuses them), to test what a user without an extra sees."""
+    block = tmp_path / "no_modules"
+    block.mkdir(exist_ok=True)
+    (block / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] in {tuple(names)!r}:\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, _Block())\n")
+    return {**os.environ, "PYTHONPATH": str(block)}
+
+
 def randomize_bn(model: torch.nn.Module, seed: int = 0) -> None:
     """Give every BatchNorm non-trivial running stats and affine params (parity tests must see them)."""
     g = torch.Generator().manual_seed(seed)

