@@ -52,6 +52,19 @@ class _LSegGraph(torch.nn.Module):
         return self.model(images, text_embeddings=text_embeddings)
 
 
+def graph_info(model: torch.nn.Module) -> dict:
+    """What a graph made from `model` carries about it: the meta keys (short_side: predict's working size), the
+    variant, the output stride and, for LSeg, how to encode its labels outside the graph."""
+    from .models.lseg import is_language_driven
+
+    info = {k: (getattr(model, "meta", None) or {}).get(k) for k in META_KEYS}
+    info.update(model=getattr(model, "variant", None), output_stride=getattr(model, "output_stride", None))
+    if is_language_driven(model):
+        info.update(text_encoder=model.cfg.text_encoder, template=model.cfg.template,
+                    default_labels=getattr(model, "default_labels", None))
+    return info
+
+
 def export_onnx(model: torch.nn.Module, path: str | os.PathLike, dynamic: bool = True,
                 example_size: tuple[int, int] = (256, 320), opset: int = 20) -> Path:
     try:
@@ -98,12 +111,7 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, dynamic: bool =
         first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
         raise ExportError(f"cannot export {getattr(model, 'variant', type(model).__name__)} to ONNX"
                           f"{' with dynamic shapes' if dynamic else ''}: {type(e).__name__}: {first[:300]}") from e
-    info = {k: (getattr(model, "meta", None) or {}).get(k) for k in META_KEYS}  # short_side: predict's working size
-    info.update(model=getattr(model, "variant", None), output_stride=getattr(model, "output_stride", None))
-    if lseg:
-        info.update(text_encoder=model.cfg.text_encoder, template=model.cfg.template,
-                    default_labels=model.default_labels)
-    prog.model.metadata_props["attnseg"] = json.dumps(info)
+    prog.model.metadata_props["attnseg"] = json.dumps(graph_info(model))
     proto = prog.model_proto
     fold_same_padding(proto)
     return atomic_write_bytes(path, proto.SerializeToString())  # size-checked: a full disk is one line

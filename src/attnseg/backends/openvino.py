@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..export import GraphModel
+from ..export import GraphModel, graph_info
 from ..models.layers import converting_for
 
 PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
@@ -46,7 +46,7 @@ class OpenVinoModel(GraphModel):
         self.precision = precision
         core = ov.Core()
         if isinstance(source, torch.nn.Module):
-            graph, info = _cached_graph(ov, core, source), _info(source)
+            graph, info = _cached_graph(ov, core, source), graph_info(source)
         else:
             graph, info = core.read_model(str(source)), _graph_info(Path(source))
         names = [i.get_any_name() for i in graph.inputs]
@@ -68,19 +68,6 @@ class OpenVinoModel(GraphModel):
             req = self._local.request = self.compiled.create_infer_request()
         req.infer(feeds)
         return req.get_output_tensor(0).data.copy()
-
-
-def _info(model: torch.nn.Module) -> dict:
-    """The metadata an exported graph would carry (attnseg.export), read from the PyTorch model."""
-    from ..meta import META_KEYS
-    from ..models.lseg import is_language_driven
-
-    info = {k: (getattr(model, "meta", None) or {}).get(k) for k in META_KEYS}
-    info["model"] = getattr(model, "variant", None)
-    if is_language_driven(model):
-        info.update(text_encoder=model.cfg.text_encoder, template=model.cfg.template,
-                    default_labels=getattr(model, "default_labels", None))
-    return info
 
 
 def cache_dir() -> Path:

@@ -61,16 +61,8 @@ def to_backend(model, args):
         return model
     from ..backends.openvino import OpenVinoModel
 
-    if getattr(args, "isr", None):
-        apply_isr_arg(model, args)
-        args.isr = None  # baked into the graph
-    try:
-        return OpenVinoModel(model, args.dtype, getattr(args, "threads", None))
-    except ImportError as e:
-        raise CLIError(str(e)) from None
-    except Exception as e:
-        raise CLIError(f"--backend openvino: {args.model} could not be converted ({type(e).__name__}: "
-                       f"{first_line(e)}); use --backend eager") from None
+    return _as_graph(model, args, "openvino", "converted",
+                     lambda m: OpenVinoModel(m, args.dtype, getattr(args, "threads", None)))
 
 
 def onnx_session(args) -> tuple[int | None, bool]:
@@ -101,19 +93,27 @@ def maybe_onnx(model, args):
 
     from ..export import OnnxModel, export_onnx
 
+    def make(m):
+        with tempfile.TemporaryDirectory(prefix="attnseg_onnx_") as tmp:  # the session keeps the graph in memory
+            path = Path(tmp) / "model.onnx"
+            export_onnx(m, path)
+            return OnnxModel(path, *onnx_session(args))
+
+    return _as_graph(model, args, "onnx", "exported", make)
+
+
+def _as_graph(model, args, backend: str, verb: str, make):
+    """`make(model)` with the --isr setting baked into the graph; a failure is one line naming the backend."""
     if getattr(args, "isr", None):
         apply_isr_arg(model, args)
         args.isr = None  # baked into the graph
-    with tempfile.TemporaryDirectory(prefix="attnseg_onnx_") as tmp:  # the session keeps the graph in memory
-        path = Path(tmp) / "model.onnx"
-        try:
-            export_onnx(model, path)
-            return OnnxModel(path, *onnx_session(args))
-        except ImportError as e:
-            raise CLIError(str(e)) from None
-        except Exception as e:
-            raise CLIError(f"--backend onnx: {args.model} could not be exported ({type(e).__name__}: "
-                           f"{first_line(e)}); use --backend eager") from None
+    try:
+        return make(model)
+    except ImportError as e:
+        raise CLIError(str(e)) from None
+    except Exception as e:
+        raise CLIError(f"--backend {backend}: {args.model} could not be {verb} ({type(e).__name__}: "
+                       f"{first_line(e)}); use --backend eager") from None
 
 
 def check_onnx_size(model, args) -> None:

@@ -29,7 +29,7 @@ class Observe:
         given = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
         rid = given if re.fullmatch(r"[\w.-]{1,64}", given) else uuid.uuid4().hex[:16]
         scope.setdefault("state", {})["request_id"] = rid
-        status = [500]
+        status, started = [500], [False]
         t0 = time.perf_counter()
 
         async def tagged(msg):
@@ -39,7 +39,6 @@ class Observe:
                 started[0] = True
             await send(msg)
 
-        started = [False]
         try:
             await self.app(scope, receive, tagged)
         except Exception:
