@@ -29,8 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import attnseg  # noqa: E402
-from attnseg.export import OnnxModel, export_onnx  # noqa: E402
-from attnseg.tools.flops import count_flops  # noqa: E402
+from attnseg.deploy.export import OnnxModel, export_onnx  # noqa: E402
+from attnseg.analysis.flops import count_flops  # noqa: E402
 from timing import time_interleaved  # noqa: E402
 
 SIZE = (360, 480)

@@ -55,7 +55,7 @@ def ort_cuda_runner(model, size, device: torch.device):
         return None, "onnxruntime not installed"
     if device.type != "cuda" or "CUDAExecutionProvider" not in ort.get_available_providers():
         return None, "no CUDAExecutionProvider (pip install onnxruntime-gpu)"
-    from attnseg.export import export_onnx
+    from attnseg.deploy.export import export_onnx
 
     path = export_onnx(model.cpu(), Path(tempfile.mkdtemp()) / "m.onnx", dynamic=True, example_size=size)
     model.to(device)

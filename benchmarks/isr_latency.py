@@ -13,7 +13,7 @@ import torch
 
 import attnseg
 from attnseg.isr import IsrSetting
-from attnseg.tools.flops import count_flops
+from attnseg.analysis.flops import count_flops
 
 
 def main():

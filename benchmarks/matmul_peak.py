@@ -15,8 +15,8 @@ import time
 import torch
 
 import attnseg
-from attnseg.tools.benchmark import benchmark_model
-from attnseg.tools.flops import count_flops
+from attnseg.analysis.benchmark import benchmark_model
+from attnseg.analysis.flops import count_flops
 
 
 def _best(fn, reps: int) -> float:

@@ -10,7 +10,7 @@ machine's measured matmul peak of the same precision (benchmarks/matmul_peak.py)
 
 int8 graphs are made as `attnseg export --quantize int8` makes them (static QDQ, per-channel weights,
 calibrated on `--calib-images` images of `--calibrate`), with the fp32 op types the model's recorded
-choice keeps (`attnseg.quantize.default_fp32_ops`), or pass ready files with --int8 NAME=PATH.
+choice keeps (`attnseg.deploy.quantize.default_fp32_ops`), or pass ready files with --int8 NAME=PATH.
 
     python benchmarks/precision.py --threads 2 --json results/precision/speed.json
 Models without trained weights (segformer-b0/b2, edaformer-t) run with seeded random weights, 150 classes.
@@ -29,8 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import attnseg  # noqa: E402
-from attnseg.export import OnnxModel, export_onnx  # noqa: E402
-from attnseg.tools.flops import count_flops  # noqa: E402
+from attnseg.deploy.export import OnnxModel, export_onnx  # noqa: E402
+from attnseg.analysis.flops import count_flops  # noqa: E402
 from matmul_peak import peaks  # noqa: E402
 from timing import time_interleaved  # noqa: E402
 
@@ -46,7 +46,7 @@ def load(name: str):
 
 def int8_graph(model, name: str, out: Path, calibrate: str, n: int) -> Path:
     from attnseg.data import EvalTransform, build_dataset
-    from attnseg.quantize import calibration_inputs, default_fp32_ops, quantize_int8
+    from attnseg.deploy.quantize import calibration_inputs, default_fp32_ops, quantize_int8
 
     ds_name, root, split = calibrate.split(":")
     calib = calibration_inputs(model, build_dataset(ds_name, root, split, EvalTransform()), n)
@@ -59,7 +59,7 @@ def agreement(model, int8_path: Path, spec: str, n: int | None, threads: int) ->
     import numpy as np
 
     from attnseg.data import EvalTransform, build_dataset
-    from attnseg.quantize import spaced_indices
+    from attnseg.deploy.quantize import spaced_indices
 
     ds_name, root, split = spec.split(":")
     ds = build_dataset(ds_name, root, split, EvalTransform())
@@ -83,7 +83,7 @@ def make_runner(variant: str, name: str, path: str | None):
     if variant.startswith("onnx"):
         return OnnxModel(path, torch.get_num_threads())
     if variant.startswith("ov_"):
-        from attnseg.backends.openvino import OpenVinoModel
+        from attnseg.deploy.backends.openvino import OpenVinoModel
 
         return OpenVinoModel(load(name), variant[3:], torch.get_num_threads())
     model = load(name)

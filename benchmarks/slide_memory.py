@@ -15,7 +15,7 @@ import sys
 CHILD = r"""
 import json, resource, sys, time, torch
 import attnseg
-from attnseg.engine.inference import InferenceConfig, infer
+from attnseg.inference.modes import InferenceConfig, infer
 name, k, h, w, crop, stride, wb, threads = sys.argv[1:9]
 torch.set_num_threads(int(threads))
 m = attnseg.create_model(name, num_classes=int(k)).eval()

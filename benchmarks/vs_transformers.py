@@ -142,7 +142,7 @@ def main():
 def onnx_compare(pair, args) -> list[dict]:
     import numpy as np
 
-    from attnseg.export import export_onnx
+    from attnseg.deploy.export import export_onnx
 
     ref, ours = pair
     d = Path(tempfile.mkdtemp())

@@ -2,7 +2,7 @@
 # The long CPU runs of the open issues, one after the other (two cores: never two at once). Each script
 # resumes where it stopped and skips what is finished, so this can be restarted at any time:
 #   nohup scripts/cpu_queue.sh > runs/cpu_queue.log 2>&1 &
-# Pause it for timings or CI with `pkill -STOP -f "bin/attnseg |benchmarks/|attnseg.tools"` and resume with -CONT
+# Pause it for timings or CI with `pkill -STOP -f "bin/attnseg |benchmarks/|attnseg.analysis"` and resume with -CONT
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/sanet_ablation.sh     # issue 22: one SANet run per earlier choice, + all five

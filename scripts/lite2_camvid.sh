@@ -52,7 +52,7 @@ train configs/lseg-effnet-lite2_camvid_vocab.yaml $V
 evaluate $V/final.safetensors results/lseg-effnet-lite2_camvid_vocab_val_s15.json --scales 1.5 --split val
 evaluate $V/final.safetensors results/lseg-effnet-lite2_camvid_vocab_test_s15.json --scales 1.5
 evaluate $V/final.safetensors results/lseg-effnet-lite2_camvid_vocab_test_s15_flip.json --scales 1.5 --flip
-[ -f results/lseg-effnet-lite2_camvid_vocab_label_study.json ] || "$PY" -m attnseg.tools.label_study \
+[ -f results/lseg-effnet-lite2_camvid_vocab_label_study.json ] || "$PY" -m attnseg.analysis.label_study \
   --model $V/final.safetensors --data-root "$ROOT" --split test --out results/lseg-effnet-lite2_camvid_vocab_label_study.json
 
 allmlp allmlp-effnet-lite2_camvid

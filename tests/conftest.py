@@ -108,7 +108,7 @@ def _export_key(model, dynamic=True, example_size=(256, 320), opset=20) -> str:
 @pytest.fixture(scope="session", autouse=True)
 def _one_export_per_model(tmp_path_factory):
     try:
-        import attnseg.export as ex
+        import attnseg.deploy.export as ex
     except ImportError:
         yield
         return

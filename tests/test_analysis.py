@@ -10,7 +10,7 @@ from PIL import Image
 
 import attnseg
 from attnseg.cli import main
-from attnseg.tools.erf import centre_gradient, normalise, square_sides
+from attnseg.analysis.erf import centre_gradient, normalise, square_sides
 
 pytest.importorskip("matplotlib")
 
@@ -71,7 +71,7 @@ def test_attention_rows_are_the_layers_own_softmax(name):
     """The map for a pixel sums to 1 over the keys and equals softmax(q k^T / sqrt(d)) recomputed here from the
     layer's inputs (q and k built from the layer's own weights, in the order its paper gives)."""
     from attnseg.models.layers import tokens_to_map
-    from attnseg.tools.explain import explain
+    from attnseg.analysis.explain import explain
 
     torch.manual_seed(0)
     m = attnseg.create_model(name, num_classes=3).eval()

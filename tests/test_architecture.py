@@ -13,9 +13,9 @@ SRC = Path(attnseg.__file__).parent
 LAYERS = [
     ("base", ("attnseg.worksize", "attnseg.meta", "attnseg.io", "attnseg.pretrained", "attnseg.param_table")),
     ("models", ("attnseg.models", "attnseg.registry")),
-    ("library", ("attnseg.convert", "attnseg.data", "attnseg.engine", "attnseg.segmenter", "attnseg.hub", "attnseg.backends",
-                 "attnseg.export", "attnseg.quantize", "attnseg.video", "attnseg.isr", "attnseg.plots", "attnseg")),
-    ("analysis", ("attnseg.tools",)),
+    ("library", ("attnseg.data", "attnseg.engine", "attnseg.inference", "attnseg.checkpoint", "attnseg.deploy",
+                 "attnseg.isr", "attnseg.plots", "attnseg")),
+    ("analysis", ("attnseg.analysis",)),
     ("serve", ("attnseg.serve",)),
     ("cli", ("attnseg.cli",)),
 ]

@@ -1,4 +1,8 @@
 """Segmenter and the `attnseg` CLI (predict, models, --version)."""
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +11,9 @@ from PIL import Image
 import attnseg
 from attnseg.cli import main
 from tests.conftest import without_modules
+
+ROOT = Path(__file__).resolve().parents[1]
+ATTNSEG = [sys.executable, "-m", "attnseg.cli"]
 
 
 @pytest.fixture
@@ -145,3 +152,21 @@ def test_same_size_images_run_in_batches(tmp_path, tiny_ckpt, monkeypatch, capsy
     for i in (0, 9):
         got = np.asarray(Image.open(tmp_path / "o" / f"i{i:02d}.png"))
         assert (got == seg.predict(inp / f"i{i:02d}.png")).mean() > 0.99
+
+
+def test_models_lists_without_building_or_importing_torch():
+    r = subprocess.run([*ATTNSEG, "models"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 0 and "lseg-vitl16" in r.stdout and "342.83" in r.stdout
+    assert "Loading weights" not in r.stderr and "%|" not in r.stderr
+    code = "import sys; from attnseg.cli import main; main(['models']); print('torch' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.stdout.strip().endswith("False")  # the table is JSON: nothing heavy is imported (0.2 s here)
+
+
+def test_recorded_parameter_counts_match_the_models():
+    from attnseg.models import MODELS, count_parameters, has_classifier, recorded_parameters
+
+    for name in MODELS:
+        assert recorded_parameters(name, 150) == count_parameters(name, 150), name
+        if has_classifier(name):
+            assert recorded_parameters(name, 11) == count_parameters(name, 11), name

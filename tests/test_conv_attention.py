@@ -158,7 +158,7 @@ def torchvision_style_resnet_forward(sd, x):
 
 
 def test_resnet_torchvision_layout_round_trip():
-    from attnseg.convert.resnet import load_resnet_weights
+    from attnseg.checkpoint.resnet import load_resnet_weights
     from tests.conftest import randomize_bn
 
     torch.manual_seed(0)

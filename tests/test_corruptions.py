@@ -11,7 +11,7 @@ from PIL import Image
 
 pytest.importorskip("cv2")
 pytest.importorskip("scipy")
-from attnseg.tools import corruptions as C  # noqa: E402
+from attnseg.analysis import corruptions as C  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("camvid_test_*.png"))
@@ -214,7 +214,7 @@ def test_robustness_resumes_an_interrupted_run_and_corrupts_once(tmp_path, camvi
     pytest.importorskip("matplotlib")
     import attnseg
     import attnseg.engine.evaluate as E
-    import attnseg.tools.robustness as R
+    import attnseg.analysis.robustness as R
     from attnseg.cli import main
 
     a = attnseg.save_model(attnseg.create_model("segformer-tiny", num_classes=11), tmp_path / "a" / "final.safetensors")

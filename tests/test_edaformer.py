@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import attnseg
 from attnseg.models import MODELS
-from attnseg.tools.flops import count_flops
+from attnseg.analysis.flops import count_flops
 from tests.conftest import randomize_bn
 
 
@@ -158,7 +158,7 @@ def test_isr_cuts_edaformer_flops_at_cityscapes_size():
 def test_attention_flop_formula_is_counted():
     from torch.utils.flop_counter import FlopCounterMode
 
-    from attnseg.tools.flops import _custom_mapping
+    from attnseg.analysis.flops import _custom_mapping
 
     q, k = torch.randn(2, 3, 50, 8), torch.randn(2, 3, 20, 8)
     with FlopCounterMode(display=False, custom_mapping=_custom_mapping()) as c:

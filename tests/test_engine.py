@@ -1,16 +1,21 @@
 """Engine tests on tiny real data: resume equivalence, 2-process gloo DDP, config errors, eval CLI."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from attnseg.engine.config import ConfigError, load_config
+from attnseg.cli import main
 from attnseg.engine.train import TrainingError, poly_lr_factor, train
+from tests.helpers import one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -156,7 +161,7 @@ def test_tiny_segformer_overfits_four_camvid_images(camvid_root, tmp_path):
     import attnseg
     from attnseg.data import EvalTransform, build_dataset
     from attnseg.engine.evaluate import evaluate
-    from attnseg.engine.inference import InferenceConfig
+    from attnseg.inference.modes import InferenceConfig
 
     sets = [f"data.root={camvid_root}", "model.name=segformer-tiny", "model.options.drop_path_rate=0.0",
             "data.limit=4", "data.batch_size=4", "data.crop=[360, 480]", "data.scale=[480, 360]",
@@ -170,3 +175,109 @@ def test_tiny_segformer_overfits_four_camvid_images(camvid_root, tmp_path):
     m = evaluate(model, ds, InferenceConfig(), model.meta["mean"], model.meta["std"], progress=False)
     print(f"overfit pixel accuracy {100 * m['aAcc']:.2f}%")
     assert m["aAcc"] >= 0.90, m["aAcc"]
+
+
+WRITER = """
+import sys, torch
+from attnseg.engine.checkpoint import atomic_torch_save
+i = 0
+while True:
+    i += 1
+    atomic_torch_save({"model": {"w": torch.full((300_000,), float(i))}, "optimizer": {}, "scheduler": {},
+                       "iter": i, "rng": {}}, sys.argv[1])
+"""
+
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def tiny_train(camvid_root, work, *extra):
+    sets = {"model.name": "segformer-tiny", "data.root": str(camvid_root), "data.crop": "[64, 64]",
+            "data.scale": "[120, 90]", "data.batch_size": 2, "data.workers": 0, "data.val_split": "''",
+            "data.limit": 4, "train.iters": 2, "train.log_interval": 1, "train.ckpt_interval": 1,
+            "train.tensorboard": False, "optim.warmup_iters": 1}
+    return ["train", "--work-dir", str(work), *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")], *extra]
+
+
+def test_resume_refuses_a_pickle_payload(tmp_path, capsys):
+    work = tmp_path / "run"
+    work.mkdir()
+    marker = tmp_path / "pwned"
+    torch.save({"model": {}, "optimizer": {}, "scheduler": {}, "iter": 1, "rng": {}, "x": Payload(str(marker))},
+               work / "latest.pth")
+    rc = main(["train", "--resume", "--work-dir", str(work), "--set", "model.name=segformer-tiny",
+               "--set", "data.root=" + str(ROOT.parent / "shared" / "data" / "camvid")])
+    err = one_line_error(capsys, rc, "refusing to resume")
+    assert not marker.exists(), "the payload ran"
+    assert "global getattr" in err and "add_safe_globals" not in err
+
+
+def test_checkpoints_hold_only_plain_data(tmp_path):
+    from attnseg.engine.checkpoint import atomic_torch_save, load_checkpoint, rng_state, set_rng_state
+
+    np.random.seed(3)
+    st = rng_state()
+    atomic_torch_save({"model": {"w": torch.ones(2)}, "optimizer": {}, "scheduler": {}, "iter": 5, "rng": st},
+                      tmp_path / "latest.pth")
+    ck = load_checkpoint(tmp_path / "latest.pth")  # weights_only=True inside
+    a = np.random.random(3)
+    set_rng_state(ck["rng"])
+    assert np.array_equal(np.random.random(3), a)
+
+
+@pytest.mark.parametrize("setting,needle", [
+    ("optim.lr=-0.1", "optim.lr"), ("train.log_interval=0", "train.log_interval"),
+    ("train.val_interval=0", "train.val_interval"), ("train.ckpt_interval=0", "train.ckpt_interval"),
+    ("train.grad_accum=0", "train.grad_accum"), ("data.batch_size=0", "data.batch_size"),
+    ("data.crop=[0,0]", "data.crop"), ("model.name=segformer-b9", "model.name"), ("train.iters=-5", "train.iters"),
+    ("optim.lr=.nan", "optim.lr"), ("eval.scales=[1e9]", "eval.scales")])
+def test_bad_config_values_are_one_line_and_write_nothing(tmp_path, setting, needle, capsys):
+    work = tmp_path / "w"
+    one_line_error(capsys, main(["train", "--work-dir", str(work), "--set", setting]), needle)
+    assert not work.exists()
+
+
+def test_train_refuses_an_existing_run_and_cleans_stale_temps(tmp_path, camvid_root, capsys):
+    work = tmp_path / "w"
+    old = os.umask(0o022)
+    try:
+        assert main(tiny_train(camvid_root, work)) == 0
+        assert oct((work / "latest.pth").stat().st_mode & 0o777) == "0o644"  # the umask's, not mkstemp's 0600
+        assert oct((work / "final.safetensors").stat().st_mode & 0o777) == "0o644"
+        capsys.readouterr()
+        one_line_error(capsys, main(tiny_train(camvid_root, work)), "already holds a run")
+        (work / ".latest.pth.abc123.tmp").write_bytes(b"partial")
+        rows = (work / "metrics.csv").read_text().count("\n")
+        assert main(tiny_train(camvid_root, work, "--overwrite")) == 0
+        assert (work / "metrics.csv").read_text().count("\n") == rows  # replaced, not appended
+        assert not list(work.glob(".*.tmp"))
+        capsys.readouterr()
+        one_line_error(capsys, main(tiny_train(camvid_root, work, "--resume", "--set", "model.name=sanet-tiny")),
+                       "segformer-tiny run")
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.slow
+def test_kill_9_during_checkpoint_writes_leaves_a_loadable_checkpoint(tmp_path):
+    from attnseg.engine.checkpoint import load_checkpoint, remove_stale_checkpoint_temps
+
+    path = tmp_path / "latest.pth"
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        p = subprocess.Popen([sys.executable, "-c", WRITER, str(path)])
+        deadline = time.monotonic() + 120  # a loaded machine may take long to import torch: wait for a first file
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5 + rng.random())
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        ck = load_checkpoint(path)
+        assert ck["iter"] >= 1 and torch.equal(ck["model"]["w"], torch.full((300_000,), float(ck["iter"])))
+        remove_stale_checkpoint_temps(tmp_path)
+        assert sorted(os.listdir(tmp_path)) == ["latest.pth"]

@@ -1,5 +1,4 @@
 """load_model: attnseg, transformers, official NVlabs and mmseg formats; exact parity with transformers."""
-import json
 import os
 import time
 
@@ -8,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 import attnseg
-from attnseg.hub import ModelLoadError
+from attnseg.checkpoint import ModelLoadError
 from tests.conftest import randomize_bn
 
 transformers = pytest.importorskip("transformers")
@@ -125,7 +124,7 @@ def test_official_checkpoint_loads_strict_with_inferred_classes(tmp_path):
 
 
 def to_mmseg(sd):
-    """Our names -> mmsegmentation 1.x names, written here independently of attnseg.convert."""
+    """Our names -> mmsegmentation 1.x names, written here independently of attnseg.checkpoint."""
     out = {}
     for k, v in sd.items():
         parts = k.split(".")

@@ -222,7 +222,7 @@ def test_flops_and_benchmark_on_lseg_need_no_text_encoder(capsys):
 
 def test_label_study_reordering_is_invariant_and_removal_scores_kept_classes(camvid_root, tiny):
     from attnseg.data import EvalTransform, build_dataset
-    from attnseg.tools.label_study import study
+    from attnseg.analysis.label_study import study
 
     ds = build_dataset("camvid", camvid_root, "test", EvalTransform((120, 90)))
     ds.samples = ds.samples[:2]
@@ -255,8 +255,8 @@ def test_label_study_at_a_working_size_scores_like_eval_at_that_scale(camvid_roo
     """A model trained at 1.5x records 540 as its short side; the study runs it there, like `--scales 1.5`."""
     from attnseg.data import EvalTransform, build_dataset
     from attnseg.engine.evaluate import evaluate
-    from attnseg.engine.inference import InferenceConfig
-    from attnseg.tools.label_study import study
+    from attnseg.inference.modes import InferenceConfig
+    from attnseg.analysis.label_study import study
 
     ds = build_dataset("camvid", camvid_root, "test", EvalTransform((120, 90)))
     ds.samples = ds.samples[:2]
@@ -272,7 +272,7 @@ def test_label_study_at_a_working_size_scores_like_eval_at_that_scale(camvid_roo
 
 
 def test_label_study_sets_file_adds_label_sets_and_refuses_bad_files_in_one_line(tmp_path, capsys):
-    from attnseg.tools.label_study import load_label_sets
+    from attnseg.analysis.label_study import load_label_sets
 
     names = ["sky", "road", "car"]
     good = tmp_path / "sets.yaml"

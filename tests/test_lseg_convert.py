@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 import attnseg
-from attnseg.convert.lseg import detect_variant
-from attnseg.hub import ModelLoadError
+from attnseg.checkpoint.formats.lseg import detect_variant
+from attnseg.checkpoint import ModelLoadError
 
 P = "net."  # the Lightning module's prefix
 D, HEADS, PATCH, HOOKS = 32, 2, 16, [0, 1, 2, 3]  # dpt-tiny

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from attnseg.engine.inference import InferenceConfig, infer, slide_logits
+from attnseg.inference.modes import InferenceConfig, infer, slide_logits
 from attnseg.engine.metrics import ConfusionMatrix, format_table
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import attnseg
-from attnseg.hub import ModelLoadError
+from attnseg.checkpoint import ModelLoadError
 
 # mmsegmentation's mit_b* configs: embed_dims (stage 1), num_layers; num_heads [1, 2, 5, 8] for all
 MMSEG_MIT = {"b0": (32, [2, 2, 2, 2]), "b1": (64, [2, 2, 2, 2]), "b2": (64, [3, 4, 6, 3]),

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import attnseg
-from attnseg.convert.nonlocal_blocks import load_nonlocal_weights
+from attnseg.checkpoint.formats.nlnet import load_nonlocal_weights
 from attnseg.models.nonlocal_block import MODES, NonLocal1d, NonLocal2d, NonLocal3d
 
 NL = {1: NonLocal1d, 2: NonLocal2d, 3: NonLocal3d}

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 import attnseg
-from attnseg import backends
+from attnseg.deploy import backends
 from attnseg.cli import main
 from tests.conftest import without_modules
 
 ov = pytest.importorskip("openvino")
-from attnseg.backends import openvino as ovb  # noqa: E402
+from attnseg.deploy.backends import openvino as ovb  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("camvid_test_*.png"))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import attnseg
-from attnseg.hub import PRETRAINED, PRETRAINED_DIR
+from attnseg.pretrained import PRETRAINED, PRETRAINED_DIR
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -30,7 +30,7 @@ def test_default_model_runs_single_pass_at_its_validated_scale():
     """`attnseg predict` without --model: the Lite2 All-MLP, one pass with the short side at 540 (1.5x CamVid's
     360, the scale its validation chose), label maps back at the image's size."""
     from attnseg.cli import default_model_source
-    from attnseg.segmenter import working_short_side
+    from attnseg.inference.segmenter import working_short_side
 
     if "allmlp-effnet-lite2-camvid" not in PRETRAINED:
         pytest.skip("no shipped Lite2 weights")
@@ -63,7 +63,7 @@ def test_shipped_lite2_lseg_runs_with_the_prompts_it_was_trained_with():
     prompt ensemble its validation chose) and runs at its working size, 540."""
     import yaml
 
-    from attnseg.segmenter import working_short_side
+    from attnseg.inference.segmenter import working_short_side
 
     if "lseg-effnet-lite2-camvid" not in PRETRAINED:
         pytest.skip("no shipped Lite2 LSeg weights")

@@ -97,7 +97,7 @@ def test_phone_rotation_odd_sizes_and_onnx_backend(tmp_path, tiny_ckpt, capsys):
 
 
 def test_odd_frame_size_is_padded_to_even(tmp_path):
-    from attnseg.video import _even
+    from attnseg.inference.video import _even
 
     f = np.arange(5 * 7 * 3, dtype=np.uint8).reshape(5, 7, 3)
     e = _even(f)
@@ -106,7 +106,7 @@ def test_odd_frame_size_is_padded_to_even(tmp_path):
 
 def test_overlay_lut_is_within_one_of_the_float_blend():
     from attnseg.io import overlay
-    from attnseg.video import OverlayLUT
+    from attnseg.inference.video import OverlayLUT
 
     rng = np.random.default_rng(1)
     rgb = (rng.random((30, 40, 3)) * 255).astype(np.uint8)
@@ -150,7 +150,7 @@ def test_existing_output_is_reported_as_replaced(tmp_path, tiny_ckpt, capsys):
 
 def test_onnx_graph_keeps_the_working_size(tmp_path, tiny_ckpt):
     """An exported graph records the checkpoint's short side, so predict runs it at the same size."""
-    from attnseg.export import OnnxModel, export_onnx
+    from attnseg.deploy.export import OnnxModel, export_onnx
 
     model = attnseg.load_model(tiny_ckpt)
     path = export_onnx(model, tmp_path / "m.onnx", dynamic=True)

@@ -46,7 +46,7 @@ def test_shipped_vocabularies_never_contain_a_held_out_or_development_name(vocab
     names = load_names(ROOT / "configs" / "vocab" / vocab)
     held = yaml.safe_load((ROOT / "configs" / "vocab" / "camvid_heldout_names.yaml").read_text())["names"]
     dev = yaml.safe_load((ROOT / "configs" / "vocab" / "camvid_dev_names.yaml").read_text())
-    from attnseg.tools.label_study import CAMVID_SYNONYMS
+    from attnseg.analysis.label_study import CAMVID_SYNONYMS
 
     assert held == CAMVID_SYNONYMS and len(held) == len(CLASSES)
     assert set(dev) == {"dev_a", "dev_b"} and all(len(v) == len(CLASSES) for v in dev.values())
@@ -132,7 +132,7 @@ def test_a_text_table_trains_exactly_as_its_encoder_and_refuses_what_it_lacks(ca
     from safetensors.torch import load_file
 
     from attnseg.models import text
-    from attnseg.tools import text_table
+    from attnseg.analysis import text_table
 
     table = tmp_path / "table.safetensors"
     sets = ["--set", "model.name=lseg-tiny", "--set", f"data.root={camvid_root}",

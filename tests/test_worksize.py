@@ -19,8 +19,9 @@ import torch
 from PIL import Image
 
 import attnseg
-from attnseg.engine.inference import InferenceConfig, infer
+from attnseg.inference.modes import InferenceConfig, infer
 from attnseg.worksize import MAX_WORK_PIXELS, MAX_WORK_SIDE, MIN_WORK_SIDE, WorkLimit, WorkSizeError
+from tests.helpers import photo
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = sorted((ROOT / "examples").glob("camvid_test_*.png"))[0]
@@ -168,3 +169,39 @@ def test_explain_on_a_panorama_is_one_line(tmp_path):
                                   "sanet-effnet-lite0-camvid", "--pixel", "5,100", "--out", str(tmp_path / "ex")])
     assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert "aspect ratio 1667:1" in err and peak < PEAK
+
+
+def test_predict_runs_at_the_working_size_and_upsamples_in_bands(tiny_ckpt):
+    from attnseg.models.layers import resize
+    from attnseg.inference.segmenter import upsample_argmax
+
+    model = attnseg.load_model(tiny_ckpt)
+    assert model.meta["short_side"] == 48
+    rgb = photo(300, 400)
+    seg = attnseg.Segmenter(model)
+    x, hw = seg.preprocess(rgb)
+    assert tuple(x.shape[-2:]) == (48, 64) and hw == (300, 400)
+    small = np.asarray(Image.fromarray(rgb).resize((64, 48), Image.BILINEAR))
+    assert torch.equal(seg.raw_scores(rgb)[0], seg.raw_scores(small)[0])  # = the photo at the working size
+    s = torch.randn(5, 12, 17)
+    full = resize(s[None], (301, 409))[0]
+    banded = upsample_argmax(s, (301, 409), band_pixels=5 * 409 * 7)  # 7 rows a band
+    assert (banded == full.argmax(0).numpy()).mean() > 0.999  # equal but for float ties
+    assert attnseg.Segmenter(model, size="native").preprocess(rgb)[0].shape[-2:] == (300, 400)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not attnseg.list_pretrained(), reason="no shipped model (predict's default)")
+def test_a_6000x8000_photo_stays_under_2_gb(tmp_path):
+    small = Image.fromarray(photo(60, 80))
+    small.resize((8000, 6000), Image.BILINEAR).save(tmp_path / "big.jpg", quality=85)
+    # the peak of this process's own memory (VmHWM): ru_maxrss would also count the pytest parent's peak,
+    # which Linux carries across fork and exec (a suite that loaded MiniLM first read 3.3 GB here)
+    code = ("import re, sys; from attnseg.cli import main; rc = main(sys.argv[1:]); "
+            "print('RSS_KB', re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)); sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", code, "predict", str(tmp_path / "big.jpg"), "--out",
+                        str(tmp_path / "o")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    rss_kb = int(r.stdout.split("RSS_KB")[1].split()[0])
+    assert rss_kb < 2 * 1024 * 1024, f"peak RSS {rss_kb / 1024:.0f} MB"
+    assert Image.open(tmp_path / "o" / "big.png").size == (8000, 6000)

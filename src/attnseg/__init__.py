@@ -8,7 +8,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 _LAZY = {"create_model": "models", "list_models": "models", "list_pretrained": "pretrained",
-         "load_model": "hub", "save_model": "hub", "Segmenter": "segmenter"}
+         "load_model": "checkpoint", "save_model": "checkpoint", "Segmenter": "inference.segmenter"}
 __all__ = [*_LAZY, "__version__"]
 
 

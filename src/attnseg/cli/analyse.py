@@ -14,17 +14,17 @@ from PIL import Image
 
 import attnseg
 
-from ..engine.inference import InferenceConfig
+from ..inference.modes import InferenceConfig
 from ..io import IMAGE_EXTENSIONS, ImageReadError, atomic_write_text, read_image
 from ..meta import meta_from
-from ..tools import label_study, text_table
-from ..tools.benchmark import benchmark_model
-from ..tools.corruptions import CORRUPTIONS
-from ..tools.erf import compute_erf, plot_erf, square_sides
-from ..tools.explain import explain, save_maps
-from ..tools.flops import count_flops
-from ..tools.isr_sweep import DEFAULT_GRID, markdown, sweep, write_outputs
-from ..tools.robustness import jobs, run, write
+from ..analysis import label_study, text_table
+from ..analysis.benchmark import benchmark_model
+from ..analysis.corruptions import CORRUPTIONS
+from ..analysis.erf import compute_erf, plot_erf, square_sides
+from ..analysis.explain import explain, save_maps
+from ..analysis.flops import count_flops
+from ..analysis.isr_sweep import DEFAULT_GRID, markdown, sweep, write_outputs
+from ..analysis.robustness import jobs, run, write
 from ..worksize import WorkLimit, WorkSizeError
 from . import options
 from .common import (CLIError, apply_isr_arg, check_device, check_file_out, check_out_dir, eval_dataset,

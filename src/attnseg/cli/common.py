@@ -26,12 +26,12 @@ def load_model_arg(args):
 
     try:
         if str(args.model).endswith((".onnx", ".xml")):
-            from ..export import OnnxModel
+            from ..deploy.export import OnnxModel
 
             if not Path(args.model).is_file():
                 raise CLIError(f"--model {args.model}: file not found")
             if getattr(args, "backend", "eager") in ("openvino", "auto") or str(args.model).endswith(".xml"):
-                from ..backends.openvino import OpenVinoModel
+                from ..deploy.backends.openvino import OpenVinoModel
 
                 return OpenVinoModel(args.model, getattr(args, "dtype", "fp32"), getattr(args, "threads", None))
             return OnnxModel(args.model, *onnx_session(args))
@@ -48,8 +48,8 @@ def load_model_arg(args):
 def to_backend(model, args):
     """--backend: eager (the PyTorch model), onnx (exported, run in onnxruntime), openvino (converted, run with
     --dtype fp32|bf16 as the CPU plugin's precision) or auto (the fastest one whose recorded CamVid mIoU is
-    within 0.3 points of fp32; see attnseg.backends.choose). Sets args.backend/args.dtype to what runs."""
-    from ..backends import choose
+    within 0.3 points of fp32; see attnseg.deploy.backends.choose). Sets args.backend/args.dtype to what runs."""
+    from ..deploy.backends import choose
 
     backend = getattr(args, "backend", "eager")
     if backend == "auto":
@@ -59,7 +59,7 @@ def to_backend(model, args):
         return maybe_onnx(model, args)
     if backend != "openvino" or not isinstance(model, __import__("torch").nn.Module):
         return model
-    from ..backends.openvino import OpenVinoModel
+    from ..deploy.backends.openvino import OpenVinoModel
 
     return _as_graph(model, args, "openvino", "converted",
                      lambda m: OpenVinoModel(m, args.dtype, getattr(args, "threads", None)))
@@ -91,7 +91,7 @@ def maybe_onnx(model, args):
         return model
     import tempfile
 
-    from ..export import OnnxModel, export_onnx
+    from ..deploy.export import OnnxModel, export_onnx
 
     def make(m):
         with tempfile.TemporaryDirectory(prefix="attnseg_onnx_") as tmp:  # the session keeps the graph in memory
@@ -184,7 +184,7 @@ def check_device(name: str) -> str:
 
 
 def inference_config(args, scales=None, flip=False):
-    from ..engine.inference import InferenceConfig, WorkLimit
+    from ..inference.modes import InferenceConfig, WorkLimit
 
     stride = args.stride or tuple(max(1, math.ceil(c * 2 / 3)) for c in args.crop)
     work = WorkLimit(max_pixels=args.max_work_pixels)

@@ -2,10 +2,10 @@
 calibrated on real images."""
 from __future__ import annotations
 
-from .. import export as onnx_export
+from ..deploy import export as onnx_export
 from ..data import DatasetError, EvalTransform, build_dataset
 from ..io import WriteFailed
-from ..quantize import calibration_inputs, default_fp32_ops, quantize_int8
+from ..deploy.quantize import calibration_inputs, default_fp32_ops, quantize_int8
 from . import options
 from .common import CLIError, apply_isr_arg, check_file_out, model_from_name_or_source
 

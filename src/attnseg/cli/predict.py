@@ -14,8 +14,8 @@ import attnseg
 from ..io import (IMAGE_EXTENSIONS, MAX_LABELS, ImageNote, ImageReadError, WriteFailed, atomic_save, label_png,
                   overlay, read_image)
 from ..pretrained import default_model
-from ..segmenter import scaled_size
-from ..video import VIDEO_EXTENSIONS, VideoReadError, _require_av, is_video, segment_video, video_outputs
+from ..inference.segmenter import scaled_size
+from ..inference.video import VIDEO_EXTENSIONS, VideoReadError, _require_av, is_video, segment_video, video_outputs
 from ..worksize import WorkSizeError
 from . import options
 from .common import (CLIError, amp_dtype, apply_isr_arg, check_device, check_onnx_size, check_out_dir, first_line,

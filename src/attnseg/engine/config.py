@@ -91,7 +91,7 @@ class DataCfg:
     # prompt template per class ("a photo of a {}."); None = the class names as they are
     label_names: Any = None
     label_templates: list[str] | None = None
-    # LSeg: precomputed prompt embeddings (python -m attnseg.tools.text_table) served instead of loading the
+    # LSeg: precomputed prompt embeddings (python -m attnseg.analysis.text_table) served instead of loading the
     # text encoder, e.g. on a training machine without it; every prompt the run draws must be in the table
     text_table: str | None = None
     # LSeg: perturb each drawn label embedding by Gaussian noise of about this norm, then renormalise (0 = off)

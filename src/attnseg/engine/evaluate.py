@@ -8,7 +8,7 @@ from tqdm import tqdm
 
 from ..models.layers import class_index, resize
 from .distributed import is_main
-from .inference import InferenceConfig, infer
+from ..inference.modes import InferenceConfig, infer
 from .metrics import ConfusionMatrix
 
 

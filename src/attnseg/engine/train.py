@@ -31,7 +31,7 @@ from .checkpoint import (atomic_torch_save, load_checkpoint, remove_stale_checkp
 from .config import Config, dump_config, validate
 from .distributed import all_reduce_sum, cleanup, init_distributed, is_main
 from .evaluate import evaluate, normalise
-from .inference import InferenceConfig
+from ..inference.modes import InferenceConfig
 from .losses import PixelLoss
 from .metrics import format_table
 from .syncbn import convert_sync_batchnorm
@@ -266,7 +266,7 @@ def _train(cfg: Config, resume: bool, progress: bool, overwrite: bool, table) ->
         missing = [p for p in (vocab.needed(ds.class_names) if vocab else ds.class_names) if p not in table]
         if missing:
             raise TrainingError(f"data.text_table: {len(missing)} prompt(s) this run can draw are not in "
-                                f"{d.text_table} (e.g. {missing[:3]}); rebuild it: python -m attnseg.tools.text_table --config "
+                                f"{d.text_table} (e.g. {missing[:3]}); rebuild it: python -m attnseg.analysis.text_table --config "
                                 "CONFIG --out FILE")
     model.meta = {"class_names": ds.class_names if num_classes == ds.num_classes else None,
                   "palette": ds.palette, "mean": list(d.mean), "std": list(d.std),
@@ -411,7 +411,7 @@ def _save(path, core, optimizer, scheduler, scaler, it, best, cfg):
 
 
 def _export(core, path, best):
-    from ..hub import save_model
+    from ..checkpoint import save_model
 
     extra = {"trained_iters_best": best["iter"], "val_mIoU": best["mIoU"]} if best else None
     save_model(core, path, extra=extra)

@@ -10,7 +10,7 @@ output stride 16: layer4 dilation 2), as DeepLab and mmseg do. `forward` returns
 (256, 512, 1024, 2048 channels).
 
 Checkpoints: a torchvision state dict (`conv1.weight`, `fc.*`) or an mmseg V1c one (`stem.0.weight`,
-optionally under `backbone.`) load through `attnseg.convert.resnet.load_resnet_weights`, which detects the layout.
+optionally under `backbone.`) load through `attnseg.checkpoint.resnet.load_resnet_weights`, which detects the layout.
 """
 from __future__ import annotations
 

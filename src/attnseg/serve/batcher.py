@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..engine.inference import infer
-from ..segmenter import upsample_argmax
+from ..inference.modes import infer
+from ..inference.segmenter import upsample_argmax
 
 
 class Overloaded(RuntimeError):

@@ -5,8 +5,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..backends import choose
-from ..engine.inference import InferenceConfig
+from ..deploy.backends import choose
+from ..inference.modes import InferenceConfig
 from ..isr import accepted as isr_accepted, apply as apply_isr
 from ..worksize import MAX_WORK_PIXELS, WorkLimit
 
@@ -42,7 +42,7 @@ class ServedModel:
 def load_models(sources: list[str], backend: str = "eager", threads: int | None = None,
                 max_work_pixels: int = MAX_WORK_PIXELS, dtype: str = "fp32") -> dict[str, ServedModel]:
     """Load every model the server will serve (name -> ServedModel); raises ValueError naming a bad source.
-    backend: eager, onnx, openvino (with dtype fp32|bf16) or auto (attnseg.backends.choose, per model)."""
+    backend: eager, onnx, openvino (with dtype fp32|bf16) or auto (attnseg.deploy.backends.choose, per model)."""
     import torch
 
     import attnseg
@@ -61,7 +61,7 @@ def load_models(sources: list[str], backend: str = "eager", threads: int | None 
         if run == "onnx":
             model = _to_onnx(model, threads)
         elif run == "openvino":
-            from ..backends.openvino import OpenVinoModel
+            from ..deploy.backends.openvino import OpenVinoModel
 
             model = OpenVinoModel(model, precision, threads)
         lang = is_language_driven(model)
@@ -75,7 +75,7 @@ def load_models(sources: list[str], backend: str = "eager", threads: int | None 
 def _to_onnx(model, threads):
     import tempfile
 
-    from ..export import OnnxModel, export_onnx
+    from ..deploy.export import OnnxModel, export_onnx
 
     with tempfile.TemporaryDirectory(prefix="attnseg_serve_") as tmp:
         path = export_onnx(model, Path(tmp) / "model.onnx")

@@ -21,14 +21,17 @@ import math
 
 import torch
 
-from .keymap import ConversionError, Rule, apply_key_map
+from ..keymap import ConversionError, Rule, apply_key_map
 
+NAME = "lseg"
+DESCRIPTION = "LSeg releases (isl-org/lang-seg)"
+FAMILIES = ("lseg",)
 PREFIX = r"(?:net\.)?"
 BACKBONES = {"clip_vitl16_384": "lseg-vitl16", "clip_vitb32_384": "lseg-vitb32"}
 ARCH_OPTIONS = {0: "none", 1: "bottleneck", 2: "depthwise"}
 
 
-def is_lseg(sd: dict) -> bool:
+def detect(sd: dict) -> bool:
     return any(k.startswith(("net.scratch.refinenet", "scratch.refinenet")) for k in sd) and any(
         "pretrained." in k for k in sd)
 
@@ -98,3 +101,14 @@ def from_official(sd: dict[str, torch.Tensor], hparams: dict | None = None,
                               f"arch_option {hp.get('arch_option', 0)} uses none; pass block_type='bottleneck' or "
                               "'depthwise' (and block_depth) to load_model if the hyper-parameters are wrong")
     return out, cfg
+
+
+def describe(ck) -> None:
+    """What the release records beside its tensors: the variant (from its hyper-parameters or the ViT width)
+    and its [-1, 1] normalisation."""
+    ck.variant = detect_variant(ck.sd, ck.hparams)
+    ck.meta.update(mean=[127.5] * 3, std=[127.5] * 3)
+
+
+def convert(ck, variant: str, overrides: dict) -> tuple[dict, dict]:
+    return from_official(ck.sd, ck.hparams, overrides)

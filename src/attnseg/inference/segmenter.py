@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .data.transforms import resize_pair
-from .engine.inference import InferenceConfig, infer
-from .meta import default_meta
-from .io import MAX_LABELS, extend_palette, to_rgb_array
-from .models.layers import class_index, interp_matrix, resize
+from ..data.transforms import resize_pair
+from .modes import InferenceConfig, infer
+from ..meta import default_meta
+from ..io import MAX_LABELS, extend_palette, to_rgb_array
+from ..models.layers import class_index, interp_matrix, resize
 
 FALLBACK_SHORT_SIDE = 512  # a model whose checkpoint records no working size (official releases, hub ids)
 

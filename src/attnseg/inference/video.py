@@ -85,7 +85,7 @@ def segment_video(seg, src, dst, masks_dir=None, batch: int = 4, alpha: float = 
     Returns {"frames", "seconds", "fps", "size"}; `progress(n)` is called as frames are written.
     """
     av = _require_av()
-    from .io import DEFAULT_MAX_PIXELS, atomic_write
+    from ..io import DEFAULT_MAX_PIXELS, atomic_write
 
     src, dst = Path(src), Path(dst)
     try:
@@ -152,7 +152,7 @@ class _Pipeline:
         self.stop.set()
 
     def read(self) -> None:
-        from .worksize import WorkSizeError
+        from ..worksize import WorkSizeError
 
         try:
             for frame in self.container.decode(self.stream):
@@ -177,7 +177,7 @@ class _Pipeline:
         return vstream
 
     def write(self, tmp: str) -> None:
-        from .io import atomic_save, label_png
+        from ..io import atomic_save, label_png
 
         out = self.av.open(tmp, "w", format="mp4")
         try:

@@ -1,5 +1,5 @@
 """Runtimes a trained model can run in besides eager PyTorch, behind one interface (`images` in, logits out,
-`meta`, LSeg's labels): onnxruntime (`attnseg.export.OnnxModel`) and OpenVINO (`backends.openvino`).
+`meta`, LSeg's labels): onnxruntime (`attnseg.deploy.export.OnnxModel`) and OpenVINO (`backends.openvino`).
 
 `choose(model)` is `--backend auto`: OpenVINO bf16 where the model's recorded CamVid test mIoU in OpenVINO bf16 is
 within `TOLERANCE` points of fp32 (pretrained/precision.json, written by benchmarks/precision.py) and the CPU
@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 
 TOLERANCE = 0.3  # mIoU points a faster precision may lose against fp32 and still be chosen
-RECORD = Path(__file__).resolve().parents[1] / "pretrained" / "precision.json"
+RECORD = Path(__file__).resolve().parents[2] / "pretrained" / "precision.json"
 
 
 @lru_cache(maxsize=1)

@@ -6,7 +6,7 @@ With `data.text_table=FILE` the engine serves these embeddings instead of loadin
 on a machine without the encoder's weights (a lent GPU reached by a size-limited copy, say) and draws exactly
 what it would have drawn with the encoder: the table holds the encoder's own output for each string.
 
-    python -m attnseg.tools.text_table --config configs/lseg-effnet-lite2_camvid_vocab.yaml --out table.safetensors
+    python -m attnseg.analysis.text_table --config configs/lseg-effnet-lite2_camvid_vocab.yaml --out table.safetensors
 """
 from __future__ import annotations
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .meta import META_KEYS, meta_from
-from .models.efficientnet import SameConv2d
+from ..meta import META_KEYS, meta_from
+from ..models.efficientnet import SameConv2d
 
 
 class ExportError(RuntimeError):
@@ -55,7 +55,7 @@ class _LSegGraph(torch.nn.Module):
 def graph_info(model: torch.nn.Module) -> dict:
     """What a graph made from `model` carries about it: the meta keys (short_side: predict's working size), the
     variant, the output stride and, for LSeg, how to encode its labels outside the graph."""
-    from .models.lseg import is_language_driven
+    from ..models.lseg import is_language_driven
 
     info = {k: (getattr(model, "meta", None) or {}).get(k) for k in META_KEYS}
     info.update(model=getattr(model, "variant", None), output_stride=getattr(model, "output_stride", None))
@@ -76,12 +76,12 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, dynamic: bool =
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     x = torch.randn(2 if dynamic else 1, 3, *example_size)  # batch 2 keeps the batch dim symbolic
-    from .models.lseg import is_language_driven
+    from ..models.lseg import is_language_driven
 
     lseg = is_language_driven(model)
     variant = getattr(model, "variant", None)
     if variant is not None and not lseg:
-        from .models import has_classifier
+        from ..models import has_classifier
 
         if not has_classifier(variant):
             raise ExportError(f"{variant} is an encoder (it returns a feature pyramid, not logits); export a "
@@ -98,8 +98,8 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, dynamic: bool =
         args, names, graph = (x, text), ["images", "text_embeddings"], _LSegGraph(model).eval()
         if dynamic:
             shapes["text_embeddings"] = {0: "labels"}
-    from .io import atomic_write_bytes
-    from .models.layers import export_forms
+    from ..io import atomic_write_bytes
+    from ..models.layers import export_forms
 
     quiet_exporter_logs()
     try:
@@ -202,7 +202,7 @@ class GraphModel:
     def __getattr__(self, name):
         if name == "text_encoder" and self.__dict__.get("lseg"):  # LSeg graphs: encode labels outside the graph
             if self._text is None:
-                from .models.text import get_text_encoder
+                from ..models.text import get_text_encoder
 
                 self._text = get_text_encoder(*self._text_spec)
             return self._text
@@ -222,7 +222,7 @@ class GraphModel:
         feeds = {"images": np.ascontiguousarray(images.detach().float().cpu().numpy())}
         if self.lseg:
             if text_embeddings is None:
-                from .models.text import check_labels
+                from ..models.text import check_labels
 
                 labels = labels if labels is not None else self.default_labels
                 if labels is None:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..export import GraphModel, graph_info
-from ..models.layers import converting_for
+from ...models.layers import converting_for
 
 PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 
@@ -80,7 +80,7 @@ def _fingerprint(model: torch.nn.Module) -> str:
     """The weights, architecture and attnseg/OpenVINO versions a converted graph depends on."""
     import openvino
 
-    from .. import __version__
+    from ... import __version__
 
     h = hashlib.sha256(repr((getattr(model, "variant", type(model).__name__), getattr(model, "config", None),
                              __version__, openvino.__version__)).encode())
@@ -114,7 +114,7 @@ def _cached_graph(ov, core, model: torch.nn.Module):
 
 def _convert(ov, model: torch.nn.Module):
     """openvino.convert_model with dynamic batch, height, width (and number of labels for LSeg)."""
-    from ..models.lseg import is_language_driven
+    from ...models.lseg import is_language_driven
 
     model = model.eval()
     x = torch.randn(1, 3, 64, 96)

@@ -1,4 +1,5 @@
-"""Key maps for SegFormer / MiT checkpoints from the three places users get them.
+"""Key maps for SegFormer / MiT checkpoints from the three places users get them (the formats
+`transformers`, `mmseg` and `official` use them; EDAFormer releases share the official layout).
 
 Our parameter names are the official NVlabs release's, so those checkpoints need only a filter
 (`official`). transformers and mmsegmentation 1.x name things differently (maps below). Each
@@ -31,7 +32,8 @@ import re
 
 import torch
 
-from .keymap import Rule, apply_key_map, conv1x1_to_linear
+from ...registry import family
+from ..keymap import ConversionError, Rule, apply_key_map, conv1x1_to_linear
 
 # transformers 5 module names -> the v4 names used in saved checkpoints
 _HF_V5_TO_V4 = [
@@ -159,3 +161,19 @@ def head_widths(out: dict[str, torch.Tensor]) -> dict:
         fc1 = out["decode_head.attn4.mlp.fc1.weight"]
         cfg["decoder_mlp_ratio"] = fc1.shape[0] / fc1.shape[1]
     return cfg
+
+
+def fit_to_variant(out: dict[str, torch.Tensor], cfg: dict, has_head: bool, variant: str) -> tuple[dict, dict]:
+    """A converted SegFormer-layout state dict made to fit `variant`: an encoder variant keeps the backbone
+    (a full segmentation checkpoint loads as an encoder), a segmenter reads its head widths from the tensors
+    and refuses an encoder-only file."""
+    if family(variant).kind != "encoder":  # widths from the tensors (the variant names depth and family only)
+        cfg = {**head_widths(out), **cfg}
+        if not any(k.startswith("backbone.") for k in out):
+            raise ConversionError(f"checkpoint is an encoder only (no decode head); load it with the encoder "
+                                  f"variant or start training a {variant} from it")
+        return out, cfg
+    if has_head:
+        out = {k: v for k, v in out.items() if k.startswith("backbone.")}
+    cfg = {k: v for k, v in cfg.items() if k != "decoder_dim"}
+    return {k.removeprefix("backbone."): v for k, v in out.items()}, cfg

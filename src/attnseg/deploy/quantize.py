@@ -52,7 +52,7 @@ def spaced_indices(length: int, n: int | None) -> list[int]:
 
 def calibration_inputs(model, dataset, n: int, seed: int = 0) -> list[np.ndarray]:
     """n images from `dataset` (evenly spaced), preprocessed exactly as `attnseg predict` does."""
-    from .segmenter import Segmenter
+    from ..inference.segmenter import Segmenter
 
     seg = Segmenter(model)
     out = []
@@ -67,7 +67,7 @@ QUANTIZABLE = ("Conv", "MatMul", "Gemm", "Add", "Mul", "Relu", "Clip", "Resize",
                "MaxPool", "GlobalAveragePool", "Transpose", "Reshape")
 def default_fp32_ops(model) -> list[str]:
     """The op types a model family keeps in fp32 (measured; see the module docstring and attnseg.registry)."""
-    from .registry import FAMILIES, family_name
+    from ..registry import FAMILIES, family_name
 
     fam = FAMILIES.get(family_name(str(getattr(model, "variant", "") or "")))
     if fam is not None and fam.transformer:
@@ -135,8 +135,8 @@ def quantize_int8(model, out_path, calib: list[np.ndarray], method: str = "minma
                                           quant_pre_process, quantize_static)
 
     from .export import export_onnx
-    from .io import atomic_write
-    from .models.lseg import is_language_driven
+    from ..io import atomic_write
+    from ..models.lseg import is_language_driven
 
     exclude_ops = default_fp32_ops(model) if exclude_ops is None else list(exclude_ops)
     extra = {}

@@ -8,7 +8,7 @@ Label sets are given per dataset class, in class order:
   removed    some classes left out of the label list; their pixels are ignored and mIoU is over the
              kept classes (compare with `names` over the same classes: the `names_on_kept` row)
 
-    python -m attnseg.tools.label_study --model CHECKPOINT --data-root ../shared/data/camvid --split test
+    python -m attnseg.analysis.label_study --model CHECKPOINT --data-root ../shared/data/camvid --split test
 
 --sets FILE adds label sets from a YAML mapping {set name: [one label per class, in class order]}, e.g. the
 development names configs/vocab/camvid_dev_names.yaml, scored on --split val to choose a vocabulary recipe
@@ -33,7 +33,7 @@ from ..engine.metrics import ConfusionMatrix
 from ..io import atomic_write_text
 from ..models.layers import resize
 from ..models.lseg import canonical_order, is_language_driven
-from ..segmenter import resolve_short_side, scaled_size
+from ..inference.segmenter import resolve_short_side, scaled_size
 from ..worksize import parse_short_side
 
 CAMVID_SYNONYMS = ["heaven", "house", "post", "street", "sidewalk", "vegetation", "traffic sign", "barrier",
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
 
 
 def run(args) -> int:
-    from ..hub import load_model
+    from ..checkpoint import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 from .. import isr
 
 from ..engine.evaluate import evaluate
-from ..engine.inference import InferenceConfig
+from ..inference.modes import InferenceConfig
 from ..io import atomic_save, atomic_write_text
 from .benchmark import benchmark_model
 from .flops import count_flops

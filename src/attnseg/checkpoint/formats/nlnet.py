@@ -23,7 +23,11 @@ from __future__ import annotations
 
 import torch
 
-from .keymap import ConversionError, Rule, apply_key_map
+from ..keymap import ConversionError, Rule, apply_key_map
+
+NAME = "mmseg_nlnet"
+DESCRIPTION = "mmsegmentation 1.x NLNet"
+FAMILIES = ("nlnet",)
 
 
 def _block_rules(src: str, dst: str, layout: str, use_bn: bool) -> list[Rule]:
@@ -65,7 +69,7 @@ def convert_block(sd: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]
     out = apply_key_map(sd, _block_rules("", "", layout, use_bn), fmt=f"{layout} non-local block")
     _fill_conv_out_bias(out, "", "g.weight")
     if expected is not None:
-        from .keymap import check_against
+        from ..keymap import check_against
 
         check_against(out, expected, f"{layout} non-local block")
     return out
@@ -76,7 +80,7 @@ def load_nonlocal_weights(block: torch.nn.Module, sd: dict[str, torch.Tensor]) -
     block.load_state_dict(convert_block(sd, block.state_dict()), strict=True)
 
 
-def is_mmseg_nlnet(sd: dict) -> bool:
+def detect(sd: dict) -> bool:
     return any(k.startswith("decode_head.nl_block.") for k in sd)
 
 
@@ -104,3 +108,8 @@ def from_mmseg_nlnet(sd: dict[str, torch.Tensor]) -> tuple[dict, dict, bool]:
     elif "decode_head.nl_block.theta.weight" not in out:
         cfg["mode"] = "gaussian"
     return out, cfg, True
+
+
+def convert(ck, variant: str, overrides: dict) -> tuple[dict, dict]:
+    out, cfg, _ = from_mmseg_nlnet(ck.sd)
+    return out, cfg

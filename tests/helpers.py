@@ -1,0 +1,41 @@
+"""Inputs the tests build by hand (PNG bytes, decompression bombs, random photos) and the one-line-error check."""
+import struct
+import zlib
+
+import numpy as np
+
+
+def png_bytes(a: np.ndarray, bits: int = 8) -> bytes:
+    """A PNG written by hand (grey or RGB, 8 or 16 bits), so that 16-bit RGB can be made at all."""
+    h, w = a.shape[:2]
+    colour = 2 if a.ndim == 3 else 0
+    dt = ">u2" if bits == 16 else "u1"
+    raw = b"".join(b"\x00" + a[y].astype(dt).tobytes() for y in range(h))
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, bits, colour, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def bomb_png(w=30000, h=30000) -> bytes:
+    """A header that promises w x h pixels (and a few bytes of data): refused before decoding."""
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+def photo(h=40, w=60, seed=0) -> np.ndarray:
+    return (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
+
+
+def one_line_error(capsys, rc, *needles):
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    for n in needles:
+        assert n in err, err
+    return err
