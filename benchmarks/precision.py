@@ -1,5 +1,5 @@
-"""Precision and backend speed in one run: fp32 / bf16 eager PyTorch, fp32 / int8 onnxruntime and fp32 / bf16
-OpenVINO (`--variants` picks a subset, e.g. onnx_fp32,ov_fp32,ov_bf16).
+"""Precision and backend speed in one run: fp32 / bf16 eager PyTorch, fp32 / int8 onnxruntime and fp32 / bf16 /
+int8 OpenVINO (`--variants` picks a subset, e.g. onnx_fp32,ov_fp32,ov_bf16,ov_int8).
 
 For each model and input size the four variants are timed interleaved (round r runs fp32, bf16, onnx
 fp32, onnx int8 one after the other, `--iters` forward passes each after an untimed one, median per
@@ -11,6 +11,8 @@ machine's measured matmul peak of the same precision (benchmarks/matmul_peak.py)
 int8 graphs are made as `attnseg export --quantize int8` makes them (static QDQ, per-channel weights,
 calibrated on `--calib-images` images of `--calibrate`), with the fp32 op types the model's recorded
 choice keeps (`attnseg.deploy.quantize.default_fp32_ops`), or pass ready files with --int8 NAME=PATH.
+OpenVINO int8 graphs are made as `attnseg export --format openvino --quantize int8` makes them (NNCF on the
+same images); `ov_int8` runs what NNCF left in floating point in fp32, `ov_int8_bf16` in bf16.
 
     python benchmarks/precision.py --threads 2 --json results/precision/speed.json
 Models without trained weights (segformer-b0/b2, edaformer-t) run with seeded random weights, 150 classes.
@@ -34,7 +36,7 @@ from attnseg.analysis.flops import count_flops  # noqa: E402
 from matmul_peak import peaks  # noqa: E402
 from timing import time_interleaved  # noqa: E402
 
-VARIANTS = ("fp32", "bf16", "onnx_fp32", "onnx_int8", "ov_fp32", "ov_bf16")
+VARIANTS = ("fp32", "bf16", "onnx_fp32", "onnx_int8", "ov_fp32", "ov_bf16", "ov_int8", "ov_int8_bf16")
 
 
 def load(name: str):
@@ -51,6 +53,16 @@ def int8_graph(model, name: str, out: Path, calibrate: str, n: int) -> Path:
     ds_name, root, split = calibrate.split(":")
     calib = calibration_inputs(model, build_dataset(ds_name, root, split, EvalTransform()), n)
     return quantize_int8(model, out, calib, exclude_ops=default_fp32_ops(model))
+
+
+def ov_int8_graph(model, out: Path, calibrate: str, n: int) -> Path:
+    from attnseg.data import EvalTransform, build_dataset
+    from attnseg.deploy.backends.openvino_int8 import quantize_openvino
+    from attnseg.deploy.quantize import calibration_inputs
+
+    ds_name, root, split = calibrate.split(":")
+    calib = calibration_inputs(model, build_dataset(ds_name, root, split, EvalTransform()), n)
+    return quantize_openvino(model, out, calib)
 
 
 def agreement(model, int8_path: Path, spec: str, n: int | None, threads: int) -> dict:
@@ -85,6 +97,8 @@ def make_runner(variant: str, name: str, path: str | None):
     if variant.startswith("ov_"):
         from attnseg.deploy.backends.openvino import OpenVinoModel
 
+        if variant.startswith("ov_int8"):
+            return OpenVinoModel(path, "bf16" if variant.endswith("bf16") else "fp32", torch.get_num_threads())
         return OpenVinoModel(load(name), variant[3:], torch.get_num_threads())
     model = load(name)
     return model if variant == "fp32" else (lambda x: _bf16(model, x))
@@ -114,7 +128,7 @@ def main():
     print(f"peaks ({args.threads} threads): fp32 {pk['fp32']:.0f} GFLOP/s, bf16 {pk['bf16']:.0f} GFLOP/s, int8 "
           f"{pk['int8_ort']:.0f} GOP/s (onnxruntime MatMulInteger), {pk['int8_torch']:.0f} (torch._int_mm)")
     peak_of = {"fp32": pk["fp32"], "bf16": pk["bf16"], "onnx_fp32": pk["fp32"], "onnx_int8": pk["int8_ort"],
-               "ov_fp32": pk["fp32"], "ov_bf16": pk["bf16"]}
+               "ov_fp32": pk["fp32"], "ov_bf16": pk["bf16"], "ov_int8": pk["int8_ort"], "ov_int8_bf16": pk["int8_ort"]}
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     rows = []
     with tempfile.TemporaryDirectory(prefix="attnseg_precision_") as tmp:
@@ -125,6 +139,9 @@ def main():
                 model, name, Path(tmp) / f"{name}.int8.onnx", args.calibrate, args.calib_images)
                 if "onnx_int8" in variants or args.agreement else None)
             paths = {"onnx_fp32": str(fp32_path), "onnx_int8": str(int8_path)}
+            if any(v.startswith("ov_int8") for v in variants):
+                paths["ov_int8"] = paths["ov_int8_bf16"] = str(ov_int8_graph(
+                    model, Path(tmp) / f"{name}.int8.xml", args.calibrate, args.calib_images))
             if args.agreement:
                 agree = agreement(model, int8_path, args.agreement, args.agreement_images, args.threads)
                 rows.append({"model": name, "agreement_with_fp32": agree})

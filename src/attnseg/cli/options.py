@@ -159,17 +159,19 @@ def add_labels(p, labels_help: str = 'LSeg: comma-separated labels, e.g. "sky, r
 
 BACKENDS = ("eager", "onnx", "openvino", "auto")
 BACKEND_HELP = ("eager: PyTorch; onnx: onnxruntime (a .onnx --model, or export the checkpoint first); openvino: "
-                "OpenVINO on the CPU with --dtype fp32|bf16 (pip install 'attnseg[openvino]'); auto: the fastest "
-                "backend and precision whose recorded CamVid mIoU is within 0.3 of fp32 (default eager)")
+                "OpenVINO on the CPU with --dtype fp32|bf16 (pip install 'attnseg[openvino]'); auto (default): for a "
+                "shipped model, the fastest backend and precision whose recorded CamVid mIoU is within 0.3 of fp32 "
+                "(OpenVINO bf16 or fp32); eager for other models or without the openvino extra")
 
 
 def add_backend(p, choices=BACKENDS, help: str | None = BACKEND_HELP) -> None:
-    p.add_argument("--backend", choices=list(choices), default="eager", help=help)
+    p.add_argument("--backend", choices=list(choices), default="auto" if "auto" in choices else "eager", help=help)
 
 
-def add_dtype(p, choices=("fp32", "bf16"),
-              help: str | None = "bf16: autocast for eager models, the inference precision for openvino") -> None:
-    p.add_argument("--dtype", choices=list(choices), default="fp32", help=help)
+def add_dtype(p, choices=("fp32", "bf16"), default: str | None = None,
+              help: str | None = "bf16: autocast for eager models, the inference precision for openvino "
+                                 "(default: fp32, or what --backend auto chose for the model)") -> None:
+    p.add_argument("--dtype", choices=list(choices), default=default, help=help)
 
 
 def add_max_pixels(p, default: int | None, help: str) -> None:

@@ -270,6 +270,8 @@ class OnnxModel(GraphModel):
         inputs = self.session.get_inputs()
         self._setup(json.loads(meta) if meta else {}, [i.name for i in inputs], list(inputs[0].shape),
                     self.session.get_outputs()[0].shape[1])
+        if "attnseg_quantization" in self.session.get_modelmeta().custom_metadata_map:
+            self.precision = "int8"  # a QDQ graph from deploy.quantize
 
     def _run(self, feeds: dict) -> np.ndarray:
         return self.session.run(None, feeds)[0]

@@ -10,7 +10,7 @@ a calibration reader over the images. `--exclude-ops` keeps operator types in fp
 Resize); the choices are written into the graph's metadata ("attnseg_quantization"), so a file says how it
 was made. OnnxModel runs the result like any other graph.
 
-Which operations stay fp32 was decided by measuring (README, "int8 onnxruntime"):
+Which operations stay fp32 was decided by measuring (docs/deployment.md, "Precision"):
 * products of two run-time tensors (attention's q k^T and attn v, LSeg's pixel-label similarity, the
   matrix upsampling of exported decoders) always stay fp32: quantizing them puts the softmax between a
   DequantizeLinear and a QuantizeLinear, which onnxruntime fuses into QLinearSoftmax, 5x slower than the

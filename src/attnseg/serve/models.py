@@ -36,11 +36,21 @@ class ServedModel:
                 "default_labels": getattr(self.model, "default_labels", None) if self.language else None,
                 "palette": seg.palette[: len(seg.class_names or [])] if seg.class_names else seg.palette[:16],
                 "language_driven": self.language, "isr": bool(self.isr), "isr_settings": self.isr,
-                "working_short_side": seg.size}
+                "working_short_side": seg.size, "card": _card(self.name)}
+
+
+def _card(name: str) -> dict | None:
+    """What the page's model picker shows of a shipped model's card (its domain and limits); None otherwise."""
+    from ..pretrained import cards
+
+    if name not in cards.names():
+        return None
+    c = cards.card(name)
+    return {k: c[k] for k in ("title", "task", "intended_use", "limits", "training")}
 
 
 def load_models(sources: list[str], backend: str = "eager", threads: int | None = None,
-                max_work_pixels: int = MAX_WORK_PIXELS, dtype: str = "fp32") -> dict[str, ServedModel]:
+                max_work_pixels: int = MAX_WORK_PIXELS, dtype: str | None = None) -> dict[str, ServedModel]:
     """Load every model the server will serve (name -> ServedModel); raises ValueError naming a bad source.
     backend: eager, onnx, openvino (with dtype fp32|bf16) or auto (attnseg.deploy.backends.choose, per model)."""
     import torch
@@ -56,7 +66,7 @@ def load_models(sources: list[str], backend: str = "eager", threads: int | None 
         name = Path(src).stem if (Path(src).exists() and src not in attnseg.list_pretrained()) else src
         if name in out:
             raise ValueError(f"two models would be served as {name!r}; rename one of the files")
-        run, precision = choose(model, dtype) if backend == "auto" else (backend, dtype)
+        run, precision = choose(model, dtype) if backend == "auto" else (backend, dtype or "fp32")
         settings = isr_accepted(model) if run == "eager" else []  # the grid's settings it takes
         if run == "onnx":
             model = _to_onnx(model, threads)

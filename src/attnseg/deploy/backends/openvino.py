@@ -36,10 +36,14 @@ def require_openvino():
 class OpenVinoModel(GraphModel):
     backend = "openvino"
 
-    def __init__(self, source, precision: str = "fp32", threads: int | None = None, streams: int = 1):
+    def __init__(self, source, precision: str = "fp32", threads: int | None = None, streams: int = 1,
+                 profile: bool = False):
         """source: a PyTorch model from attnseg (converted here), or the path of an .onnx graph or OpenVINO IR
         (.xml). precision: fp32 or bf16 (the CPU plugin's inference precision hint). streams > 1 splits the
-        threads into that many streams, for callers that run several requests at once (the video pipeline)."""
+        threads into that many streams, for callers that run several requests at once (the video pipeline).
+        profile: the plugin's per-operation performance counters on (benchmarks/ov_profile.py). An int8 IR
+        (`attnseg export --format openvino --quantize int8`) reports precision int8; `precision` then rules
+        the operations NNCF left in floating point."""
         ov = require_openvino()
         if precision not in PRECISIONS:
             raise ValueError(f"OpenVINO precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -48,7 +52,10 @@ class OpenVinoModel(GraphModel):
         if isinstance(source, torch.nn.Module):
             graph, info = _cached_graph(ov, core, source), graph_info(source)
         else:
-            graph, info = core.read_model(str(source)), _graph_info(Path(source))
+            graph = core.read_model(str(source))
+            info = _graph_info(Path(source), graph)
+            if (info.get("quantization") or {}).get("precision") == "int8":
+                self.precision = "int8"  # weights and activations int8 where NNCF put them; the hint rules the rest
         names = [i.get_any_name() for i in graph.inputs]
         dims = [d.get_length() if d.is_static else None for d in graph.inputs[0].get_partial_shape()]
         out = graph.outputs[0].get_partial_shape()
@@ -57,6 +64,8 @@ class OpenVinoModel(GraphModel):
                   "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT"}
         if streams > 1:
             config["NUM_STREAMS"] = int(streams)
+        if profile:
+            config["PERF_COUNT"] = True
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.compiled = core.compile_model(graph, "CPU", config)
@@ -100,7 +109,7 @@ def _cached_graph(ov, core, model: torch.nn.Module):
             return core.read_model(str(xml))
         except RuntimeError:
             pass  # a damaged cache entry: convert again
-    graph = _convert(ov, model)
+    graph = convert(ov, model)
     try:
         xml.parent.mkdir(parents=True, exist_ok=True)
         tmp = xml.with_name(f".{xml.stem}.{os.getpid()}.xml")
@@ -112,7 +121,7 @@ def _cached_graph(ov, core, model: torch.nn.Module):
     return graph
 
 
-def _convert(ov, model: torch.nn.Module):
+def convert(ov, model: torch.nn.Module):
     """openvino.convert_model with dynamic batch, height, width (and number of labels for LSeg)."""
     from ...models.lseg import is_language_driven
 
@@ -143,8 +152,14 @@ def _trace(ov, model, x, lseg: bool):
         return ov.Core().read_model(str(export.export_onnx(model, Path(tmp) / "model.onnx")))
 
 
-def _graph_info(path: Path) -> dict:
-    """The attnseg metadata of an .onnx graph (or of the .onnx beside an IR)."""
+def _graph_info(path: Path, graph=None) -> dict:
+    """The attnseg metadata of a graph: an IR's runtime info (`attnseg`, written by the int8 export), else that of
+    the .onnx graph (or of the .onnx beside an IR)."""
+    if graph is not None and graph.has_rt_info(["attnseg"]):
+        try:
+            return json.loads(graph.get_rt_info(["attnseg"]).astype(str))
+        except ValueError:
+            pass
     onnx_path = path if path.suffix == ".onnx" else path.with_suffix(".onnx")
     if not onnx_path.is_file():
         return {}
