@@ -1,6 +1,8 @@
 """`attnseg serve`: every endpoint and error status through FastAPI's test client, the label PNG equal to
 `attnseg predict`'s, the engine (micro-batching, a full queue, timeouts), and Schemathesis on the live
 schema (no 5xx for any generated request)."""
+import asyncio
+import base64
 import io
 import struct
 import time
@@ -64,6 +66,8 @@ def test_health_models_metrics_page(client):
     assert models[SHIPPED]["class_names"][3] == "road" and not models[SHIPPED]["isr"]
     assert models["tiny_eda"]["isr"] and models["tiny_eda"]["isr_settings"][0] == "1,1,1,1:1,1,1"
     assert len(models[SHIPPED]["palette"]) == 11 and models[SHIPPED]["working_short_side"] == 360
+    assert "CamVid" in models[SHIPPED]["card"]["intended_use"] + models[SHIPPED]["card"]["title"]
+    assert models["tiny_seg"]["card"] is None  # no card for a user's checkpoint
     page = client.get("/")
     assert page.status_code == 200 and "attnseg" in page.text and "/static/app.js" in page.text
     assert client.get("/static/app.js").status_code == 200 and client.get("/static/nope.js").status_code == 404
@@ -81,7 +85,7 @@ def test_png_equals_attnseg_predict(client, tmp_path):
     r = post(client, {"model": SHIPPED})
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     served = np.asarray(Image.open(io.BytesIO(r.content)))
-    assert main(["predict", str(EXAMPLE), "--model", SHIPPED, "--out", str(tmp_path)]) == 0
+    assert main(["predict", str(EXAMPLE), "--model", SHIPPED, "--backend", "eager", "--out", str(tmp_path)]) == 0
     cli = Image.open(tmp_path / f"{EXAMPLE.stem}.png")
     assert cli.mode == "P" and np.array_equal(served, np.asarray(cli))
     assert float(r.headers["X-Latency-Ms"]) > 0
@@ -108,10 +112,24 @@ def test_lseg_labels_and_label_errors(client, tmp_path):
         assert r.status_code == 200 and {x["name"] for x in r.json()["classes"]} <= {"sky", "road", "car", "other"}
         png = post(c, {"model": "lseg-effnet-lite0-camvid", "labels": "sky, road, car, other"})
         assert main(["predict", str(EXAMPLE), "--model", "lseg-effnet-lite0-camvid", "--labels",
-                     "sky, road, car, other", "--out", str(tmp_path)]) == 0
+                     "sky, road, car, other", "--backend", "eager", "--out", str(tmp_path)]) == 0
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(png.content))),
                               np.asarray(Image.open(tmp_path / f"{EXAMPLE.stem}.png")))
-        for labels, needle in (("", "empty"), ("a,,b", "empty label"), ("a,a", "duplicate"),
+        # a JSON list keeps commas inside a label; a label keeps its colour wherever it moves; a class name
+        # keeps the model's colour for it
+        pal = {tuple(c["color"]) for c in r.json()["classes"] if c["name"] == "road"}
+        r1 = post(c, {"model": "lseg-effnet-lite0-camvid", "labels": '["car, parked", "road", "other"]', "format": "json"})
+        r2 = c.post("/api/segment", json={"image": base64.b64encode(EXAMPLE.read_bytes()).decode(),
+                                          "model": "lseg-effnet-lite0-camvid", "labels": ["other", "road", "car, parked"]})
+        assert r1.status_code == r2.status_code == 200
+        c1 = {x["name"]: x["color"] for x in r1.json()["classes"]}
+        c2 = {x["name"]: x["color"] for x in r2.json()["classes"]}
+        assert set(c1) == {"car, parked", "road", "other"} and c1 == c2 and {tuple(c1["road"])} == pal
+        r3 = c.post("/api/segment", files={"image": ("a.png", EXAMPLE.read_bytes(), "image/png")},
+                    data={"model": "lseg-effnet-lite0-camvid", "labels": ["sky", "road, wet"], "format": "json"})
+        assert r3.status_code == 200 and {x["name"] for x in r3.json()["classes"]} == {"sky", "road, wet"}
+        for labels, needle in (("", "empty"), ("a,,b", "empty label"), ("a,a", "duplicate"), ("car,Car", "case"),
+                               ('["a", 3]', "JSON list of strings"),
                                (",".join(f"l{i}" for i in range(65)), "at most 64"), ("x" * 100, "longer")):
             r = post(c, {"model": "lseg-effnet-lite0-camvid", "labels": labels})
             assert r.status_code == 422 and r.json()["error"].startswith("labels:") and needle in r.json()["error"]
@@ -121,7 +139,7 @@ def test_lseg_labels_and_label_errors(client, tmp_path):
     ({"model": "nope"}, 422, "model"), ({"model": "tiny_seg", "labels": "a,b"}, 422, "labels"),
     ({"model": SHIPPED, "isr": "2,2,1,1:1,1,1"}, 422, "isr"), ({"model": "tiny_eda", "isr": "2,x"}, 422, "isr"),
     ({"model": "tiny_seg", "isr": "2,2,1,1:2,2,2"}, 422, "isr"),
-    ({"model": "tiny_seg", "format": "gif"}, 422, "format"), ({}, 422, "model")])
+    ({"model": "tiny_seg", "format": "gif"}, 422, "format")])
 def test_bad_fields_are_422_naming_the_field(client, data, status, field):
     r = post(client, data)
     assert r.status_code == status and r.json()["error"].startswith(field + ":")
@@ -138,6 +156,72 @@ def test_bombs_huge_uploads_and_non_images_are_refused_fast(client):
     assert r.status_code == 415 and r.json()["error"].startswith("image:")
     assert post(client, {"model": "tiny_seg"}).status_code == 200  # and it keeps serving
     assert client.post("/api/segment", data={"model": "tiny_seg"}).status_code == 422  # no image part
+
+
+def test_image_as_raw_body_json_or_form_model_optional_and_segments(client):
+    """The three ways a client sends an image give the same label map; without `model` the server's first
+    model runs; format=segments gives one binary mask per label present, as image-segmentation pipelines do."""
+    form = post(client, {"model": "tiny_seg"})
+    raw = client.post("/api/segment?model=tiny_seg", content=EXAMPLE.read_bytes(), headers={"Content-Type": "image/png"})
+    as_json = client.post("/api/segment", json={"image": base64.b64encode(EXAMPLE.read_bytes()).decode(),
+                                                "model": "tiny_seg", "format": "png"})
+    assert form.status_code == raw.status_code == as_json.status_code == 200
+    assert form.content == raw.content == as_json.content
+    body = client.post("/api/segment", json={"image": "data:image/png;base64," +
+                                             base64.b64encode(EXAMPLE.read_bytes()).decode()}).json()
+    assert body["model"] == SHIPPED and len(body["classes"]) == 11 and body["total_ms"] >= body["latency_ms"] > 0
+    seg = client.post("/api/segment", json={"image": base64.b64encode(EXAMPLE.read_bytes()).decode(),
+                                            "model": "tiny_seg", "format": "segments"}).json()
+    label = np.asarray(Image.open(io.BytesIO(form.content)))
+    union = np.zeros(label.shape, int)
+    for s in seg["segments"]:
+        m = np.asarray(Image.open(io.BytesIO(base64.b64decode(s["mask"]))))
+        assert m.shape == label.shape and np.array_equal(m > 0, label == s["index"])
+        union += m > 0
+    assert (union == 1).all() and abs(sum(s["share"] for s in seg["segments"]) - 1) < 1e-4
+    for kwargs, status, needle in (
+            ({"content": b"x", "headers": {"Content-Type": "text/plain"}}, 415, "Content-Type"),
+            ({"json": {"image": "%%%"}}, 422, "base64"), ({"json": {"model": "tiny_seg"}}, 422, "image"),
+            ({"json": {"image": "", "format": "gif"}}, 422, "format")):
+        r = client.post("/api/segment", **kwargs)
+        assert r.status_code == status and needle in r.json()["error"], r.text
+    limits = client.get("/api/limits").json()
+    assert limits["max_pixels"] == 4_000_000 and limits["max_upload_mb"] == 2
+    spec = client.get("/openapi.json").json()["paths"]["/api/segment"]["post"]
+    assert {"multipart/form-data", "application/json", "image/*"} <= set(spec["requestBody"]["content"])
+    metrics = client.get("/metrics").text
+    assert 'attnseg_request_seconds_bucket{le="0.01",model="tiny_seg"}' in metrics
+    assert "attnseg_model_seconds" in metrics and "process_resident_memory_bytes" in metrics
+
+
+def test_a_request_whose_client_left_is_dropped_from_the_queue():
+    """A page that sent a newer request aborts the old one; the server cancels the queued job (never run)."""
+    from attnseg.serve.app import Metrics
+    from attnseg.serve.routes import APIError, _run
+
+    ran = []
+    models = slow_served(0.4)
+    slow = models["slow"].model
+    slow.forward = lambda x, _f=slow.forward: (ran.append(tuple(x.shape)), _f(x))[1]
+    b = Batcher(models, max_batch=1, max_wait_ms=0, queue_size=4)
+    x = torch.zeros(1, 3, 32, 32)
+    busy = b.submit(Job("slow", x, (32, 32)))  # occupies the worker
+
+    class Gone:  # a request whose client disconnected
+        class app:
+            class state:
+                batcher, settings, metrics = b, Settings(timeout_s=10), Metrics(lambda: 0)
+
+        async def is_disconnected(self):
+            return True
+
+    with pytest.raises(APIError) as e:
+        asyncio.run(_run(Gone(), Job("slow", torch.ones(1, 3, 32, 48), (32, 48))))
+    assert e.value.status == 499
+    busy.result(timeout=5)
+    time.sleep(0.3)
+    assert all(shape[-1] == 32 for shape in ran), ran  # the 48-wide job never ran
+    b.close()
 
 
 class Slow(torch.nn.Module):

@@ -2,7 +2,7 @@
 (`make test` installs the `chromium` package when it is missing). The test starts the server on a free port,
 uploads a CamVid example, checks the overlay and the legend against the label map, hovers, downloads the
 label PNG and compares it with `attnseg predict`, types LSeg labels as chips, changes ISR on EDAFormer, sees
-an API error on the page, and screenshots the result (into the test's own folder: the README's screenshot is
+an API error on the page, and screenshots the result (into the test's own folder: the docs' screenshot is
 made by scripts/screenshot_serve.py, never by a test)."""
 import shutil
 import socket
@@ -22,7 +22,8 @@ sync_api = pytest.importorskip("playwright.sync_api")
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = sorted((ROOT / "examples").glob("camvid_test_*.png"))[0]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-EDA = ROOT / "results" / "edaformer-t_camvid.safetensors"
+EDA = ROOT / "results" / "zoo" / "edaformer-t_camvid.safetensors"
+DEBOUNCE_WAIT = 600  # ms: longer than the page's 350 ms debounce
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 
@@ -39,8 +40,10 @@ def server():
         pytest.fail("Chromium is not installed: run `make test` (it installs Debian's chromium) or "
                     "apt-get install -y chromium")
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "attnseg.cli", "serve", "--port", str(port), "--model",
-                             "sanet-effnet-lite0-camvid", "--model", "lseg-effnet-lite0-camvid", "--model", str(EDA)],
+    # eager, so the downloaded label map can be compared pixel for pixel with `predict --backend eager`
+    proc = subprocess.Popen([sys.executable, "-m", "attnseg.cli", "serve", "--port", str(port), "--backend", "eager",
+                             "--model", "sanet-effnet-lite0-camvid", "--model", "lseg-effnet-lite0-camvid",
+                             "--model", str(EDA)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     for _ in range(240):
@@ -56,8 +59,17 @@ def server():
     proc.wait(timeout=10)
 
 
-def legend_names(page) -> list[str]:
-    return page.eval_on_selector_all("#legend tbody tr", "rows => rows.map(r => r.dataset.name)")
+def legend_names(page, present_only: bool = False) -> list[str]:
+    rows = "#legend tbody tr:not(.absent)" if present_only else "#legend tbody tr"
+    return page.eval_on_selector_all(rows, "rows => rows.map(r => r.dataset.name)")
+
+
+def audit(page) -> None:
+    """axe-core's WCAG checks on the page as it is now: no violation of any impact."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    results = Axe().run(page)
+    assert results.violations_count == 0, results.generate_report()
 
 
 def test_the_page_in_chromium(server, tmp_path):
@@ -75,7 +87,9 @@ def test_the_page_in_chromium(server, tmp_path):
         page.set_input_files("#file", str(EXAMPLE))
         page.wait_for_selector("#legend tbody tr", timeout=60_000)
         page.wait_for_function("document.getElementById('mask').width > 0")
-        shipped = legend_names(page)
+        shipped = legend_names(page, present_only=True)
+        assert len(legend_names(page)) == 11  # every class listed, the absent ones greyed
+        audit(page)
 
         # the downloaded label PNG is what `attnseg predict` writes, and the legend names its classes
         with page.expect_download() as dl:
@@ -83,7 +97,7 @@ def test_the_page_in_chromium(server, tmp_path):
         dl.value.save_as(tmp_path / "download.png")
         got = np.asarray(Image.open(tmp_path / "download.png"))
         assert subprocess.run([sys.executable, "-m", "attnseg.cli", "predict", str(EXAMPLE), "--model",
-                               "sanet-effnet-lite0-camvid", "--out", str(tmp_path / "cli")],
+                               "sanet-effnet-lite0-camvid", "--backend", "eager", "--out", str(tmp_path / "cli")],
                               capture_output=True, cwd=ROOT).returncode == 0
         assert np.array_equal(got, np.asarray(Image.open(tmp_path / "cli" / f"{EXAMPLE.stem}.png")))
         names = models["sanet-effnet-lite0-camvid"]["class_names"]
@@ -96,7 +110,7 @@ def test_the_page_in_chromium(server, tmp_path):
         assert page.text_content("#hover") in shipped
         page.fill("#opacity", "70")
         page.dispatch_event("#opacity", "input")
-        page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)  # scripts/screenshot_serve.py makes the README's
+        page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)  # scripts/screenshot_serve.py makes the docs'
 
         # LSeg: remove the default labels, type new ones as chips; the legend follows
         page.select_option("#model", "lseg-effnet-lite0-camvid")
@@ -112,7 +126,8 @@ def test_the_page_in_chromium(server, tmp_path):
         page.wait_for_function("""() => { const rows = [...document.querySelectorAll('#legend tbody tr')];
             return rows.length > 0 && rows.every(r => ['sky', 'road', 'car', 'other'].includes(r.dataset.name)); }""",
                                timeout=60_000)
-        assert set(legend_names(page)) <= {"sky", "road", "car", "other"} and set(legend_names(page)) != set(shipped)
+        assert set(legend_names(page)) == {"sky", "road", "car", "other"}  # every label, present or not
+        assert set(legend_names(page, present_only=True)) != set(shipped)
         assert page.is_hidden("#error")
         chips = page.eval_on_selector_all("#chips .chip", "c => c.map(x => x.dataset.label)")
         page.locator("#chips .chip").nth(1).locator("button").first.click()  # move "road" left
@@ -130,6 +145,78 @@ def test_the_page_in_chromium(server, tmp_path):
         browser.close()
     shot = Image.open(tmp_path / "serve.png")
     assert shot.size[0] >= 1000 and np.asarray(shot.convert("L")).std() > 10
+
+
+def test_the_page_on_a_phone_with_the_keyboard(server, tmp_path):
+    """390x844 with touch: nothing wider than the screen, the photo chosen from the keyboard (the file input is
+    in the tab order), a tap names the class, chips are at least 24 px, LSeg edits are debounced and superseded
+    requests cancelled, a label with a comma stays one label and keeps its colour when it moves, a new photo
+    never shows the previous result, and axe-core finds nothing."""
+    second = sorted((ROOT / "examples").glob("camvid_test_*.png"))[1]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        ctx = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True,
+                                  device_scale_factor=2)
+        page = ctx.new_page()
+        segments = []
+        page.on("request", lambda r: segments.append(r) if r.url.endswith("/api/segment") else None)
+        page.goto(server + "/")
+        page.wait_for_selector("#model option", state="attached")
+        for _ in range(12):  # Tab through the controls to the file input
+            page.keyboard.press("Tab")
+            if page.evaluate("document.activeElement.id") == "file":
+                break
+        assert page.evaluate("document.activeElement.id") == "file"
+        page.set_input_files("#file", str(EXAMPLE))  # what Enter on the focused input opens
+        page.wait_for_selector("#legend tbody tr", timeout=60_000)
+        page.wait_for_function("document.getElementById('mask').width > 0")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390  # no sideways scrolling
+        stage = page.locator("#stage").bounding_box()
+        assert stage["x"] >= 0 and stage["x"] + stage["width"] <= 390
+        assert "round trip" in page.text_content("#status") and "server" in page.text_content("#status")
+        assert "street" in page.text_content("#model-info").lower() or "CamVid" in page.text_content("#model-info")
+        page.locator("#mask").tap(position={"x": stage["width"] / 2, "y": stage["height"] * 0.9})
+        page.wait_for_selector("#hover:not([hidden])")
+        audit(page)
+        page.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
+
+        # a new photo: the old legend and download go at once, the new result replaces them
+        page.set_input_files("#file", str(second))
+        assert page.is_disabled("#download")
+        page.wait_for_selector("#legend tbody tr", timeout=60_000)
+
+        # LSeg: a burst of edits sends one request (debounced), earlier ones are aborted
+        page.select_option("#model", "lseg-effnet-lite0-camvid")
+        page.wait_for_selector("#chips .chip")
+        page.wait_for_function("document.getElementById('status').textContent.includes('round trip')", timeout=60_000)
+        for b in page.locator("#chips .chip button").all()[:4]:
+            assert b.bounding_box()["height"] >= 24 and b.bounding_box()["width"] >= 24
+        before = len(segments)
+        for label in ("car, parked", "person", "tree", "Tree", "other"):
+            page.fill("#label-input", label)
+            page.press("#label-input", "Enter")
+        assert "already" in page.text_content("#error")  # 'Tree' repeats 'tree', case aside
+        page.wait_for_function("""() => { const names = [...document.querySelectorAll('#legend tbody tr')]
+            .map(r => r.dataset.name); return names.includes('car, parked') && names.includes('other'); }""",
+                               timeout=60_000)
+        page.wait_for_timeout(600)
+        assert len(segments) - before <= 2, len(segments) - before
+        labels = page.eval_on_selector_all("#chips .chip", "c => c.map(x => x.dataset.label)")
+        assert "car, parked" in labels and "Tree" not in labels
+        assert "car, parked" in legend_names(page)  # one label, comma kept
+        colour = page.eval_on_selector("#chips .chip[data-label='car, parked']", "c => c.style.getPropertyValue('--chip')")
+        assert colour
+        i = labels.index("car, parked")
+        page.locator("#chips .chip").nth(i).locator("button").first.click()  # move it left
+        page.wait_for_function(f"document.querySelectorAll('#chips .chip')[{i - 1}].dataset.label === 'car, parked'")
+        page.wait_for_timeout(DEBOUNCE_WAIT)
+        page.wait_for_function("!document.getElementById('stage').classList.contains('busy')", timeout=60_000)
+        assert page.eval_on_selector("#chips .chip[data-label='car, parked']",
+                                     "c => c.style.getPropertyValue('--chip')") == colour
+        audit(page)
+        browser.close()
+    shot = Image.open(tmp_path / "phone.png")
+    assert shot.size[0] == 780  # 390 CSS px at scale 2: the page is as wide as the phone
 
 
 def test_api_docs_render_offline(server, tmp_path):

@@ -210,6 +210,29 @@ def extend_palette(palette: list[list[int]] | None, n: int) -> list[list[int]]:
     return out
 
 
+def label_palette(labels: list[str], class_names: list[str] | None = None,
+                  palette: list[list[int]] | None = None) -> list[list[int]]:
+    """Colours for typed labels (LSeg) that follow each label wherever it moves in the list: a label that names
+    one of the model's classes (case and spaces aside) gets that class's colour, any other label a colour
+    derived from its text (a hash to a hue), so 'road' is road's colour and 'my bike' the same colour in every
+    request; a rare clash with a colour already taken moves on to the next hash."""
+    import hashlib
+
+    known = {n.strip().casefold(): list(map(int, c)) for n, c in zip(class_names or [], palette or [])}
+    out, seen = [], set()
+    for label in labels:
+        key = label.strip().casefold()
+        colour = known.get(key)
+        salt = 0
+        while colour is None or tuple(colour) in seen:
+            d = hashlib.sha1(f"{key}#{salt}".encode()).digest()
+            r, g, b = colorsys.hls_to_rgb(d[0] / 256 + d[1] / 65536, 0.42 + 0.16 * d[2] / 255, 0.55 + 0.35 * d[3] / 255)
+            colour, salt = [int(r * 255), int(g * 255), int(b * 255)], salt + 1
+        seen.add(tuple(colour))
+        out.append(colour)
+    return out
+
+
 # -- atomic writes ---------------------------------------------------------------------------------
 
 STOP_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}  # no later write can succeed either

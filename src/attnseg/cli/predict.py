@@ -178,7 +178,7 @@ def _segmenter(args):
     apply_isr_arg(model, args)
     check_onnx_size(model, args)
     if args.verbose:
-        print(f"running {args.model} on {getattr(model, 'backend', 'eager')} {args.dtype}", file=sys.stderr)
+        print(f"running {args.model} on {getattr(model, 'backend', 'eager')} {getattr(model, 'precision', None) or args.dtype}", file=sys.stderr)
     try:
         seg = attnseg.Segmenter(model, size=args.size, inference=inference, device=args.device,
                                 dtype=amp_dtype(args, model) or torch.float32)
@@ -190,7 +190,7 @@ def _segmenter(args):
             raise CLIError(f"--labels needs a language-driven model (lseg-*); {args.model} has fixed classes")
         kw["labels"] = labels
         seg.class_names = labels
-        palette = seg.palette_for(len(labels))
+        palette = seg.palette_for_labels(labels)
     elif is_language_driven(model) and not getattr(model, "default_labels", None):
         raise CLIError("this LSeg model needs --labels \"sky, road, car, other\" (or --labels-file FILE)")
     return seg, palette, kw

@@ -21,7 +21,7 @@ def add_arguments(verb: str, p):
     p.add_argument("--max-batch", type=options.int_range(1, 256), default=8, help="requests per model batch")
     p.add_argument("--max-wait-ms", type=options.float_range(0.0, 10000.0), default=0.0,
                    help="how long the worker waits for requests to batch with the first; default 0 (no "
-                        "micro-batching: on a 2-core CPU batching measured slower, see the README); e.g. 10 on GPUs")
+                        "micro-batching: on a 2-core CPU batching measured slower, see docs/serving.md); e.g. 10 on GPUs")
     p.add_argument("--queue", type=options.int_range(1, 100000), default=32, help="queued requests before 503")
     p.add_argument("--max-upload-mb", type=options.float_range(0.001, 10000.0), default=20.0)
     options.add_max_pixels(p, 40_000_000, "per image, read from the header")

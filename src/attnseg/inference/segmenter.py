@@ -7,7 +7,7 @@ import torch
 from ..data.transforms import resize_pair
 from .modes import InferenceConfig, infer
 from ..meta import default_meta
-from ..io import MAX_LABELS, extend_palette, to_rgb_array
+from ..io import MAX_LABELS, extend_palette, label_palette, to_rgb_array
 from ..models.layers import class_index, interp_matrix, resize
 
 FALLBACK_SHORT_SIDE = 512  # a model whose checkpoint records no working size (official releases, hub ids)
@@ -78,6 +78,12 @@ class Segmenter:
     def palette_for(self, n: int) -> list[list[int]]:
         """The model's palette extended with distinct colours to n labels (LSeg: any number, at most 256)."""
         return extend_palette(self.palette, n) if n > len(self.palette) else self.palette
+
+    def palette_for_labels(self, labels: list[str]) -> list[list[int]]:
+        """LSeg: a colour per typed label that stays with the label (io.label_palette): the model's class colours
+        for its own class names, a colour from the text for any other label."""
+        return label_palette(labels, getattr(self.model, "default_labels", None) or self.meta.get("class_names"),
+                             self.palette)
 
     def working_size(self, h: int, w: int) -> tuple[int, int]:
         """The size an (h, w) image runs at: its short side at `size`, then fitted to the working-size limits

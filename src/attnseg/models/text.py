@@ -28,7 +28,7 @@ class TextEncoderError(ValueError):
 
 
 def check_labels(labels, max_labels: int | None = None, max_chars: int | None = None) -> list[str]:
-    """Labels must be a non-empty list of distinct, non-empty strings (at most `max_labels` of at most
+    """Labels must be a non-empty list of distinct (case aside), non-empty strings (at most `max_labels` of at most
     `max_chars` characters each, where given): the one rule for the CLI, the server and the model."""
     if isinstance(labels, str):
         raise TextEncoderError("labels must be a list of strings, e.g. ['sky', 'road', 'other'], not one string")
@@ -39,12 +39,13 @@ def check_labels(labels, max_labels: int | None = None, max_chars: int | None = 
     if empty:
         raise TextEncoderError(f"empty label at position(s) {empty}")
     seen, dups = set(), []
-    for s in labels:
-        if s in seen:
+    for s in labels:  # case aside: 'car' and 'Car' would score the same pixels twice
+        if s.casefold() in seen:
             dups.append(s)
-        seen.add(s)
+        seen.add(s.casefold())
     if dups:
-        raise TextEncoderError(f"duplicate label(s) {sorted(set(dups))}: each label must be given once")
+        raise TextEncoderError(f"duplicate label(s) {sorted(set(dups))}: each label must be given once "
+                               "(labels that differ only in case count as the same)")
     if max_labels is not None and len(labels) > max_labels:
         raise TextEncoderError(f"{len(labels)} labels; at most {max_labels}")
     long = [s for s in labels if max_chars is not None and len(s) > max_chars]

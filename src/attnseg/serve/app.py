@@ -2,7 +2,7 @@
 the metrics and the ASGI layers; `load_models` (serve.models) loads what it serves.
 
 Models are loaded once at start; a request picks one of them by name and never makes the server load anything.
-Every error is JSON `{"error": "..."}` naming the field, with the status the issue fixes: 413 (upload, pixel
+Every error is JSON `{"error": "..."}` naming the field, with a fixed status: 413 (upload, pixel
 count or working size over the limit), 415 (not an image), 422 (bad field), 503 + Retry-After (queue full),
 504 (timeout); no response carries a traceback. Every response carries an X-Request-ID; a 500's JSON carries
 it too, and the server log has the traceback under that id. /metrics counts every response, refusals by the
@@ -43,16 +43,25 @@ class Settings:
 class Metrics:
     """The Prometheus registry of one app: requests by path and status, segment latency, batch sizes, queue."""
 
-    PATHS = ("/", "/api/models", "/api/segment", "/healthz", "/readyz", "/version", "/metrics", "/docs", "/redoc")
+    PATHS = ("/", "/api/models", "/api/limits", "/api/segment", "/healthz", "/readyz", "/version", "/metrics", "/docs", "/redoc")
 
     def __init__(self, batcher_depth):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector,
+                                       ProcessCollector)
 
         self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, process_cpu_seconds_total, ...
+        PlatformCollector(registry=self.registry)
         self.requests = Counter("attnseg_requests", "HTTP requests by path and status", ["path", "status"],
                                 registry=self.registry)
-        self.latency = Histogram("attnseg_request_seconds", "request latency (segment)", registry=self.registry,
+        self.latency = Histogram("attnseg_request_seconds", "segment request latency (decode, queue, model, encode)",
+                                 ["model"], registry=self.registry,
                                  buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.model_latency = Histogram("attnseg_model_seconds", "model forward time per request", ["model"],
+                                       registry=self.registry,
+                                       buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.abandoned = Counter("attnseg_abandoned", "queued requests dropped because their client had gone",
+                                 registry=self.registry)
         self.batch = Histogram("attnseg_batch_size", "requests per model batch", registry=self.registry,
                                buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32))
         self.depth = Gauge("attnseg_queue_depth", "requests waiting for the model", registry=self.registry)

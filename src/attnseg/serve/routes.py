@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import re
 import time
 from pathlib import Path
 
 import numpy as np
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, Query, Request
+from pydantic import ValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -23,6 +25,7 @@ from ..models.text import TextEncoderError, check_labels
 from ..worksize import WorkSizeError
 from .batcher import Job, Overloaded
 from .models import ServedModel
+from .schemas import FORMATS, SegmentJSON, SegmentResult, SegmentsResult
 
 STATIC = Path(__file__).parent / "static"
 router = APIRouter()
@@ -87,48 +90,135 @@ async def list_models(request: Request) -> list[dict]:
     return [m.info() for m in request.app.state.models.values()]
 
 
-@router.post("/api/segment", summary="segment one image",
-             responses={200: {"content": {"image/png": {}, "application/json": {}},
-                              "description": "png: the palette label map (pixel = class/label index); json: "
-                                             "class names, pixel shares, image size, latency and queue wait"},
+SEGMENT_BODIES = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
+        "image": {"type": "string", "format": "binary", "description": "the image file"},
+        "model": {"type": "string", "description": "one of GET /api/models' names (default: the server's first)"},
+        "labels": {"type": "string", "description": "LSeg: a JSON list of labels ('[\"road\", \"car, parked\"]'), "
+                   "the field repeated once per label, or comma-separated labels"},
+        "isr": {"type": "string", "description": "ISR setting ENC:DEC from the model's isr_settings"},
+        "format": {"type": "string", "enum": list(FORMATS), "default": "png"},
+        "include_mask": {"type": "boolean", "default": False}}}},
+    "application/json": {"schema": SegmentJSON.model_json_schema()},
+    "image/*": {"schema": {"type": "string", "format": "binary",
+                           "description": "the image file itself; other fields as query parameters"}}}}}
+
+
+@router.get("/api/limits", summary="what a request may hold: upload size, pixels, labels")
+async def limits(request: Request) -> dict:
+    s = request.app.state.settings
+    return {"max_upload_mb": s.max_upload_mb, "max_pixels": s.max_pixels, "max_labels": s.max_labels,
+            "max_label_chars": s.max_label_chars}
+
+
+@router.post("/api/segment", summary="segment one image", openapi_extra=SEGMENT_BODIES,
+             responses={200: {"model": SegmentResult | SegmentsResult, "content": {"image/png": {}},
+                              "description": "png: the palette label map (pixel = class/label index); json: every "
+                                             "class with its colour and pixel share, image size and timings; "
+                                             "segments: a binary mask per label present"},
                         413: {"description": "upload, pixel count or working size over the limit"},
-                        415: {"description": "not an image"}, 422: {"description": "a bad field"},
+                        415: {"description": "not an image, or a body type other than multipart, JSON or image/*"},
+                        422: {"description": "a bad field"},
                         503: {"description": "queue full; retry after the Retry-After seconds"}})
-async def segment(request: Request, image: UploadFile = File(..., description="the image file"),
-                  model: str = Form(..., description="one of GET /api/models' names"),
-                  labels: str | None = Form(None, description="LSeg: comma-separated labels"),
-                  isr: str | None = Form(None, description="ISR setting ENC:DEC from the model's isr_settings"),
-                  format: str = Form("png", description="png | json"),
-                  include_mask: bool = Form(False, description="json: add the label PNG as base64")):
+async def segment(request: Request, model: str | None = Query(None, include_in_schema=True),
+                  labels: list[str] | None = Query(None, description="raw image body: LSeg labels, repeated"),
+                  isr: str | None = Query(None), format: str | None = Query(None),
+                  include_mask: bool = Query(False)):
+    """The image as a multipart form (field `image`), as the raw body (`Content-Type: image/...`, other fields as
+    query parameters) or as JSON (`{"image": base64, ...}`)."""
     t0 = time.perf_counter()
     st = request.app.state
-    served = _served(st.models, model)
-    if format not in ("png", "json"):
-        raise APIError(422, f"format: expected png or json, got {format[:16]!r}")
-    isr = _isr(served, isr)
-    form = await request.form()  # parsed once and cached: read the raw field, where "" is not "absent"
-    label_tuple = _labels(form.get("labels") if "labels" in form else None, served, st.settings)
-    data = await image.read()
+    req = await _read_request(request, {"model": model, "labels": labels, "isr": isr, "format": format,
+                                        "include_mask": include_mask})
+    served = _served(st.models, req["model"] or next(iter(st.models)))
+    fmt = req["format"] or ("json" if req["json_body"] else "png")
+    if fmt not in FORMATS:
+        raise APIError(422, f"format: expected {', '.join(FORMATS)}, got {str(fmt)[:16]!r}")
+    isr = _isr(served, req["isr"])
+    label_tuple = _labels(req["labels"], served, st.settings)
     try:
-        x, size = await run_in_threadpool(_decode, data, image.filename or "upload", served, st.settings.max_pixels)
+        x, size = await run_in_threadpool(_decode, req["data"], req["filename"], served, st.settings.max_pixels)
     except (ImageTooLarge, WorkSizeError) as e:
         raise APIError(413, f"image: {e}") from None
     except ImageReadError as e:
         raise APIError(415, f"image: {e}") from None
-    result = await _run(st, Job(model, x, size, label_tuple, isr))
+    result = await _run(request, Job(served.name, x, size, label_tuple, isr))
     names = list(label_tuple) if label_tuple else list(
         served.segmenter.class_names if not served.language else served.model.default_labels)
-    palette = served.segmenter.palette_for(max(len(names), 1))  # the palette `attnseg predict` uses
+    palette = (served.segmenter.palette_for_labels(names) if served.language  # a label keeps its colour
+               else served.segmenter.palette_for(max(len(names), 1)))  # the palette `attnseg predict` uses
+    png = await run_in_threadpool(_png_bytes, result.label, palette) if fmt != "segments" else None
+    total = time.perf_counter() - t0
+    st.metrics.latency.labels(served.name).observe(total)
+    st.metrics.model_latency.labels(served.name).observe(result.latency_ms / 1000)
     headers = {"X-Latency-Ms": f"{result.latency_ms:.1f}", "X-Queue-Ms": f"{result.queue_ms:.1f}",
-               "X-Batch-Size": str(result.batch_size)}
-    st.metrics.latency.observe(time.perf_counter() - t0)
-    png = await run_in_threadpool(_png_bytes, result.label, palette)
-    if format == "png":
+               "X-Batch-Size": str(result.batch_size), "X-Total-Ms": f"{1000 * total:.1f}"}
+    if fmt == "png":
         return Response(png, media_type="image/png", headers=headers)
-    body = _summary(model, size, result, isr, names, palette)
-    if include_mask:
+    if fmt == "segments":
+        body = await run_in_threadpool(_segments, served.name, size, result, names, palette, total)
+        return JSONResponse(body, headers=headers)
+    body = _summary(served.name, size, result, isr, names, palette, total)
+    if req["include_mask"]:
         body["label_png"] = base64.b64encode(png).decode()
     return JSONResponse(body, headers=headers)
+
+
+async def _read_request(request: Request, query: dict) -> dict:
+    """The image bytes and the fields, from whichever of the three bodies the client sent."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    out = {**query, "data": b"", "filename": "upload", "json_body": False}
+    if kind == "multipart/form-data" or kind == "application/x-www-form-urlencoded":
+        form = await request.form()
+        image = form.get("image")
+        if image is None or isinstance(image, str):
+            raise APIError(422, "image: missing; send the file as the multipart field 'image'")
+        out.update(data=await image.read(), filename=image.filename or "upload")
+        for key in ("model", "isr", "format"):
+            if key in form:
+                out[key] = str(form[key])
+        if "include_mask" in form:
+            out["include_mask"] = str(form["include_mask"]).lower() in ("1", "true", "yes", "on")
+        if "labels" in form:
+            out["labels"] = _label_field([str(v) for v in form.getlist("labels")])
+    elif kind == "application/json":
+        try:
+            body = SegmentJSON.model_validate_json(await request.body())
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise APIError(422, f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}") from None
+        image = body.image.split(",", 1)[1] if body.image.startswith("data:") else body.image
+        try:
+            out["data"] = base64.b64decode(image, validate=True)
+        except ValueError:
+            raise APIError(422, "image: not valid base64") from None
+        out.update(model=body.model, isr=body.isr, format=body.format, include_mask=body.include_mask,
+                   labels=body.labels, json_body=True)
+    elif kind.startswith("image/") or kind == "application/octet-stream":
+        out["data"] = await request.body()
+        if query["labels"] is not None:
+            out["labels"] = _label_field(query["labels"])
+    else:
+        raise APIError(415, f"body: Content-Type {kind or 'missing'!r}; send multipart/form-data (field 'image'), "
+                            "application/json ({\"image\": base64}) or the image itself (image/jpeg, image/png, ...)")
+    return out
+
+
+def _label_field(values: list[str]) -> list[str] | str:
+    """Labels as a form or query sends them: the field repeated (one label each), one JSON list, or one
+    comma-separated string."""
+    if len(values) > 1:
+        return values
+    value = values[0] if values else ""
+    if value.lstrip().startswith("["):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            raise APIError(422, "labels: not a valid JSON list of strings") from None
+        if not isinstance(parsed, list) or not all(isinstance(v, str) for v in parsed):
+            raise APIError(422, "labels: expected a JSON list of strings")
+        return parsed
+    return value
 
 
 def _served(models: dict[str, ServedModel], name: str) -> ServedModel:
@@ -147,10 +237,11 @@ def _isr(served: ServedModel, isr: str | None) -> str | None:
     return isr
 
 
-def _labels(raw: str | None, served: ServedModel, s) -> tuple[str, ...] | None:
-    """The labels field: absent -> the model's own labels; else the one label rule (models.text.check_labels)."""
-    if raw is None or raw == "":
-        if raw == "" and served.language:
+def _labels(raw: list[str] | str | None, served: ServedModel, s) -> tuple[str, ...] | None:
+    """The labels field: absent -> the model's own labels; else the one label rule (models.text.check_labels).
+    A string is comma-separated; a list holds one label per item (commas inside a label stay)."""
+    if raw is None or raw == "" or raw == []:
+        if raw is not None and served.language:
             raise APIError(422, "labels: empty; give comma-separated labels, e.g. 'sky, road, other'")
         if served.language and not getattr(served.model, "default_labels", None):
             raise APIError(422, "labels: this model needs labels, e.g. 'sky, road, other'")
@@ -158,32 +249,64 @@ def _labels(raw: str | None, served: ServedModel, s) -> tuple[str, ...] | None:
     if not served.language:
         raise APIError(422, f"labels: model {served.name!r} has fixed classes; labels apply to language-driven models")
     try:
-        return tuple(check_labels(raw.split(","), max_labels=s.max_labels, max_chars=s.max_label_chars))
+        items = raw.split(",") if isinstance(raw, str) else raw
+        return tuple(check_labels(items, max_labels=s.max_labels, max_chars=s.max_label_chars))
     except TextEncoderError as e:
         raise APIError(422, f"labels: {e}") from None
 
 
-async def _run(st, job: Job):
-    """Queue the job and wait for it: 503 when the queue is full, 504 past the timeout."""
+async def _run(request: Request, job: Job):
+    """Queue the job and wait for it: 503 when the queue is full, 504 past the timeout. A client that goes away
+    while its job waits (a page that sent a newer request) has the job dropped from the queue."""
+    st = request.app.state
     try:
         fut = st.batcher.submit(job)
     except Overloaded as e:
         raise APIError(503, str(e), {"Retry-After": "1"}) from None
+    waiter = asyncio.ensure_future(asyncio.wrap_future(fut))
+    deadline = time.monotonic() + st.settings.timeout_s
     try:
-        return await asyncio.wait_for(asyncio.wrap_future(fut), timeout=st.settings.timeout_s)
-    except asyncio.TimeoutError:
-        fut.cancel()
-        raise APIError(504, f"no result within {st.settings.timeout_s:g} s") from None
+        while True:
+            done, _ = await asyncio.wait({waiter}, timeout=min(0.1, max(deadline - time.monotonic(), 0)))
+            if done:
+                return waiter.result()
+            if time.monotonic() >= deadline:
+                fut.cancel()
+                raise APIError(504, f"no result within {st.settings.timeout_s:g} s")
+            if await request.is_disconnected():
+                if fut.cancel():  # still queued: the batcher skips it
+                    st.metrics.abandoned.inc()
+                raise APIError(499, "client closed the request")
+    finally:
+        waiter.cancel()
 
 
-def _summary(model: str, size, result, isr, names: list[str], palette) -> dict:
+def _summary(model: str, size, result, isr, names: list[str], palette, total: float) -> dict:
     counts = np.bincount(result.label.ravel(), minlength=len(names))
-    total = result.label.size
+    total_px = result.label.size
     return {"model": model, "width": size[1], "height": size[0], "latency_ms": round(result.latency_ms, 2),
-            "queue_ms": round(result.queue_ms, 2), "batch_size": result.batch_size, "isr": isr,
+            "queue_ms": round(result.queue_ms, 2), "total_ms": round(1000 * total, 2),
+            "batch_size": result.batch_size, "isr": isr,
             "classes": [{"index": int(i), "name": names[i] if i < len(names) else str(i),
-                         "color": [int(v) for v in palette[i]], "share": round(float(counts[i]) / total, 6)}
-                        for i in np.argsort(-counts, kind="stable") if counts[i] > 0]}
+                         "color": [int(v) for v in palette[i]], "share": round(float(counts[i]) / total_px, 6)}
+                        for i in np.argsort(-counts, kind="stable")]}
+
+
+def _segments(model: str, size, result, names: list[str], palette, total: float) -> dict:
+    from PIL import Image
+
+    counts = np.bincount(result.label.ravel(), minlength=len(names))
+    segments = []
+    for i in np.argsort(-counts, kind="stable"):
+        if counts[i] == 0:
+            continue
+        buf = io.BytesIO()
+        Image.fromarray(result.label == i).save(buf, format="PNG")  # mode "1": a 1-bit PNG
+        segments.append({"label": names[i] if i < len(names) else str(i), "index": int(i),
+                         "color": [int(v) for v in palette[i]], "share": round(float(counts[i]) / result.label.size, 6),
+                         "mask": base64.b64encode(buf.getvalue()).decode()})
+    return {"model": model, "width": size[1], "height": size[0], "latency_ms": round(result.latency_ms, 2),
+            "total_ms": round(1000 * total, 2), "segments": segments}
 
 
 def _decode(data: bytes, name: str, served: ServedModel, max_pixels: int):
