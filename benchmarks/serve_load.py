@@ -1,7 +1,10 @@
 """Load benchmark for `attnseg serve`: N concurrent HTTP clients for T seconds on loopback, with
-micro-batching on (--max-wait-ms 10) and off (--max-wait-ms 0) in one run.
+micro-batching on (--max-wait-ms 10) and off (--max-wait-ms 0) in one run; or, with --lseg-editors E,
+without and with E clients editing LSeg labels as the page does (each edit's request abandoned after
+--edit-abort-ms unless it is the last of a burst of five), micro-batching off, in one run.
 
-    python benchmarks/serve_load.py --clients 16 --seconds 60 --json results/serve_load.json
+    python benchmarks/serve_load.py --clients 16 --seconds 60 --json results/serve/serve_load.json
+    python benchmarks/serve_load.py --clients 8 --lseg-editors 4 --json results/serve/serve_load_lseg.json
 
 Each client posts CamVid test images (../shared/data/camvid/test) to /api/segment (format=png) in a loop.
 Prints, per setting: throughput (images/s), p50/p90/p99 latency, responses by status, client timeouts, and the
@@ -68,22 +71,56 @@ def load(args, url: str, images: list[bytes], seconds: float, pid: int):
             rss_samples.append(rss_mb(pid))
             time.sleep(1)
 
+    edits = {"sent": 0, "abandoned_by_client": 0, "finished": 0}
+
+    def editor(k: int):
+        """Label edits in bursts of five: the first four abandoned (a newer edit supersedes them)."""
+        words = ["road", "car", "tree", "sky", "person", "building", "bicycle", "sign", "pole", "wall"]
+        with httpx.Client() as c:
+            n = k
+            while time.perf_counter() < stop:
+                n += 1
+                labels = json.dumps(words[: 3 + n % 7] + ["other"])
+                last = n % 5 == 0
+                timeout = httpx.Timeout(args.client_timeout if last else args.edit_abort_ms / 1000)
+                try:
+                    c.post(url + "/api/segment", files={"image": ("a.png", images[n % len(images)])},
+                           data={"model": args.lseg_model, "labels": labels, "format": "json"}, timeout=timeout)
+                    with lock:
+                        edits["finished"] += 1
+                except httpx.TimeoutException:
+                    with lock:
+                        edits["abandoned_by_client"] += 1
+                with lock:
+                    edits["sent"] += 1
+                time.sleep(0.05)
+
     threads = [threading.Thread(target=client, args=(k,)) for k in range(args.clients)]
+    threads += [threading.Thread(target=editor, args=(k,)) for k in range(args.editors_now)]
     threads.append(threading.Thread(target=sampler))
     t0 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return lat, status, timeouts[0], rss_samples, time.perf_counter() - t0
+    return lat, status, timeouts[0], rss_samples, time.perf_counter() - t0, edits
 
 
-def run(args, wait_ms: float, images: list[bytes]) -> dict:
+def dropped(url: str) -> float:
+    """Requests the server dropped from its queue because their client had gone (from /metrics)."""
+    text = urllib.request.urlopen(url + "/metrics").read().decode()
+    return sum(float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith("attnseg_abandoned_total"))
+
+
+def run(args, wait_ms: float, images: list[bytes], editors: int = 0) -> dict:
     port = free_port()
-    cmd = [sys.executable, "-m", "attnseg.cli", "serve", "--model", args.model, "--port", str(port),
+    models = [args.model] + ([args.lseg_model] if args.lseg_editors else [])
+    cmd = [sys.executable, "-m", "attnseg.cli", "serve", *[a for m in models for a in ("--model", m)], "--port", str(port),
            "--max-wait-ms", str(wait_ms), "--max-batch", str(args.max_batch), "--queue", str(args.queue)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if args.backend:
+        cmd += ["--backend", args.backend]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -93,13 +130,16 @@ def run(args, wait_ms: float, images: list[bytes]) -> dict:
                 break
             except OSError:
                 time.sleep(0.2)
+        args.editors_now = editors
         load(args, url, images, args.warmup, proc.pid)  # warm-up: the same load, so allocations settle
         rss_warm = rss_mb(proc.pid)
-        lat, status, timeouts, rss_samples, elapsed = load(args, url, images, args.seconds, proc.pid)
+        before = dropped(url)
+        lat, status, timeouts, rss_samples, elapsed, edits = load(args, url, images, args.seconds, proc.pid)
         time.sleep(2)
         rss_end = rss_mb(proc.pid)
         q = statistics.quantiles(lat, n=100) if len(lat) >= 2 else [float("nan")] * 99
-        return {"max_wait_ms": wait_ms, "images_per_s": len(lat) / elapsed, "ok": len(lat),
+        return {"max_wait_ms": wait_ms, "lseg_editors": editors, "edits": edits, "dropped_by_server": dropped(url) - before,
+                "images_per_s": len(lat) / elapsed, "ok": len(lat),
                 "p50_ms": 1000 * q[49], "p90_ms": 1000 * q[89], "p99_ms": 1000 * q[98],
                 "status": {str(k): v for k, v in sorted(status.items())}, "client_timeouts": timeouts,
                 "rss_warm_mb": rss_warm, "rss_end_mb": rss_end, "rss_peak_mb": max(rss_samples + [rss_warm])}
@@ -120,21 +160,34 @@ def main() -> None:
     ap.add_argument("--client-timeout", type=float, default=120)
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "camvid" / "test"))
     ap.add_argument("--images", type=int, default=32)
+    ap.add_argument("--backend", default=None, help="the server's --backend (default: its own, auto)")
+    ap.add_argument("--lseg-editors", type=int, default=0, help="compare 0 and this many label-editing clients")
+    ap.add_argument("--lseg-model", default="lseg-effnet-lite0-camvid")
+    ap.add_argument("--edit-abort-ms", type=float, default=300, help="a superseded edit's request is abandoned after")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     files = sorted(Path(args.data).glob("*.png"))[: args.images]
     if not files:
         sys.exit(f"no images in {args.data}")
     images = [f.read_bytes() for f in files]
-    rows = [run(args, w, images) for w in (10.0, 0.0)]
+    if args.lseg_editors:
+        rows = [run(args, 0.0, images, e) for e in (0, args.lseg_editors)]
+    else:
+        rows = [run(args, w, images) for w in (10.0, 0.0)]
     print(f"{args.clients} clients x {args.seconds:g} s, {args.model}, queue {args.queue}, max batch {args.max_batch}")
     print(f"{'batching':<10} {'img/s':>7} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'statuses':<22} {'timeouts':>8} "
           f"{'RSS warm':>9} {'RSS end':>8} {'RSS peak':>9}")
     for r in rows:
         name = f"on ({r['max_wait_ms']:g} ms)" if r["max_wait_ms"] else "off"
+        if args.lseg_editors:
+            name = f"{r['lseg_editors']} editors"
         print(f"{name:<10} {r['images_per_s']:>7.2f} {r['p50_ms']:>8.0f} {r['p90_ms']:>8.0f} {r['p99_ms']:>8.0f} "
               f"{json.dumps(r['status']):<22} {r['client_timeouts']:>8} {r['rss_warm_mb']:>9.0f} {r['rss_end_mb']:>8.0f} "
               f"{r['rss_peak_mb']:>9.0f}")
+        if args.lseg_editors and r["lseg_editors"]:
+            e = r["edits"]
+            print(f"{'':<10} edits: {e['sent']} sent, {e['abandoned_by_client']} abandoned by their client, "
+                  f"{e['finished']} answered; {r['dropped_by_server']:.0f} dropped from the queue unrun")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
 

@@ -19,6 +19,7 @@ import colorsys
 import contextlib
 import errno
 import io
+import json
 import os
 import tempfile
 import warnings
@@ -320,6 +321,12 @@ def remove_stale_temps(folder: str | os.PathLike, name: str) -> list[Path]:
 
 
 def encode_image(img: Image.Image, fmt: str, **kw) -> bytes:
+    """`img` encoded as `fmt` in memory; a label PNG keeps its class names as a text chunk (`attnseg`)."""
+    if fmt == "PNG" and "pnginfo" not in kw and img.info.get("attnseg"):
+        from PIL.PngImagePlugin import PngInfo
+
+        kw["pnginfo"] = PngInfo()
+        kw["pnginfo"].add_text("attnseg", img.info["attnseg"])
     buf = io.BytesIO()
     img.save(buf, format=fmt, **kw)
     return buf.getvalue()
@@ -337,13 +344,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def label_png(label: np.ndarray, palette: list[list[int]]) -> Image.Image:
-    """Palette PNG whose pixel values are the class indices (readable as labels, viewable as colours)."""
+def label_png(label: np.ndarray, palette: list[list[int]], names: list[str] | None = None) -> Image.Image:
+    """Palette PNG whose pixel values are the class indices (readable as labels, viewable as colours). With
+    `names`, the PNG carries them and their colours as JSON in a text chunk `attnseg` ({"classes": [...],
+    "palette": [...]}), so a label map says what its values mean without our palette."""
     if label.max(initial=0) >= MAX_LABELS:
         raise ValueError(f"palette PNG holds at most {MAX_LABELS} classes")
     im = Image.fromarray(label.astype(np.uint8), mode="P")
     flat = [c for rgb in palette[:MAX_LABELS] for c in rgb]
     im.putpalette(flat + [0] * (768 - len(flat)))
+    if names:
+        im.info["attnseg"] = json.dumps({"classes": list(names),
+                                         "palette": [list(map(int, c)) for c in palette[: len(names)]]})
     return im
 
 

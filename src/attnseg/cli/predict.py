@@ -264,7 +264,7 @@ def _write_prediction(f, base, rgb, label, seg, palette, alpha, print_each, repo
     lab_path, ov_path = output_files(base)
     replaced = lab_path.exists() + ov_path.exists()
     try:
-        atomic_save(label_png(label, palette), lab_path)
+        atomic_save(label_png(label, palette, seg.class_names), lab_path)
         atomic_save(overlay(rgb, label, palette, alpha), ov_path, quality=90)
     except WriteFailed as e:
         report(f, e)

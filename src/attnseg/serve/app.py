@@ -98,7 +98,29 @@ def create_app(models: dict[str, ServedModel], settings: Settings | None = None)
     _error_handlers(app)
     app.include_router(router)
     _docs_routes(app)
+    _typed_models(app, list(models))
     return app
+
+
+def _typed_models(app: FastAPI, names: list[str]) -> None:
+    """The schema names the loaded models: `model` is an enum of them wherever a request gives it."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi():
+        if app.openapi_schema is None:
+            spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            op = spec["paths"]["/api/segment"]["post"]
+            fields = [p["schema"] for p in op.get("parameters", []) if p["name"] == "model"]
+            for body in op["requestBody"]["content"].values():
+                fields += [body["schema"].get("properties", {}).get("model")]
+            for f in fields:
+                if f is not None and names:
+                    f.pop("anyOf", None)
+                    f.update(type="string", enum=names)
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def _warm_up(models: dict[str, ServedModel]) -> None:

@@ -45,6 +45,7 @@ class Result:
     latency_ms: float  # model time for the batch this request ran in
     queue_ms: float  # time between enqueueing and the start of its batch
     batch_size: int
+    scores: torch.Tensor | None = None  # (K, h, w) the model's scores at its output resolution
 
 
 class Batcher:
@@ -118,7 +119,7 @@ class Batcher:
             self.on_batch(len(batch))
             for j, s in zip(batch, scores):
                 label = upsample_argmax(s.cpu(), j.size)
-                j.future.set_result(Result(label, ms, (j.started - j.enqueued) * 1000, len(batch)))
+                j.future.set_result(Result(label, ms, (j.started - j.enqueued) * 1000, len(batch), s.cpu()))
         except Exception as e:  # one bad batch fails its requests, never the worker
             for j in batch:
                 if not j.future.done():

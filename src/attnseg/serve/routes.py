@@ -20,12 +20,12 @@ from pydantic import ValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from ..io import ImageReadError, ImageTooLarge, label_png, read_image
+from ..io import ImageReadError, ImageTooLarge, encode_image, label_png, read_image
 from ..models.text import TextEncoderError, check_labels
 from ..worksize import WorkSizeError
 from .batcher import Job, Overloaded
 from .models import ServedModel
-from .schemas import FORMATS, SegmentJSON, SegmentResult, SegmentsResult
+from .schemas import FORMATS, ErrorBody, SegmentJSON, SegmentResult, SegmentsResult
 
 STATIC = Path(__file__).parent / "static"
 router = APIRouter()
@@ -116,13 +116,17 @@ async def limits(request: Request) -> dict:
                               "description": "png: the palette label map (pixel = class/label index); json: every "
                                              "class with its colour and pixel share, image size and timings; "
                                              "segments: a binary mask per label present"},
-                        413: {"description": "upload, pixel count or working size over the limit"},
-                        415: {"description": "not an image, or a body type other than multipart, JSON or image/*"},
-                        422: {"description": "a bad field"},
-                        503: {"description": "queue full; retry after the Retry-After seconds"}})
+                        413: {"model": ErrorBody, "description": "upload, pixel count or working size over the limit"},
+                        415: {"model": ErrorBody,
+                              "description": "not an image, or a body type other than multipart, JSON or image/*"},
+                        422: {"model": ErrorBody, "description": "a bad field"},
+                        500: {"model": ErrorBody, "description": "a bug: logged under the request id it carries"},
+                        503: {"model": ErrorBody, "description": "queue full; retry after the Retry-After seconds"},
+                        504: {"model": ErrorBody, "description": "no result within the server's timeout"}})
 async def segment(request: Request, model: str | None = Query(None, include_in_schema=True),
                   labels: list[str] | None = Query(None, description="raw image body: LSeg labels, repeated"),
-                  isr: str | None = Query(None), format: str | None = Query(None),
+                  isr: str | None = Query(None),
+                  format: str | None = Query(None, json_schema_extra={"enum": list(FORMATS)}),
                   include_mask: bool = Query(False)):
     """The image as a multipart form (field `image`), as the raw body (`Content-Type: image/...`, other fields as
     query parameters) or as JSON (`{"image": base64, ...}`)."""
@@ -147,7 +151,7 @@ async def segment(request: Request, model: str | None = Query(None, include_in_s
         served.segmenter.class_names if not served.language else served.model.default_labels)
     palette = (served.segmenter.palette_for_labels(names) if served.language  # a label keeps its colour
                else served.segmenter.palette_for(max(len(names), 1)))  # the palette `attnseg predict` uses
-    png = await run_in_threadpool(_png_bytes, result.label, palette) if fmt != "segments" else None
+    png = await run_in_threadpool(_png_bytes, result.label, palette, names) if fmt != "segments" else None
     total = time.perf_counter() - t0
     st.metrics.latency.labels(served.name).observe(total)
     st.metrics.model_latency.labels(served.name).observe(result.latency_ms / 1000)
@@ -293,16 +297,22 @@ def _summary(model: str, size, result, isr, names: list[str], palette, total: fl
 
 
 def _segments(model: str, size, result, names: list[str], palette, total: float) -> dict:
+    """A mask per label present and its score: the mean softmax probability of the label over the pixels it
+    won, at the model's output resolution (as transformers' image-segmentation pipeline scores a segment)."""
     from PIL import Image
 
     counts = np.bincount(result.label.ravel(), minlength=len(names))
+    probs = result.scores.softmax(0)
+    winner = probs.argmax(0)
     segments = []
     for i in np.argsort(-counts, kind="stable"):
         if counts[i] == 0:
             continue
         buf = io.BytesIO()
         Image.fromarray(result.label == i).save(buf, format="PNG")  # mode "1": a 1-bit PNG
-        segments.append({"label": names[i] if i < len(names) else str(i), "index": int(i),
+        won = winner == int(i)
+        score = float(probs[int(i)][won].mean()) if bool(won.any()) else float(probs[int(i)].max())
+        segments.append({"label": names[i] if i < len(names) else str(i), "index": int(i), "score": round(score, 6),
                          "color": [int(v) for v in palette[i]], "share": round(float(counts[i]) / result.label.size, 6),
                          "mask": base64.b64encode(buf.getvalue()).decode()})
     return {"model": model, "width": size[1], "height": size[0], "latency_ms": round(result.latency_ms, 2),
@@ -313,7 +323,5 @@ def _decode(data: bytes, name: str, served: ServedModel, max_pixels: int):
     return served.segmenter.preprocess(read_image(data, max_pixels=max_pixels, name=name))
 
 
-def _png_bytes(label: np.ndarray, palette) -> bytes:
-    buf = io.BytesIO()
-    label_png(label, palette).save(buf, format="PNG")
-    return buf.getvalue()
+def _png_bytes(label: np.ndarray, palette, names: list[str]) -> bytes:
+    return encode_image(label_png(label, palette, names), "PNG")

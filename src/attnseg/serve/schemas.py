@@ -1,9 +1,18 @@
 """The typed shapes of `POST /api/segment`: its JSON request body and its JSON answers (OpenAPI documents them)."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 FORMATS = ("png", "json", "segments")
+Format = Literal["png", "json", "segments"]
+
+
+class ErrorBody(BaseModel):
+    """Every error: one line naming the field and what to do."""
+    error: str = Field(..., description="FIELD: what is wrong")
+    request_id: str | None = Field(None, description="500 only: the id the server logged the traceback under")
 
 
 class SegmentJSON(BaseModel):
@@ -12,7 +21,7 @@ class SegmentJSON(BaseModel):
     model: str | None = Field(None, description="one of GET /api/models' names (default: the server's first)")
     labels: list[str] | None = Field(None, description="LSeg: the labels, one string each (commas allowed)")
     isr: str | None = Field(None, description="ISR setting ENC:DEC from the model's isr_settings")
-    format: str = Field("json", description="png | json | segments")
+    format: Format = Field("json", description="png | json | segments")
     include_mask: bool = Field(False, description="json: add the label PNG as base64")
 
 
@@ -40,6 +49,7 @@ class SegmentResult(BaseModel):
 class Segment(BaseModel):
     label: str
     index: int
+    score: float = Field(..., description="mean probability of the label over the pixels it won")
     color: list[int]
     share: float
     mask: str = Field(..., description="a 1-bit PNG of the image's size, white where this label won, base64")

@@ -152,6 +152,7 @@ async function segment() {
     });
     if (controller !== state.controller) return;
     await draw(result);
+    if (state.focusResult) { state.focusResult = false; $("view").focus(); }  // after choosing a photo
     const roundTrip = Math.round(performance.now() - t0);
     $("status").textContent = result.width + "\u00d7" + result.height + state.uploadNote + " \u00b7 model " +
       Math.round(result.latency_ms) + " ms \u00b7 server " + Math.round(result.total_ms) + " ms \u00b7 round trip " +
@@ -265,6 +266,7 @@ function toBase64(blob) {
 async function setFile(file) {
   if (!file) return;
   state.file = file;
+  state.focusResult = true;  // keyboard and screen-reader users land on the result when it arrives
   clearResult();  // the old mask never lies over the new photo
   const photo = $("photo");
   if (photo.src && photo.src.startsWith("blob:")) URL.revokeObjectURL(photo.src);
