@@ -167,6 +167,8 @@ def test_image_as_raw_body_json_or_form_model_optional_and_segments(client):
                                                 "model": "tiny_seg", "format": "png"})
     assert form.status_code == raw.status_code == as_json.status_code == 200
     assert form.content == raw.content == as_json.content
+    meta = __import__("json").loads(Image.open(io.BytesIO(form.content)).info["attnseg"])
+    assert meta["classes"] == ["sky", "road", "car"] and len(meta["palette"]) == 3  # the PNG says what it holds
     body = client.post("/api/segment", json={"image": "data:image/png;base64," +
                                              base64.b64encode(EXAMPLE.read_bytes()).decode()}).json()
     assert body["model"] == SHIPPED and len(body["classes"]) == 11 and body["total_ms"] >= body["latency_ms"] > 0
@@ -177,6 +179,7 @@ def test_image_as_raw_body_json_or_form_model_optional_and_segments(client):
     for s in seg["segments"]:
         m = np.asarray(Image.open(io.BytesIO(base64.b64decode(s["mask"]))))
         assert m.shape == label.shape and np.array_equal(m > 0, label == s["index"])
+        assert 0 < s["score"] <= 1 and s["label"] in ("sky", "road", "car")
         union += m > 0
     assert (union == 1).all() and abs(sum(s["share"] for s in seg["segments"]) - 1) < 1e-4
     for kwargs, status, needle in (
