@@ -1,12 +1,14 @@
 # `make demo`: set up .venv, then segment the bundled examples with the default model.
 # `make test`: set up .venv with the dev extras, then run the whole test suite (as CI does).
 # `make check`: the fast subset for the edit loop (no slow, data or e2e tests).
+# `make docs`: render the generated pages, then build the documentation site into site/ (DOCS_OUT=dir elsewhere).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.attnseg-installed
 
-.PHONY: setup demo test check e2e chromium clean
+.PHONY: setup demo test check e2e chromium docs clean
+DOCS_OUT ?= site
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +35,11 @@ test: setup chromium
 # the edit loop: everything but the slow, data and browser/server tests (a couple of minutes on 2 cores)
 check: setup
 	$(BIN)/python -m pytest -q -m "not slow and not data and not e2e"
+
+docs: setup
+	$(BIN)/python scripts/render_docs.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict -d $(DOCS_OUT)
+	@echo "documentation in $(DOCS_OUT)/index.html"
 
 e2e: setup chromium
 	$(BIN)/python -m pytest -q -m e2e

@@ -11,7 +11,7 @@ command that writes it, never guessed). Rows whose trained file is not here are 
 with seeded random weights (said in the table); the values move the speed a little (denormals), this
 machine more: read differences under about a third as noise.
 
-    python benchmarks/camvid_zoo.py --threads 2 --out results/camvid_zoo
+    python benchmarks/camvid_zoo.py --threads 2 --out results/zoo/camvid_zoo
     python benchmarks/camvid_zoo.py --replot   # new accuracy JSONs into the table, the same timings
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ from attnseg.analysis.flops import count_flops  # noqa: E402
 from timing import time_interleaved  # noqa: E402
 
 SIZE = (360, 480)
-EVAL = ("attnseg eval --model {src} --dataset camvid --data-root ../shared/data/camvid --split test{opts}"
+EVAL = ("attnseg eval --model {src} --dataset camvid --data-root ../shared/data/camvid --split test --backend eager{opts}"
         " --out {out}")
 
 
@@ -54,41 +54,41 @@ class Row:
 
 ROWS = [
     Row("allmlp-effnet-lite2-camvid (shipped default, 6000 iterations)", "allmlp-effnet-lite2-camvid", "allmlp-effnet-lite2",
-        "results/allmlp-effnet-lite2-camvid_fp16_test_s15.json",
-        "results/allmlp-effnet-lite2-camvid_fp16_test_s15_flip.json", shipped=True, size=(540, 720),
+        "results/zoo/allmlp-effnet-lite2-camvid_fp16_test_s15.json",
+        "results/zoo/allmlp-effnet-lite2-camvid_fp16_test_s15_flip.json", shipped=True, size=(540, 720),
         eval_opts=" --scales 1.5"),
-    Row("sanet-effnet-lite0-camvid (shipped, the default before issue 17)", "sanet-effnet-lite0-camvid",
-        "sanet-effnet-lite0", "results/sanet-effnet-lite0-camvid_fp16_test.json",
-        "results/sanet-effnet-lite0-camvid_fp16_test_flip.json", shipped=True),
+    Row("sanet-effnet-lite0-camvid (shipped, the real-time model)", "sanet-effnet-lite0-camvid",
+        "sanet-effnet-lite0", "results/zoo/sanet-effnet-lite0-camvid_fp16_test.json",
+        "results/zoo/sanet-effnet-lite0-camvid_fp16_test_flip.json", shipped=True),
     Row("lseg-effnet-lite2-camvid (shipped, 11 class names, 4000 iterations)", "lseg-effnet-lite2-camvid", "lseg-effnet-lite2",
-        "results/lseg-effnet-lite2-camvid_fp16_test_s15.json", "results/lseg-effnet-lite2-camvid_fp16_test_s15_flip.json",
+        "results/zoo/lseg-effnet-lite2-camvid_fp16_test_s15.json", "results/zoo/lseg-effnet-lite2-camvid_fp16_test_s15_flip.json",
         shipped=True, size=(540, 720), eval_opts=" --scales 1.5"),
     Row("lseg-effnet-lite0-camvid (shipped, 11 class names)", "lseg-effnet-lite0-camvid", "lseg-effnet-lite0",
-        "results/lseg-effnet-lite0-camvid_fp16_test.json", "results/lseg-effnet-lite0-camvid_fp16_test_flip.json",
+        "results/zoo/lseg-effnet-lite0-camvid_fp16_test.json", "results/zoo/lseg-effnet-lite0-camvid_fp16_test_flip.json",
         shipped=True),
     Row("allmlp-effnet-lite0", "runs/allmlp-effnet-lite0_camvid/final.safetensors", "allmlp-effnet-lite0",
-        "results/allmlp-effnet-lite0_camvid_test.json", "results/allmlp-effnet-lite0_camvid_test_flip.json"),
+        "results/zoo/allmlp-effnet-lite0_camvid_test.json", "results/zoo/allmlp-effnet-lite0_camvid_test_flip.json"),
     Row("sanet-effnet-lite0, paper-faithful, mask prediction", "runs/sanet-effnet-lite0_camvid_paper/final.safetensors",
-        "sanet-effnet-lite0", "results/sanet-effnet-lite0_camvid_paper_test_mask.json",
-        "results/sanet-effnet-lite0_camvid_paper_test_mask_flip.json", {"predict": "mask"}),
-    Row("edaformer-t (from scratch)", "results/edaformer-t_camvid.safetensors", "edaformer-t",
-        "results/edaformer-t_camvid_test_fp32.json", "results/edaformer-t_camvid_test_flip.json"),
+        "sanet-effnet-lite0", "results/sanet_ablation/sanet-effnet-lite0_camvid_paper_test_mask.json",
+        "results/sanet_ablation/sanet-effnet-lite0_camvid_paper_test_mask_flip.json", {"predict": "mask"}),
+    Row("edaformer-t (from scratch)", "results/zoo/edaformer-t_camvid.safetensors", "edaformer-t",
+        "results/zoo/edaformer-t_camvid_test_fp32.json", "results/zoo/edaformer-t_camvid_test_flip.json"),
     Row("allmlp-effnet-lite2, 2000 iterations, run at 1.5x (the default before 6000 iterations), fp16",
         "runs/allmlp-effnet-lite2_camvid/final.safetensors", "allmlp-effnet-lite2",
-        "results/allmlp-effnet-lite2_camvid_fp16_test_s15.json", "results/allmlp-effnet-lite2_camvid_fp16_test_s15_flip.json",
+        "results/zoo/allmlp-effnet-lite2_camvid_fp16_test_s15.json", "results/zoo/allmlp-effnet-lite2_camvid_fp16_test_s15_flip.json",
         size=(540, 720), eval_opts=" --scales 1.5"),
     Row("allmlp-effnet-lite2, 2000 iterations, run at 1x",
         "runs/allmlp-effnet-lite2_camvid/final.safetensors", "allmlp-effnet-lite2",
-        "results/allmlp-effnet-lite2_camvid_test.json", "results/allmlp-effnet-lite2_camvid_test_flip.json"),
+        "results/zoo/allmlp-effnet-lite2_camvid_test.json", "results/zoo/allmlp-effnet-lite2_camvid_test_flip.json"),
     Row("allmlp-effnet-lite2, output stride 16, 2000 iterations", "runs/allmlp-effnet-lite2_os16_camvid/final.safetensors",
-        "allmlp-effnet-lite2", "results/allmlp-effnet-lite2_os16_camvid_test.json",
-        "results/allmlp-effnet-lite2_os16_camvid_test_flip.json", arch_options={"backbone_options": {"output_stride": 16}}),
+        "allmlp-effnet-lite2", "results/zoo/allmlp-effnet-lite2_os16_camvid_test.json",
+        "results/zoo/allmlp-effnet-lite2_os16_camvid_test_flip.json", arch_options={"backbone_options": {"output_stride": 16}}),
     Row("allmlp-effnet-lite2, 2000 iterations, trained and run at 1.5x", "runs/allmlp-effnet-lite2_s15_camvid/final.safetensors",
-        "allmlp-effnet-lite2", "results/allmlp-effnet-lite2_s15_camvid_test_s15.json",
-        "results/allmlp-effnet-lite2_s15_camvid_test_s15_flip.json", size=(540, 720), eval_opts=" --scales 1.5"),
+        "allmlp-effnet-lite2", "results/zoo/allmlp-effnet-lite2_s15_camvid_test_s15.json",
+        "results/zoo/allmlp-effnet-lite2_s15_camvid_test_s15_flip.json", size=(540, 720), eval_opts=" --scales 1.5"),
     Row("lseg-effnet-lite2, several names per class, 2000 iterations, trained and run at 1.5x",
         "runs/lseg-effnet-lite2_camvid_vocab/final.safetensors", "lseg-effnet-lite2",
-        "results/lseg-effnet-lite2_camvid_vocab_test_s15.json", "results/lseg-effnet-lite2_camvid_vocab_test_s15_flip.json",
+        "results/zoo/lseg-effnet-lite2_camvid_vocab_test_s15.json", "results/zoo/lseg-effnet-lite2_camvid_vocab_test_s15_flip.json",
         size=(540, 720), eval_opts=" --scales 1.5"),
 ]
 
@@ -236,7 +236,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--iters", type=int, default=2)
     ap.add_argument("--only", default=None, help="comma-separated labels' first words (default: every row)")
-    ap.add_argument("--out", default="results/camvid_zoo", help="writes OUT.json, OUT.md and OUT.png")
+    ap.add_argument("--out", default="results/zoo/camvid_zoo", help="writes OUT.json, OUT.md and OUT.png")
     ap.add_argument("--replot", action="store_true", help="keep OUT.json's timings; re-read the accuracy JSONs and "
                     "recount GFLOPs (both exact), rewrite OUT.json/.md/.png: no timing, any load on the machine")
     args = ap.parse_args()

@@ -1,4 +1,4 @@
-"""Issue 16 on a GPU: eager fp32 / fp16 / bf16 (autocast) of attnseg's models, transformers' SegFormer beside
+"""On a GPU: eager fp32 / fp16 / bf16 (autocast) of attnseg's models, transformers' SegFormer beside
 ours with the same weights, and onnxruntime's CUDA provider where it is installed, timed in one run.
 
 For each (model, size, batch) every variant is timed interleaved: round r runs each variant `--iters`

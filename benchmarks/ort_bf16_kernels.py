@@ -1,5 +1,5 @@
 """Does onnxruntime's CPU provider run bf16? Builds one-node bf16 graphs of the ops our models spend their
-time in and reports, per op, whether a session can be created (issue 16: "bf16 in onnxruntime if it helps").
+time in and reports, per op, whether a session can be created.
 
     python benchmarks/ort_bf16_kernels.py
 """

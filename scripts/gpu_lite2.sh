@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 17 on a lent GPU: train CamVid configs (the same files scripts/lite2_camvid.sh trains on the CPU) on
+# On a GPU machine: train CamVid configs (the same files scripts/lite2_camvid.sh trains on the CPU) on
 # CUDA, then pack the finished runs (final.safetensors, metrics.csv, config.yaml, train.log) into one tar cut
 # into 15 MB pieces for the trip back (the device tool returns at most 8 files of 16 MiB, 64 MiB in all).
 # Validation and test evaluation happen afterwards on the CPU machine, on the original PNGs;

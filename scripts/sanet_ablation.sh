@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SANet ablation (issue 22): the paper-faithful recipe of configs/sanet-effnet-lite0_camvid_paper.yaml with
+# SANet ablation: the paper-faithful recipe of configs/sanet-effnet-lite0_camvid_paper.yaml with
 # one of attnseg's earlier choices switched back per run, same budget (2000 iterations, batch 8, 320 crops).
 # Each run resumes where it stopped (runs/ keeps latest.pth), so the script can be restarted at any time;
 # finished runs are skipped. Then each is evaluated on the CamVid test split for both predictions.
@@ -30,7 +30,7 @@ for opts in "${@:-${runs[@]}}"; do
     "$A" train --config "$CFG" "${sets[@]}" --set "train.work_dir=$dir" "${resume[@]}"
   fi
   for pred in den_sa4 mask; do
-    out=results/sanet_abl_${name}_test_${pred}.json
+    out=results/sanet_ablation/sanet_abl_${name}_test_${pred}.json
     [ -f "$out" ] || "$A" eval --model "$dir/final.safetensors" --dataset camvid --data-root "$ROOT" --split test \
       --model-option predict=$pred --out "$out"
   done

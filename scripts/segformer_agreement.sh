@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 16: argmax agreement of int8 onnxruntime and bf16 eager with fp32 on *trained* SegFormers (B0 and B2,
+# Argmax agreement of int8 onnxruntime and bf16 eager with fp32 on *trained* SegFormers (B0 and B2,
 # trained from scratch on CamVid by configs/segformer-{b0,b2}_camvid_cpu.yaml, resumable), on the 233 CamVid
 # test images, then each one's test mIoU per precision as scripts/precision_accuracy.sh measures the others.
 #   nohup scripts/segformer_agreement.sh [b0] [b2] > runs/segformer_agreement.log 2>&1 &

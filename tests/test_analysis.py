@@ -1,4 +1,4 @@
-"""The papers' analyses as tools (issue 15): effective receptive fields, evaluation plots, training curves.
+"""The papers' analyses as tools: effective receptive fields, evaluation plots, training curves.
 Plots are checked by opening the PNG files the commands write."""
 import json
 

@@ -107,7 +107,7 @@ def test_fss1000_rgb_masks(tmp_path):
     assert ep.query_mask.sum() == 10 * 14 + 32  # the white border row counts as object here
 
 
-# -- the HSNet / LSeg protocols (issue 21), each behaviour with hand-computed values --------------------
+# -- the HSNet / LSeg protocols, each behaviour with hand-computed values --------------------
 
 def test_fss_masks_are_read_as_luma_at_least_128(tmp_path):
     """HSNet/LSeg: convert('L') >= 128. Grey 128 is object; pure red (luma 76) and blue (29) are not, green

@@ -1,4 +1,4 @@
-"""SANet as the paper writes it (issue 22), tested from the paper's equations, not from the module:
+"""SANet as the paper writes it, tested from the paper's equations, not from the module:
 SA module X_out = X_attn * X_res + X_attn with X_attn = Up(ReLU(F_attn(AvgPool(X_in)))); class-wise SA masks
 (K channels per head) concatenated into Y_mask; category prediction y^ = AvgPool(Y_den); no category gate;
 L = L_mask(Y_mask) + 0.2 L_cat(y^) + 0.8 L_den(Y_den); prediction Y_den + Y_SA4. Each test fails if its

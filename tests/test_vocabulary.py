@@ -1,4 +1,4 @@
-"""Several names and prompt templates per class for LSeg training (issue 17, item 5)."""
+"""Several names and prompt templates per class for LSeg training."""
 from __future__ import annotations
 
 from pathlib import Path

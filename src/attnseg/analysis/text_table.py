@@ -3,7 +3,7 @@ run can draw (each class name and data.label_names entry under each data.label_t
 dataset's class names (validation, the saved model's default labels).
 
 With `data.text_table=FILE` the engine serves these embeddings instead of loading the encoder, so LSeg trains
-on a machine without the encoder's weights (a lent GPU reached by a size-limited copy, say) and draws exactly
+on a machine without the encoder's weights (a GPU reached by a size-limited copy, say) and draws exactly
 what it would have drawn with the encoder: the table holds the encoder's own output for each string.
 
     python -m attnseg.analysis.text_table --config configs/lseg-effnet-lite2_camvid_vocab.yaml --out table.safetensors

@@ -20,7 +20,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "eval": ("evaluate", "evaluate a model on a dataset split (aAcc, mAcc, mIoU, per-class table)"),
     "score": ("evaluate", "score label maps written by `predict` against a dataset split's ground truth"),
     "fewshot": ("evaluate", "zero-shot LSeg on few-shot benchmarks (PASCAL-5i, COCO-20i, FSS-1000)"),
-    "export": ("export", "export to ONNX (dynamic batch/height/width; ISR settings baked in)"),
+    "export": ("export", "export to ONNX or OpenVINO IR (dynamic shapes, ISR baked in; int8 with --quantize)"),
     "flops": ("analyse", "GFLOPs (MACs) and parameters at an input size"),
     "benchmark": ("analyse", "latency, throughput and peak memory"),
     "explain": ("analyse", "attention maps of one pixel in every attention layer (PNGs)"),

@@ -1,4 +1,4 @@
-"""Several names and prompt templates per class for LSeg training (issue 17, item 5).
+"""Several names and prompt templates per class for LSeg training.
 
 MiniLM was never aligned with images, so a word the model was not trained on works only as far as the text
 encoder puts it near a trained one. Training against one fixed name per class teaches the image encoder

@@ -22,7 +22,7 @@ pre-activation with batch statistics), so gradients are those of the literal dec
 Official weights load unchanged; `decode_head.fused = False` runs the literal path.
 
 `AllMLPSeg` (`allmlp-effnet-lite0`) puts the same decoder on a convolutional backbone's four stages:
-the plain-head baseline of SANet's ablation (see sanet.py and the README).
+the plain-head baseline of SANet's ablation (see sanet.py and docs/zoo.md).
 
 `head_style="mmseg"` builds the head as mmsegmentation 1.x trains it (each branch a
 ConvModule conv+BN+ReLU instead of a plain linear), so its checkpoints load exactly.

@@ -5,7 +5,7 @@ from pathlib import Path
 
 PRETRAINED_DIR = Path(__file__).parent
 # trained with the configs/ of the same name; both Lite2 models are saved in fp16 with 540 as their working short
-# side (1.5x CamVid, the scale their validation chose). allmlp-effnet-lite2-camvid (the default since issue 17):
+# side (1.5x CamVid, the scale their validation chose). allmlp-effnet-lite2-camvid:
 # configs/allmlp-effnet-lite2_camvid.yaml with train.iters=6000; lseg-effnet-lite2-camvid:
 # configs/lseg-effnet-lite2_camvid_vocab.yaml with train.iters=4000 (several names and templates per class)
 PRETRAINED: dict[str, str] = {

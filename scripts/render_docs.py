@@ -1,0 +1,162 @@
+"""Render the parts of the docs that come from data or code, so they cannot drift from it:
+
+* tables between `<!-- table:NAME -->` and `<!-- /table -->` markers in README.md and docs/*.md, from the
+  JSON in src/attnseg/pretrained/ and results/ (a number changes only when its data changes);
+* docs/cli.md, every verb's `--help` from the argparse parser;
+* docs/cards/*.md, the model cards (attnseg.pretrained.cards).
+
+    python scripts/render_docs.py           # write
+    python scripts/render_docs.py --check   # exit 1 naming every file that differs (the test suite runs this)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+DOCS = ROOT / "docs"
+RESULTS = ROOT / "results"
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def table_shipped() -> str:
+    """README's brief model table: task, CamVid test mIoU (fp32 and what auto runs), speed, size."""
+    from attnseg.deploy.backends import recorded_precision
+    from attnseg.pretrained import cards
+
+    rows = ["| model | task | CamVid test mIoU (fp32 / as `auto` runs it) | images/s (2 CPU threads, `auto`) | size |",
+            "| --- | --- | --- | --- | --- |"]
+    for name in cards.names():
+        c = cards.card(name)
+        m, ips = c["miou"], c["speed"].get("images_per_s", {})
+        auto = "openvino-" + recorded_precision(m)  # what --backend auto runs on a CPU with bf16 kernels
+        speed = f"{ips[auto]:.1f} at {c['speed']['size']}" if auto in ips else "-"
+        rows.append(f"| [{name}](docs/cards/{name}.md) | {c['task']} | {m['eager-fp32']:.2f} / "
+                    f"{m[auto]:.2f} ({auto.replace('-', ' ')}) | {speed} | {c['size_mb']} MB |")
+    return "\n".join(rows)
+
+
+def table_precision() -> str:
+    """CamVid test mIoU per backend and precision for every shipped model (pretrained/precision.json)."""
+    from attnseg.pretrained.cards import COLUMNS
+
+    rec = _json(ROOT / "src/attnseg/pretrained/precision.json")
+    cols = [k for k in COLUMNS if any(k in r for r in rec.values())]
+    rows = ["| model | " + " | ".join(COLUMNS[k] for k in cols) + " |", "| --- |" + " --- |" * len(cols)]
+    for name, r in sorted(rec.items()):
+        rows.append(f"| {name} | " + " | ".join(f"{r[k]:.2f}" if k in r else "-" for k in cols) + " |")
+    return "\n".join(rows)
+
+
+def table_speed() -> str:
+    """images/s per backend and precision of the shipped models, one run per working size."""
+    from attnseg.pretrained.cards import COLUMNS
+
+    speed = _json(ROOT / "src/attnseg/pretrained/speed.json")
+    cols = [k for k in COLUMNS if any(k in s["images_per_s"] for s in speed.values())]
+    rows = ["| model | size | " + " | ".join(COLUMNS[k] for k in cols) + " |", "| --- | --- |" + " --- |" * len(cols)]
+    for name, s in sorted(speed.items()):
+        ips = s["images_per_s"]
+        rows.append(f"| {name} | {s['size']} | " + " | ".join(f"{ips[k]:.1f}" if k in ips else "-" for k in cols) + " |")
+    return "\n".join(rows)
+
+
+def table_zoo() -> str:
+    """The CamVid zoo table benchmarks/camvid_zoo.py writes from its JSON (results/zoo/camvid_zoo.md)."""
+    return (RESULTS / "zoo" / "camvid_zoo.md").read_text().strip()
+
+
+def table_serve_load(name: str) -> str:
+    """benchmarks/serve_load.py's rows: throughput, latency, statuses, memory (and label editing, when run)."""
+    run = _json(RESULTS / "serve" / f"{name}.json")
+    editing = "lseg_editors" in run["rows"][0]
+    head = "| label-editing clients | " if editing else "| micro-batching | "
+    rows = [head + "images/s | p50 ms | p90 ms | p99 ms | responses | client timeouts | RSS after warm-up | RSS peak |"
+            + (" edits sent / abandoned by the client / dropped unrun by the server |" if editing else ""),
+            "| --- " * (9 + editing) + "|"]
+    for r in run["rows"]:
+        first = (str(r["lseg_editors"]) if editing else
+                 f"on (`--max-wait-ms {r['max_wait_ms']:g}`)" if r["max_wait_ms"] else "off (default)")
+        status = ", ".join(f"{v} x {k}" for k, v in r["status"].items())
+        cells = [first, f"{r['images_per_s']:.2f}", f"{r['p50_ms']:.0f}", f"{r['p90_ms']:.0f}", f"{r['p99_ms']:.0f}",
+                 status, str(r["client_timeouts"]), f"{r['rss_warm_mb']:.0f} MB", f"{r['rss_peak_mb']:.0f} MB"]
+        if editing:
+            e = r["edits"]
+            cells.append(f"{e['sent']} / {e['abandoned_by_client']} / {r['dropped_by_server']:.0f}" if r["lseg_editors"]
+                         else "-")
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+TABLES = {"shipped": table_shipped, "precision": table_precision, "speed": table_speed, "zoo": table_zoo,
+          "serve_load": lambda: table_serve_load("serve_load"), "serve_load_lseg": lambda: table_serve_load("serve_load_lseg")}
+MARK = re.compile(r"(<!-- table:(\w+) -->\n)(.*?)(<!-- /table -->)", re.S)
+
+
+def with_tables(text: str) -> str:
+    return MARK.sub(lambda m: m.group(1) + TABLES[m.group(2)]().rstrip() + "\n" + m.group(4), text)
+
+
+def cli_page() -> str:
+    os.environ["COLUMNS"] = "110"  # argparse wraps help to the terminal: fixed, so the page is stable
+    from attnseg.cli import VERBS, build_parser
+
+    ap = build_parser()
+    sub = next(a for a in ap._actions if a.dest == "cmd")
+    out = ["# CLI reference", "", "Generated from the parser by `scripts/render_docs.py`; `attnseg VERB --help` prints "
+           "the same.", "", "```text", ap.format_help().rstrip(), "```"]
+    for verb in VERBS:
+        out += ["", f"## attnseg {verb}", "", "```text", sub.choices[verb].format_help().rstrip(), "```"]
+    return "\n".join(out) + "\n"
+
+
+def card_pages() -> dict[Path, str]:
+    from attnseg.pretrained import cards
+
+    pages = {DOCS / "cards" / f"{n}.md": cards.markdown(n) for n in cards.names()}
+    index = ["# Model cards", "", "One card per shipped model (`attnseg models --card NAME` prints the same), from "
+             "`src/attnseg/pretrained/cards.json` and the measurements in `precision.json` and `speed.json`.", ""]
+    index += [f"- [{n}]({n}.md): {cards.card(n)['title']}" for n in cards.names()]
+    pages[DOCS / "cards" / "index.md"] = "\n".join(index) + "\n"
+    return pages
+
+
+def rendered() -> dict[Path, str]:
+    out = {DOCS / "cli.md": cli_page(), **card_pages()}
+    for path in [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]:
+        if path in out:
+            continue
+        text = path.read_text()
+        if MARK.search(text):
+            out[path] = with_tables(text)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file differs")
+    args = ap.parse_args()
+    stale = []
+    for path, text in rendered().items():
+        if not path.is_file() or path.read_text() != text:
+            stale.append(path.relative_to(ROOT))
+            if not args.check:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+    if args.check and stale:
+        print("out of date (run python scripts/render_docs.py): " + ", ".join(map(str, stale)), file=sys.stderr)
+        return 1
+    print(("wrote " if stale else "up to date") + ", ".join(map(str, stale)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
