@@ -96,6 +96,7 @@ def test_the_page_in_chromium(server, tmp_path):
         page.wait_for_function("document.getElementById('mask').width > 0")
         shipped = legend_names(page, present_only=True)
         assert len(legend_names(page)) == 11  # every class listed, the absent ones greyed
+        assert page.evaluate("document.documentElement.scrollWidth") <= 1280
         audit(page)
 
         # the downloaded label PNG is what `attnseg predict` writes, and the legend names its classes
@@ -229,6 +230,17 @@ def test_the_page_on_a_phone_with_the_keyboard(server, tmp_path):
         assert page.eval_on_selector("#chips .chip[data-label='car, parked']",
                                      "c => c.style.getPropertyValue('--chip')") == colour
         audit(page)
+
+        # a photo over the server's pixel limit is scaled down in the browser and the status says so
+        page.route("**/api/limits", lambda r: r.fulfill(json={"max_upload_mb": 20, "max_pixels": 120_000,
+                                                              "max_labels": 64, "max_label_chars": 64}))
+        page.reload()
+        page.wait_for_selector("#model option", state="attached")
+        page.set_input_files("#file", str(EXAMPLE))  # 480x360 = 172,800 pixels, over the 120,000 above
+        page.wait_for_function("document.getElementById('status').textContent.includes('sent scaled from 480')",
+                               timeout=60_000)
+        w, h = (int(v) for v in page.text_content("#status").split(" ")[0].split("\u00d7"))
+        assert w * h <= 120_000 and abs(w / h - 480 / 360) < 0.02
         browser.close()
     shot = Image.open(tmp_path / "phone.png")
     assert shot.size[0] == 780  # 390 CSS px at scale 2: the page is as wide as the phone
