@@ -98,11 +98,18 @@ def table_serve_load(name: str) -> str:
 
 TABLES = {"shipped": table_shipped, "precision": table_precision, "speed": table_speed, "zoo": table_zoo,
           "serve_load": lambda: table_serve_load("serve_load"), "serve_load_lseg": lambda: table_serve_load("serve_load_lseg")}
-MARK = re.compile(r"(<!-- table:(\w+) -->\n)(.*?)(<!-- /table -->)", re.S)
+MARK = re.compile(r"(<!-- table:([\w:/.\-]+) -->\n)(.*?)(<!-- /table -->)", re.S)
+
+
+def table(name: str) -> str:
+    """A named table, or `file:PATH`: a Markdown table a tool wrote next to its JSON (e.g. attnseg isr-sweep)."""
+    if name.startswith("file:"):
+        return (ROOT / name[5:]).read_text().strip()
+    return TABLES[name]()
 
 
 def with_tables(text: str) -> str:
-    return MARK.sub(lambda m: m.group(1) + TABLES[m.group(2)]().rstrip() + "\n" + m.group(4), text)
+    return MARK.sub(lambda m: m.group(1) + table(m.group(2)).rstrip() + "\n" + m.group(4), text)
 
 
 def cli_page() -> str:
