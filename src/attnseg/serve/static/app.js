@@ -294,6 +294,9 @@ async function init() {
   $("opacity").addEventListener("input", () => { $("mask").style.opacity = $("opacity").value / 100; });
   $("mask").style.opacity = $("opacity").value / 100;
   $("file").addEventListener("change", (e) => setFile(e.target.files[0]));
+  $("file").addEventListener("keydown", (e) => {  // Space opens it natively; Enter too, as on a button
+    if (e.key === "Enter") { e.preventDefault(); $("file").click(); }
+  });
   const drop = $("drop");
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
