@@ -178,8 +178,8 @@ def test_the_page_on_a_phone_with_the_keyboard(server, tmp_path):
             if page.evaluate("document.activeElement.id") == "file":
                 break
         assert page.evaluate("document.activeElement.id") == "file"
-        with page.expect_file_chooser() as chooser:  # Enter on the focused control opens the chooser
-            page.keyboard.press("Enter")
+        with page.expect_file_chooser() as chooser:  # the focused control opens the chooser from the keyboard
+            page.keyboard.press("Space")
         chooser.value.set_files(str(EXAMPLE))
         page.wait_for_selector("#legend tbody tr", timeout=60_000)
         page.wait_for_function("document.getElementById('mask').width > 0")
