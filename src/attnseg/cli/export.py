@@ -71,10 +71,12 @@ def _export_openvino(model, args) -> int:
     """--format openvino: the converted graph (fp32 weights; --dtype at run time) or, with --quantize int8,
     NNCF's int8 graph."""
     from ..deploy.backends import openvino as ov_backend
-    from ..deploy.backends.openvino_int8 import quantize_openvino, save_ir
+    from ..deploy.backends.openvino_int8 import ir_path, quantize_openvino, save_ir
 
-    if not str(args.out).endswith(".xml"):
-        raise CLIError(f"--out {args.out}: an OpenVINO graph is written as NAME.xml (NAME.bin beside it)")
+    try:
+        ir_path(args.out)  # before minutes of conversion and calibration
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     if args.calib_method != "minmax" or args.exclude_ops is not None:
         raise CLIError("--calib-method and --exclude-ops are onnxruntime's; NNCF chooses by model family "
                        "(transformer or convolutional) with min/max ranges")

@@ -99,6 +99,14 @@ def quantize_openvino(model, out: str | os.PathLike, calib: list[np.ndarray], te
                       else None if kind == "transformer" else "the first and the last convolution")})
 
 
+def ir_path(out: str | os.PathLike) -> Path:
+    """`out` as an IR path (NAME.xml; NAME.bin goes beside it), or ValueError saying so."""
+    out = Path(out)
+    if out.suffix != ".xml":
+        raise ValueError(f"--out {out}: an OpenVINO graph is written as NAME.xml (with NAME.bin beside it)")
+    return out
+
+
 def save_ir(ov, graph, model, out: str | os.PathLike, quantization: dict) -> Path:
     """Write `graph` as OpenVINO IR at `out` (.xml; .bin beside it) with the model's metadata and how it was
     made in its runtime info (`attnseg`); each file through the one atomic writer, the .bin first."""
@@ -106,9 +114,7 @@ def save_ir(ov, graph, model, out: str | os.PathLike, quantization: dict) -> Pat
 
     from ..export import graph_info
 
-    out = Path(out)
-    if out.suffix != ".xml":
-        raise ValueError(f"--out {out}: an OpenVINO graph is written as NAME.xml (with NAME.bin beside it)")
+    out = ir_path(out)
     graph.set_rt_info(json.dumps({**graph_info(model), "quantization": quantization}), ["attnseg"])
     with tempfile.TemporaryDirectory(prefix="attnseg_ov_") as tmp:
         ov.save_model(graph, str(Path(tmp) / "m.xml"), compress_to_fp16=False)
