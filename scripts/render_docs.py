@@ -96,15 +96,74 @@ def table_serve_load(name: str) -> str:
     return "\n".join(rows)
 
 
-TABLES = {"shipped": table_shipped, "precision": table_precision, "speed": table_speed, "zoo": table_zoo,
+def table_ray_predict() -> str:
+    """benchmarks/ray_predict.py: one process against Ray with 1 and 2 workers, Ray's start-up apart."""
+    run = _json(RESULTS / "speed" / "ray_predict.json")
+    rows = ["| engine | workers x threads | images | wall s (model loading included) | images/s end to end | "
+            "steady images/s |", "| --- | --- | --- | --- | --- | --- |"]
+    for key, r in run["runs"].items():
+        engine, shape = ("local", f"1 process x {run['cpus']}") if key == "local" else \
+            ("ray", key[4:].replace("w_x", " x ").rstrip("t"))
+        rows.append(f"| {engine} | {shape} | {r['images']} | {r['wall_s']:.1f} | {r['images_per_s']:.2f} | "
+                    f"{r['steady_images_per_s']:.2f} |")
+    e = run["estimate_1M"]
+    hours = ", ".join(f"{n} worker(s) {h:g} h" for n, h in e["hours_for_1M"].items())
+    return "\n".join(rows) + (f"\n\nRay start-up (a local instance): {run['ray_startup_s']:.1f} s. Model "
+                              f"`{run['model']}`, `--backend {run['backend']}`, {run['cpus']} CPU cores. 1 million "
+                              f"images at {e['per_worker_images_per_s']:g} images/s per worker: {hours} "
+                              f"(1,000,000 / (workers x rate) / 3600; {e['assumptions']}).")
+
+
+TABLES = {"shipped": table_shipped, "ray_predict": table_ray_predict, "precision": table_precision, "speed": table_speed, "zoo": table_zoo,
           "serve_load": lambda: table_serve_load("serve_load"), "serve_load_lseg": lambda: table_serve_load("serve_load_lseg")}
 MARK = re.compile(r"(<!-- table:([\w:/.\-]+) -->\n)(.*?)(<!-- /table -->)", re.S)
 
 
+def _cell(spec, folder: Path) -> str:
+    """One cell of a `rows:` table: text as written, or a number read from a results file:
+    {"json": FILE, "key": "mIoU"} (a dotted path into the JSON), {"csv": FILE, "key": "val_mIoU", "iter": 2000}
+    (a train_metrics.csv row), with "scale" (a factor, e.g. 0.01 for a number already in percent), "of" (a
+    second spec: the ratio of the two), "fmt" (default "{:.2f}%", applied to 100 x the value unless "raw") and
+    "bold"; a list of these and strings is one cell."""
+    if isinstance(spec, str):
+        return spec
+    if isinstance(spec, list):  # text and numbers in one cell
+        return "".join(_cell(part, folder) for part in spec)
+    text = spec.get("fmt", "{:.2f}%").format(_value(spec, folder) if spec.get("raw") else 100 * _value(spec, folder))
+    return f"**{text}**" if spec.get("bold") else text
+
+
+def _value(spec: dict, folder: Path) -> float:
+    """The number a cell spec names; with "of": another spec, their ratio (a share)."""
+    path = folder / (spec.get("json") or spec["csv"])
+    if "json" in spec:
+        value = _json(path)
+        for part in spec["key"].split("."):
+            value = value[int(part)] if isinstance(value, list) else value[part]
+    else:
+        rows = [ln.split(",") for ln in path.read_text().splitlines()[1:]]
+        value = next(float(v) for k, v, it in rows if k == spec["key"] and int(it) == spec["iter"])
+    if "scale" in spec:
+        value = value * spec["scale"]
+    return value / _value(spec["of"], folder) if "of" in spec else value
+
+
+def table_rows(path: str) -> str:
+    """`rows:PATH`: a table whose every number is read from the results files its JSON names (see _cell)."""
+    spec = _json(ROOT / path)
+    folder = (ROOT / path).parent
+    out = ["| " + " | ".join(spec["columns"]) + " |", "|" + " --- |" * len(spec["columns"])]
+    out += ["| " + " | ".join(_cell(c, folder) for c in row) + " |" for row in spec["rows"]]
+    return "\n".join(out)
+
+
 def table(name: str) -> str:
-    """A named table, or `file:PATH`: a Markdown table a tool wrote next to its JSON (e.g. attnseg isr-sweep)."""
+    """A named table; `file:PATH`, a Markdown table a tool wrote next to its JSON (e.g. attnseg isr-sweep);
+    `rows:PATH`, a table of numbers read from the results files a JSON lists (table_rows)."""
     if name.startswith("file:"):
         return (ROOT / name[5:]).read_text().strip()
+    if name.startswith("rows:"):
+        return table_rows(name[5:])
     return TABLES[name]()
 
 

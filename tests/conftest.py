@@ -27,7 +27,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.e2e)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def camvid_root():
     if not (CAMVID / "train.txt").is_file():
         pytest.skip(f"CamVid not found at {CAMVID} (see ../shared/data/README.md)")

@@ -39,3 +39,29 @@ def one_line_error(capsys, rc, *needles):
     for n in needles:
         assert n in err, err
     return err
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_up(url: str, proc, tries: int = 480) -> None:
+    """Poll `url` until it answers; fail with the server's stderr if its process `proc` exits first."""
+    import time
+    import urllib.request
+
+    import pytest
+
+    for _ in range(tries):
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail("server exited: " + proc.stderr.read()[-2000:])
+            time.sleep(0.5)
+    pytest.fail(f"{url} did not answer")

@@ -17,6 +17,7 @@ LAYERS = [
                  "attnseg.isr", "attnseg.plots", "attnseg")),
     ("analysis", ("attnseg.analysis",)),
     ("serve", ("attnseg.serve",)),
+    ("ray", ("attnseg.ray_engine",)),
     ("cli", ("attnseg.cli",)),
 ]
 

@@ -5,16 +5,16 @@ label PNG and compares it with `attnseg predict`, types LSeg labels as chips, ch
 an API error on the page, and screenshots the result (into the test's own folder: the docs' screenshot is
 made by scripts/screenshot_serve.py, never by a test)."""
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from helpers import free_port, wait_until_up
 
 pytest.importorskip("fastapi")
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -28,12 +28,6 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
          "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server():
     if not Path(CHROMIUM).exists():
@@ -44,16 +38,9 @@ def server():
     proc = subprocess.Popen([sys.executable, "-m", "attnseg.cli", "serve", "--port", str(port), "--backend", "eager",
                              "--model", "sanet-effnet-lite0-camvid", "--model", "lseg-effnet-lite0-camvid",
                              "--model", str(EDA)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, text=True)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        try:
-            urllib.request.urlopen(url + "/healthz", timeout=1)
-            break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail("server exited: " + proc.stderr.read().decode()[-2000:])
-            time.sleep(0.5)
+    wait_until_up(url + "/healthz", proc)
     yield url
     proc.terminate()
     proc.wait(timeout=10)

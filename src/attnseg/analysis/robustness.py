@@ -135,19 +135,38 @@ def run(models: dict, dataset, inference, device: str, severities=None, corrupti
         names = [n for n in models if (n, c, v) not in have]
         if not names:
             continue
-        entries = []
-        for n in names:
-            meta = getattr(models[n], "meta", {}) or {}
-            kw = {"labels": dataset.class_names} if getattr(models[n], "num_classes", None) is None else None
-            entries.append((models[n], meta.get("mean"), meta.get("std"), kw))
-        ds = dataset if c == "clean" else Corrupted(dataset, c, v)
-        g = next((k for k, cs in GROUPS.items() if c in cs), "")
-        for n, m in zip(names, evaluate_models(entries, ds, inference, device, dataset.num_classes,
-                                               progress=progress)):
-            row = {"model": n, "corruption": c, "group": g, "severity": v, "mIoU": m["mIoU"], "aAcc": m["aAcc"]}
+        entries = [entry(models[n], dataset) for n in names]
+        for n, m in zip(names, evaluate_models(entries, variant(dataset, (c, v)), inference, device,
+                                               dataset.num_classes, progress=progress)):
+            row = make_row(n, (c, v), m)
             rows.append(row)
             if on_row:
                 on_row(row)
+    return ordered(rows, models, todo)
+
+
+def entry(model, dataset) -> tuple:
+    """(model, mean, std, keywords) as evaluate_models takes it; LSeg is given the dataset's class names."""
+    meta = getattr(model, "meta", {}) or {}
+    kw = {"labels": dataset.class_names} if getattr(model, "num_classes", None) is None else None
+    return model, meta.get("mean"), meta.get("std"), kw
+
+
+def variant(dataset, job: tuple[str, int]):
+    """The dataset a (corruption, severity) job evaluates: the clean one, or its corrupted images."""
+    c, v = job
+    return dataset if c == "clean" else Corrupted(dataset, c, v)
+
+
+def make_row(name: str, job: tuple[str, int], metrics: dict) -> dict:
+    c, v = job
+    g = next((k for k, cs in GROUPS.items() if c in cs), "")
+    return {"model": name, "corruption": c, "group": g, "severity": v, "mIoU": metrics["mIoU"],
+            "aAcc": metrics["aAcc"]}
+
+
+def ordered(rows: list[dict], models, todo: list) -> list[dict]:
+    """Rows per model (in `models` order), clean first, then the jobs in run order."""
     order = {n: i for i, n in enumerate(models)}
     when = {j: i for i, j in enumerate(todo)}
     return sorted((r for r in rows if r["model"] in order),

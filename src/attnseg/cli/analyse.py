@@ -29,7 +29,7 @@ from ..worksize import WorkLimit, WorkSizeError
 from . import options
 from .common import (CLIError, apply_isr_arg, check_device, check_file_out, check_out_dir, eval_dataset,
                      inference_config, is_language_driven, load_model_arg, maybe_onnx, model_from_name_or_source,
-                     read_labels, require_plots, to_backend)
+                     read_labels, require_plots, start_ray, to_backend)
 
 
 def add_arguments(verb: str, p):
@@ -97,6 +97,9 @@ def _robustness_arguments(p):
     options.add_inference_mode(p)
     options.add_work_limit(p)
     options.add_device(p)
+    options.add_threads(p)
+    options.add_engine(p, "the models are evaluated")
+    options.add_batch(p, 256, 4, "--engine ray: images per actor batch (default 4)")
     options.add_out(p, default="robustness", help="output folder")
     return cmd_robustness
 
@@ -280,27 +283,8 @@ def _fingerprint(src: str) -> str:
     return h.hexdigest()
 
 
-def cmd_robustness(args) -> int:
-    require_plots()
-    check_device(args.device)
-    try:
-        __import__("cv2")
-    except ImportError:
-        raise CLIError("robustness needs OpenCV for the corruptions: pip install 'attnseg[robustness]'") from None
-    corruptions = CORRUPTIONS if args.corruptions == "all" else [c.strip() for c in args.corruptions.split(",")]
-    bad = [c for c in corruptions if c not in CORRUPTIONS]
-    if bad:
-        raise CLIError(f"--corruptions: unknown {', '.join(bad)}; choose from {', '.join(CORRUPTIONS)}")
-    severities = None
-    if args.severities:
-        try:
-            severities = sorted({int(v) for v in args.severities.split(",")})
-        except ValueError:
-            raise CLIError(f"--severities expects comma-separated integers 1..5, got {args.severities!r}") from None
-        if not severities or min(severities) < 1 or max(severities) > 5:
-            raise CLIError(f"--severities must be within 1..5, got {args.severities!r}")
-    check_out_dir(Path(args.out))
-    ds = eval_dataset(args)
+def _robustness_models(args, ds) -> dict:
+    """--model sources loaded and named for the table: a checkpoint by its run folder (runs/x/final -> x)."""
     models = {}
     for src in args.model:
         try:
@@ -319,6 +303,73 @@ def cmd_robustness(args) -> int:
         if name in models:
             raise CLIError(f"--model {src} is given twice")
         models[name] = m
+    return models
+
+
+def _robustness_evaluation(args):
+    """In a Ray actor: the models, dataset and settings of this robustness run (ray_engine.evaluate)."""
+    from functools import partial
+
+    from ..analysis.robustness import entry, variant
+    from ..ray_engine.evaluate import Evaluation
+
+    ds = eval_dataset(args)
+    models = _robustness_models(args, ds)
+    return Evaluation({n: entry(m, ds) for n, m in models.items()}, partial(variant, ds), inference_config(args),
+                      args.device, ds.num_classes)
+
+
+def _robustness_on_ray(args, ds, models, todo, done, on_row) -> list:
+    """--engine ray: every (job, image) a row; each job's row is appended to the partial file when complete."""
+    from functools import partial
+
+    from ..analysis.robustness import make_row, ordered
+    from ..engine.metrics import metrics_from_confusion
+    from ..ray_engine.evaluate import evaluate as evaluate_on_ray
+
+    have = {(r["model"], r["corruption"], r["severity"]) for r in done}
+    pending = [j for j in todo if any((n, *j) not in have for n in models)]
+    workers, threads = start_ray(args, f"{len(pending)} job(s) of {len(ds)} image(s)")
+    rows = list(done)
+
+    def on_result(job, name, mat):
+        if (name, *job) not in have:
+            row = make_row(name, job, metrics_from_confusion(torch.as_tensor(mat)))
+            rows.append(row)
+            on_row(row)
+
+    _, report = evaluate_on_ray(len(ds), partial(_robustness_evaluation, args), workers, threads,
+                                args.gpus_per_worker, args.batch, jobs=pending, on_result=on_result)
+    if report.interrupted:
+        raise CLIError(f"interrupted; the finished evaluations are in {args.out}/robustness.partial.jsonl and "
+                       "running the same command again does only the rest")
+    return ordered(rows, models, todo)
+
+
+def cmd_robustness(args) -> int:
+    require_plots()
+    check_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        __import__("cv2")
+    except ImportError:
+        raise CLIError("robustness needs OpenCV for the corruptions: pip install 'attnseg[robustness]'") from None
+    corruptions = CORRUPTIONS if args.corruptions == "all" else [c.strip() for c in args.corruptions.split(",")]
+    bad = [c for c in corruptions if c not in CORRUPTIONS]
+    if bad:
+        raise CLIError(f"--corruptions: unknown {', '.join(bad)}; choose from {', '.join(CORRUPTIONS)}")
+    severities = None
+    if args.severities:
+        try:
+            severities = sorted({int(v) for v in args.severities.split(",")})
+        except ValueError:
+            raise CLIError(f"--severities expects comma-separated integers 1..5, got {args.severities!r}") from None
+        if not severities or min(severities) < 1 or max(severities) > 5:
+            raise CLIError(f"--severities must be within 1..5, got {args.severities!r}")
+    check_out_dir(Path(args.out))
+    ds = eval_dataset(args)
+    models = _robustness_models(args, ds)
     inference = inference_config(args)
     # An hour per model on a small CPU: every finished evaluation is appended to a partial file, and a run
     # stopped for any reason continues from it when started again with the same settings and --out.
@@ -349,8 +400,11 @@ def cmd_robustness(args) -> int:
         print(f"[{count[0]}/{total}] {row['model']} {row['corruption']} s{row['severity']}: "
               f"mIoU {100 * row['mIoU']:.2f} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
-    rows = run(models, ds, inference, args.device, severities, corruptions, progress=sys.stderr.isatty(),
-               done=done, on_row=on_row)
+    if args.engine == "ray":
+        rows = _robustness_on_ray(args, ds, models, jobs(severities, corruptions), done, on_row)
+    else:
+        rows = run(models, ds, inference, args.device, severities, corruptions, progress=sys.stderr.isatty(),
+                   done=done, on_row=on_row)
     summary = write(rows, args.out, f"{args.dataset} {args.split}: mIoU under corruption")
     partial.unlink()
     print((Path(args.out) / "robustness.md").read_text(), end="")

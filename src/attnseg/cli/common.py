@@ -275,3 +275,24 @@ def apply_isr_arg(model, args) -> None:
         apply(model, args.isr)
     except IsrError as e:
         raise CLIError(f"--isr {args.isr}: {e}") from None
+
+
+def start_ray(args, what: str) -> tuple[int, int | None]:
+    """--engine ray: join (or start) the cluster --address names; returns (actors, threads per actor): --workers
+    (default: the cluster's CPUs / threads) and --threads (default 1 per actor on CPUs, torch's with GPUs)."""
+    import sys
+
+    from ..ray_engine import RayUnavailable, cluster_cpus, connect
+
+    gpus = getattr(args, "gpus_per_worker", 0)
+    if gpus and not args.device.startswith("cuda"):
+        raise CLIError("--gpus-per-worker needs --device cuda")
+    try:
+        startup = connect(args.address)
+    except (RayUnavailable, ConnectionError) as e:
+        raise CLIError(str(e)) from None
+    threads = args.threads or (None if gpus else 1)
+    workers = args.workers or max(1, cluster_cpus() // (threads or 1))
+    print(f"Ray: connected in {startup:.1f} s; {workers} worker(s) x {threads or 'default'} thread(s) over {what}",
+          file=sys.stderr)
+    return workers, threads

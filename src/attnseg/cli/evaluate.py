@@ -2,6 +2,7 @@
 and of an LSeg model zero-shot on the few-shot benchmarks."""
 from __future__ import annotations
 
+import copy
 import json
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from ..engine.metrics import format_table
 from ..io import ImageReadError, atomic_write_text
 from . import options
 from .common import (CLIError, amp_dtype, apply_isr_arg, check_device, check_file_out, check_onnx_size, check_out_dir,
-                     inference_config, is_language_driven, load_model_arg, read_labels, require_plots)
+                     inference_config, is_language_driven, load_model_arg, read_labels, require_plots, start_ray)
 
 
 def add_arguments(verb: str, p):
@@ -46,6 +47,8 @@ def _eval_arguments(p):
     options.add_backend(p)
     options.add_threads(p)
     options.add_dtype(p)
+    options.add_engine(p, "the images are evaluated")
+    options.add_batch(p, 256, 4, "--engine ray: images per actor batch (default 4)")
     return cmd_eval
 
 
@@ -99,32 +102,19 @@ def cmd_eval(args) -> int:
     if args.plot:
         require_plots()
         check_out_dir(Path(args.plot))
-    inference = inference_config(args, args.scales, args.flip)
-    model = load_model_arg(args)
-    check_onnx_size(model, args)
-    rank, world, _ = init_distributed(torch.device(args.device).type)
-    try:
-        ds = build_dataset(args.dataset, args.data_root, args.split,
-                           EvalTransform(tuple(args.scale) if args.scale else None))
-        if args.limit:
-            ds.samples = ds.samples[: args.limit]
-        k = getattr(model, "num_classes", None)
-        model_kwargs = {}
-        if is_language_driven(model):  # LSeg: evaluate with --labels (renamed classes) or the dataset's names
-            model_kwargs["labels"] = read_labels(args) or ds.class_names
-            if len(model_kwargs["labels"]) != ds.num_classes:
-                raise CLIError(f"--labels gives {len(model_kwargs['labels'])} labels for {ds.num_classes} classes")
-        elif k is not None and k != ds.num_classes:
-            raise CLIError(f"model has {k} classes but dataset {args.dataset} has {ds.num_classes}")
-        meta = getattr(model, "meta", {}) or {}
-        apply_isr_arg(model, args)
-        m = evaluate(model, ds, inference, meta.get("mean"), meta.get("std"), args.device, ds.num_classes,
-                     rank, world, amp_dtype=amp_dtype(args, model), background=args.fb_background,
-                     model_kwargs=model_kwargs)
-    except (DatasetError, ImageReadError, ValueError) as e:
-        raise CLIError(str(e)) from None
-    finally:
-        cleanup()
+    if args.engine == "ray":
+        m, ds = _eval_on_ray(args)
+    else:
+        rank, world, _ = init_distributed(torch.device(args.device).type)
+        try:
+            ev, ds = _evaluation(args)
+            (model, mean, std, kwargs), = ev.entries.values()
+            m = evaluate(model, ds, ev.inference, mean, std, args.device, ds.num_classes, rank, world,
+                         amp_dtype=ev.amp_dtype, background=args.fb_background, model_kwargs=kwargs)
+        except (DatasetError, ImageReadError, ValueError) as e:
+            raise CLIError(str(e)) from None
+        finally:
+            cleanup()
     if is_main():
         print(format_table(m, ds.class_names))
         if args.out:
@@ -144,6 +134,72 @@ def cmd_eval(args) -> int:
                      f"{Path(str(args.model)).name} on {args.dataset} {args.split}")
             print(f"wrote {args.plot}/confusion.png, {args.plot}/per_class_iou.png")
     return 0
+
+
+def _evaluation(args):
+    """The model (loaded, checked against the dataset, --isr applied), dataset and settings `eval` names, as a
+    ray_engine Evaluation (so one process, torchrun ranks and Ray actors evaluate the same thing), and the dataset."""
+    from ..ray_engine.evaluate import Evaluation
+
+    inference = inference_config(args, args.scales, args.flip)
+    model = load_model_arg(args)
+    check_onnx_size(model, args)
+    try:
+        ds = build_dataset(args.dataset, args.data_root, args.split,
+                           EvalTransform(tuple(args.scale) if args.scale else None))
+    except DatasetError as e:
+        raise CLIError(str(e)) from None
+    if args.limit:
+        ds.samples = ds.samples[: args.limit]
+    k = getattr(model, "num_classes", None)
+    model_kwargs = {}
+    if is_language_driven(model):  # LSeg: evaluate with --labels (renamed classes) or the dataset's names
+        model_kwargs["labels"] = read_labels(args) or ds.class_names
+        if len(model_kwargs["labels"]) != ds.num_classes:
+            raise CLIError(f"--labels gives {len(model_kwargs['labels'])} labels for {ds.num_classes} classes")
+    elif k is not None and k != ds.num_classes:
+        raise CLIError(f"model has {k} classes but dataset {args.dataset} has {ds.num_classes}")
+    meta = getattr(model, "meta", {}) or {}
+    apply_isr_arg(model, args)
+    entry = (model, meta.get("mean"), meta.get("std"), model_kwargs)
+    return Evaluation({str(args.model): entry}, lambda job: ds, inference, args.device, ds.num_classes,
+                      amp_dtype(args, model)), ds
+
+
+def _eval_on_ray(args):
+    """--engine ray: each actor builds the same Evaluation; the summed confusion matrix gives the metrics."""
+    from functools import partial
+
+    from ..engine.metrics import metrics_from_confusion
+    from ..ray_engine.evaluate import evaluate as evaluate_on_ray
+
+    _, ds = _evaluation(copy.copy(args))  # checks every option before the cluster starts
+    workers, threads = start_ray(args, f"{len(ds)} image(s)")
+    try:
+        mats, report = evaluate_on_ray(len(ds), partial(_built, args), workers, threads, args.gpus_per_worker,
+                                       args.batch)
+    except Exception as e:  # an error raised in an actor arrives wrapped in Ray's RayTaskError: its last line
+        raise CLIError(f"--engine ray: {_cause(e)}") from None
+    if report.interrupted:
+        raise CLIError("interrupted; nothing was written")
+    (mat,) = mats.values()
+    m = metrics_from_confusion(torch.as_tensor(mat), args.fb_background)
+    m.update(images=len(ds), confusion=mat.tolist())
+    print(f"evaluated {len(ds)} image(s) in {report.seconds:.1f} s on {workers} worker(s)"
+          + (f"; {len(report.restarts)} worker process(es) died and were restarted by Ray, their images run again"
+             if report.restarts else ""), file=sys.stderr)
+    return m, ds
+
+
+def _cause(e: BaseException) -> str:
+    """The original error's line from a Ray task error (which carries the remote traceback)."""
+    cause = getattr(e, "cause", None) or e
+    lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(cause).__name__
+
+
+def _built(args):
+    return _evaluation(args)[0]
 
 
 def cmd_score(args) -> int:

@@ -187,3 +187,27 @@ def add_work_limit(p, default: int = MAX_WORK_PIXELS, help: str | None = None) -
 
 def add_out(p, required: bool = False, default=None, help: str = "output folder") -> None:
     p.add_argument("--out", required=required, default=default, help=help)
+
+
+def add_engine(p, what: str, serve: bool = False) -> None:
+    """--engine local|ray and where the Ray job runs (pip install 'attnseg[ray]'; imported only for ray)."""
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help=f"local (default): {what} in this process; ray: on a Ray cluster (pip install 'attnseg[ray]')")
+    p.add_argument("--address", default=None,
+                   help="--engine ray: the cluster: auto (the one `ray start` began here) or ray://HOST:10001; "
+                        "default: start a local Ray instance on this machine's cores")
+    if serve:
+        p.add_argument("--replicas", type=int_range(1, 1024), default=1,
+                       help="--engine ray: Ray Serve replicas, each loading the models once (default 1)")
+        p.add_argument("--max-replicas", type=int_range(1, 1024), default=None,
+                       help="--engine ray: autoscale between --replicas and this many, on ongoing requests")
+        return
+    p.add_argument("--workers", type=int_range(1, 100000), default=None,
+                   help="--engine ray: model actors (default: the cluster's CPUs / --threads)")
+    p.add_argument("--gpus-per-worker", type=float_range(0.0, 64.0), default=0.0,
+                   help="--engine ray: GPUs per actor (e.g. 1, or 0.5 to share one); with --device cuda")
+
+
+def add_overwrite(p, help: str) -> None:
+    """--overwrite: redo what an earlier run left in the output (a training run's folder, finished images)."""
+    p.add_argument("--overwrite", action="store_true", help=help)

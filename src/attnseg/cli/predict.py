@@ -1,6 +1,7 @@
 """`attnseg predict`: images, folders and videos in; label maps, overlays and overlay videos out."""
 from __future__ import annotations
 
+import copy
 import sys
 import warnings
 from pathlib import Path
@@ -11,15 +12,16 @@ from tqdm import tqdm
 
 import attnseg
 
-from ..io import (IMAGE_EXTENSIONS, MAX_LABELS, ImageNote, ImageReadError, WriteFailed, atomic_save, label_png,
-                  overlay, read_image)
+from ..io import IMAGE_EXTENSIONS, MAX_LABELS, ImageNote, ImageReadError, WriteFailed, read_image
+from ..inference.outputs import output_files, write_prediction
 from ..pretrained import default_model
 from ..inference.segmenter import scaled_size
 from ..inference.video import VIDEO_EXTENSIONS, VideoReadError, _require_av, is_video, segment_video, video_outputs
+from ..ray_engine.predict import is_uri, list_uri
 from ..worksize import WorkSizeError
 from . import options
 from .common import (CLIError, amp_dtype, apply_isr_arg, check_device, check_onnx_size, check_out_dir, first_line,
-                     inference_config, is_language_driven, load_model_arg, read_labels)
+                     inference_config, is_language_driven, load_model_arg, read_labels, start_ray)
 
 
 def plan_outputs(inputs: list[str], out: Path) -> list[tuple[Path, Path]]:
@@ -37,7 +39,13 @@ def plan_outputs(inputs: list[str], out: Path) -> list[tuple[Path, Path]]:
     entries: list[tuple[Path, Path, str]] = []  # (file, path relative to its argument, the argument's name)
     for s in inputs:
         p = Path(s)
-        if p.is_dir():
+        if is_uri(s):
+            try:
+                found = list_uri(s, IMAGE_EXTENSIONS)
+            except (OSError, ValueError, ImportError) as e:
+                raise CLIError(f"input {s}: {first_line(e)}") from None
+            entries += [(f, rel, Path(s.rstrip("/")).name or "input") for f, rel in found]
+        elif p.is_dir():
             if p.resolve() == out_r:
                 raise CLIError(f"--out {out} is the input folder {s}: the outputs would be mixed with (and could "
                                "replace) the images; choose another --out")
@@ -79,17 +87,12 @@ def plan_outputs(inputs: list[str], out: Path) -> list[tuple[Path, Path]]:
                            "predict them in separate runs (or with separate --out folders)")
         seen[key(b)] = f
     plan = [(f, out / b) for (f, _, _), b in zip(entries, bases)]
-    inputs_r = {f.resolve() for f, _ in plan}
+    inputs_r = {Path(f).resolve() for f, _ in plan if not is_uri(f)}
     for _, b in plan:
         for o in _all_outputs(b):
             if o.resolve() in inputs_r:
                 raise CLIError(f"output {o} would replace an input image; choose another --out")
     return plan
-
-
-def output_files(base: Path) -> tuple[Path, Path]:
-    """The label map and the overlay written for one image."""
-    return base.with_name(base.name + ".png"), base.with_name(base.name + "_overlay.jpg")
 
 
 def _all_outputs(base: Path) -> tuple[Path, ...]:
@@ -120,6 +123,9 @@ def add_arguments(verb: str, p):
     p.add_argument("-v", "--verbose", action="store_true", help="say which backend and precision run")
     p.add_argument("--save-masks", action="store_true",
                    help="videos: also write one label PNG per frame (NAME_masks/000000.png, ...)")
+    options.add_engine(p, "images are segmented")
+    options.add_overwrite(p, "--engine ray: redo images whose outputs an earlier run finished (default: skip "
+                             "them, so running a stopped job again does only the rest)")
     options.add_batch(p, 256, 4, "images of one size and video frames per forward pass (default 4); videos become "
                                  "NAME_overlay.mp4 (H.264, no audio) and need PyAV: pip install 'attnseg[video]'")
     return cmd_predict
@@ -132,6 +138,11 @@ def cmd_predict(args) -> int:
         torch.set_num_threads(args.threads)
     plan = plan_outputs(args.inputs, out)
     videos = [f for f, _ in plan if is_video(f)]
+    if args.engine == "ray":
+        return _predict_on_ray(args, plan, videos)
+    if any(is_uri(f) for f, _ in plan):
+        raise CLIError(f"{next(f for f, _ in plan if is_uri(f))}: URLs are read by --engine ray; download the "
+                       "images, or add --engine ray")
     if videos:
         try:
             _require_av()
@@ -159,6 +170,32 @@ def cmd_predict(args) -> int:
                                                     if run.replaced else "")
           + (f"; {len(run.failed)} failed: " + ", ".join(map(str, run.failed)) if run.failed else ""))
     return 1 if run.failed else 0
+
+
+def _predict_on_ray(args, plan, videos) -> int:
+    """--engine ray: the same plan and outputs, run by actors on a Ray cluster (ray_engine.predict)."""
+    from functools import partial
+
+    from ..ray_engine.predict import predict
+
+    if videos:
+        raise CLIError(f"{videos[0]}: --engine ray segments images; predict videos without it")
+    check_out_dir(Path(args.out))
+    _segmenter(copy.copy(args))  # every option checked once, here, before the cluster starts; each actor builds
+    # its own from the options as given (building resolves some of them in place, e.g. bakes --isr into a graph)
+    workers, threads = start_ray(args, f"{len(plan)} image(s)")
+    with tqdm(total=len(plan), unit="img", disable=not sys.stderr.isatty()) as bar:
+        def done(row):
+            bar.update()
+            if row["status"] == "failed":
+                tqdm.write(f"error: {row['reason']}; skipped", file=sys.stderr)
+
+        summary = predict(plan, partial(_segmenter, args), workers, threads, args.gpus_per_worker, args.batch,
+                          args.alpha, args.max_pixels, args.overwrite, on_done=done)
+    for line in summary.lines():
+        print(line)
+    print(f"outputs in {args.out}")
+    return 130 if summary.interrupted else (1 if summary.failed else 0)
 
 
 def _segmenter(args):
@@ -259,13 +296,10 @@ class _Run:
 
 
 def _write_prediction(f, base, rgb, label, seg, palette, alpha, print_each, report) -> int:
-    """Write one image's label map and overlay (each encoded in memory, then atomically); returns the number
-    of files replaced. A write that fails is reported (one line) and the image counted as failed."""
-    lab_path, ov_path = output_files(base)
-    replaced = lab_path.exists() + ov_path.exists()
+    """Write one image's label map and overlay (outputs.write_prediction); returns the number of files
+    replaced. A write that fails is reported (one line) and the image counted as failed."""
     try:
-        atomic_save(label_png(label, palette, seg.class_names), lab_path)
-        atomic_save(overlay(rgb, label, palette, alpha), ov_path, quality=90)
+        replaced = write_prediction(base, rgb, label, palette, seg.class_names, alpha)
     except WriteFailed as e:
         report(f, e)
         return 0
@@ -275,7 +309,7 @@ def _write_prediction(f, base, rgb, label, seg, palette, alpha, print_each, repo
         names = seg.class_names or []
         desc = ", ".join(f"{names[i] if i < len(names) else i} {100 * counts[i] / label.size:.0f}%" for i in top
                          if counts[i])
-        print(f"{f} -> {lab_path} ({desc})")
+        print(f"{f} -> {output_files(base)[0]} ({desc})")
     return replaced
 
 

@@ -28,6 +28,7 @@ def add_arguments(verb: str, p):
     options.add_work_limit(p)
     p.add_argument("--timeout", type=options.float_range(0.1, 3600.0), default=60.0, help="seconds per request")
     p.add_argument("--cors", default=None, metavar="ORIGIN", help="allow this origin (no CORS headers otherwise)")
+    options.add_engine(p, "one server process", serve=True)
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
                    help="server log on stderr: info writes one access line per request; errors always carry the "
                         "request id and traceback (default info)")
@@ -56,24 +57,64 @@ def _serve_logging(level: str) -> None:
 
 def cmd_serve(args) -> int:
     try:
+        import importlib
+
         import uvicorn
 
-        from ..serve.app import Settings, create_app, load_models
+        importlib.import_module("attnseg.serve.app")  # the serve extra's packages, checked here with one line
     except ImportError as e:
         raise CLIError(f"attnseg serve needs the serve extra: pip install 'attnseg[serve]' ({e.name} missing)") from None
     _limit_malloc_arenas()
     sources = args.model or default_served()
     if not sources:
         raise CLIError("no model to serve: pass --model SOURCE (repeatable)")
+    if args.engine == "ray":
+        return _serve_on_ray(args, sources)
+    app = _build_app(args, sources)
+    _serve_logging(args.log_level)
+    print(f"serving {', '.join(app.state.models)} on http://{args.host}:{args.port}/ (API docs: /docs)", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
+                timeout_graceful_shutdown=5)
+    return 0
+
+
+def _build_app(args, sources, replica: str | None = None):
+    """The app over the models loaded once (in this process, or in one Ray Serve replica)."""
+    from ..serve.app import Settings, create_app, load_models
+
     try:
         models = load_models(sources, args.backend, args.threads, args.max_work_pixels, args.dtype)
     except (ValueError, OSError, ImportError) as e:
         raise CLIError(str(e)) from None
     settings = Settings(max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, max_batch=args.max_batch,
-                        max_wait_ms=args.max_wait_ms, queue=args.queue, timeout_s=args.timeout, cors=args.cors)
-    app = create_app(models, settings)
+                        max_wait_ms=args.max_wait_ms, queue=args.queue, timeout_s=args.timeout, cors=args.cors,
+                        replica=replica)
+    return create_app(models, settings)
+
+
+def _replica(args, sources, replica: str):
+    _limit_malloc_arenas()
     _serve_logging(args.log_level)
-    print(f"serving {', '.join(models)} on http://{args.host}:{args.port}/ (API docs: /docs)", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
-                timeout_graceful_shutdown=5)
+    return _build_app(args, sources, replica)
+
+
+def _serve_on_ray(args, sources) -> int:
+    """--engine ray: the same app in --replicas Ray Serve replicas behind Ray Serve's proxy on --host:--port."""
+    from functools import partial
+
+    from ..ray_engine import RayUnavailable, connect
+    from ..ray_engine.serve import deployment, run
+
+    if args.max_replicas and args.max_replicas < args.replicas:
+        raise CLIError(f"--max-replicas {args.max_replicas} is below --replicas {args.replicas}")
+    try:
+        startup = connect(args.address)
+        app = deployment(partial(_replica, args, sources), args.replicas, args.max_replicas,
+                         cpus=args.threads or 1, max_ongoing=args.queue)
+    except (RayUnavailable, ConnectionError) as e:
+        raise CLIError(str(e)) from None
+    scale = f"{args.replicas}" + (f"-{args.max_replicas}" if args.max_replicas else "")
+    run(app, args.host, args.port, on_ready=lambda: print(
+        f"serving {', '.join(sources)} on http://{args.host}:{args.port}/ with {scale} Ray Serve replica(s) "
+        f"(Ray connected in {startup:.1f} s; API docs: /docs)", file=sys.stderr, flush=True))
     return 0

@@ -1,6 +1,7 @@
 """`attnseg train`: a YAML config (and --set overrides) in, a training run out (torchrun for multi-process)."""
 from __future__ import annotations
 
+from . import options
 from .common import CLIError
 
 
@@ -10,7 +11,7 @@ def add_arguments(verb: str, p):
                    help="override a config value, e.g. --set train.iters=1000 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from WORK_DIR/latest.pth")
     p.add_argument("--work-dir", default=None, help="output folder (overrides train.work_dir)")
-    p.add_argument("--overwrite", action="store_true", help="replace the run already in the work dir")
+    options.add_overwrite(p, "replace the run already in the work dir")
     return cmd_train
 
 

@@ -30,15 +30,17 @@ def evaluate(model, dataset, inference: InferenceConfig, mean, std, device="cpu"
 @torch.inference_mode()
 def evaluate_models(entries: list, dataset, inference: InferenceConfig, device="cpu", num_classes: int | None = None,
                     rank: int = 0, world: int = 1, amp_dtype: torch.dtype | None = None, progress: bool = True,
-                    background: int | None = None) -> list[dict]:
+                    background: int | None = None, indices=None) -> list[dict]:
     """`evaluate` for several models, each entry (model, mean, std, model_kwargs or None), on one pass over the
-    dataset: each sample is read (and, for a dataset that corrupts or augments, made) once for all of them."""
+    dataset: each sample is read (and, for a dataset that corrupts or augments, made) once for all of them.
+    `indices` evaluates those samples instead of this rank's share (a Ray actor's batch); each result's
+    "confusion" can be summed with other shares' and scored by metrics.metrics_from_confusion."""
     was_training = [m.training for m, *_ in entries]
     for m, *_ in entries:
         m.eval()
     k = num_classes or dataset.num_classes
     cms = [ConfusionMatrix(k, device="cpu") for _ in entries]
-    idx = list(range(rank, len(dataset), world))
+    idx = list(range(rank, len(dataset), world)) if indices is None else [int(i) for i in indices]
     bar = tqdm(idx, desc="eval", unit="img", disable=not (progress and is_main() and sys.stderr.isatty()))
     for i in bar:
         s = dataset[i]
@@ -54,7 +56,7 @@ def evaluate_models(entries: list, dataset, inference: InferenceConfig, device="
         cm.all_reduce()
         model.train(training)
         out = cm.compute(background)
-        out["images"] = len(dataset)
+        out["images"] = len(dataset) if indices is None else len(idx)
         out["confusion"] = cm.mat.long().tolist()  # rows: ground truth, columns: prediction
         outs.append(out)
     return outs

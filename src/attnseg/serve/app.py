@@ -38,6 +38,7 @@ class Settings:
     max_labels: int = 64
     max_label_chars: int = 64
     cors: str | None = None
+    replica: str | None = None  # a Ray Serve replica's id: sent as X-Attnseg-Replica and in /metrics
 
 
 class Metrics:
@@ -45,7 +46,7 @@ class Metrics:
 
     PATHS = ("/", "/api/models", "/api/limits", "/api/segment", "/healthz", "/readyz", "/version", "/metrics", "/docs", "/redoc")
 
-    def __init__(self, batcher_depth):
+    def __init__(self, batcher_depth, replica: str | None = None):
         from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector,
                                        ProcessCollector)
 
@@ -66,6 +67,9 @@ class Metrics:
                                buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32))
         self.depth = Gauge("attnseg_queue_depth", "requests waiting for the model", registry=self.registry)
         self.depth.set_function(batcher_depth)
+        if replica:  # which replica's numbers these are (each Ray Serve replica keeps its own registry)
+            Gauge("attnseg_replica", "the Ray Serve replica that answered /metrics", ["replica"],
+                  registry=self.registry).labels(replica).set(1)
 
     def count(self, path: str, status: str) -> None:
         self.requests.labels(path, status).inc()
@@ -74,7 +78,7 @@ class Metrics:
 def create_app(models: dict[str, ServedModel], settings: Settings | None = None) -> FastAPI:
     s = settings or Settings()
     batcher = Batcher(models, s.max_batch, s.max_wait_ms, s.queue)
-    metrics = Metrics(batcher.depth)
+    metrics = Metrics(batcher.depth, s.replica)
     batcher.on_batch = metrics.batch.observe
 
     @contextlib.asynccontextmanager
@@ -94,7 +98,9 @@ def create_app(models: dict[str, ServedModel], settings: Settings | None = None)
 
         app.add_middleware(CORSMiddleware, allow_origins=[s.cors], allow_methods=["GET", "POST"])
     app.add_middleware(BodyLimit, limit=int(s.max_upload_mb * 2**20))
-    app.add_middleware(Observe, count=metrics.count, paths=Metrics.PATHS)  # added last: the outermost layer
+    app.add_middleware(Observe, count=metrics.count, paths=Metrics.PATHS,  # added last: the outermost layer
+                       headers=[(b"x-attnseg-replica", s.replica.encode())] if s.replica else None,
+                       tag_id=not s.replica)  # Ray Serve's proxy sends the request id it gave (and we adopted)
     _error_handlers(app)
     app.include_router(router)
     _docs_routes(app)

@@ -20,8 +20,9 @@ class Observe:
     (refusals by the layers inside it included), writes an access line, and turns an exception that escaped
     everything else into a 500 JSON with the request id, logging the traceback under that id."""
 
-    def __init__(self, app, count, paths: tuple[str, ...]):
-        self.app, self.count, self.paths = app, count, paths
+    def __init__(self, app, count, paths: tuple[str, ...], headers: list[tuple[bytes, bytes]] | None = None,
+                 tag_id: bool = True):
+        self.app, self.count, self.paths, self.headers, self.tag_id = app, count, paths, list(headers or []), tag_id
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -35,7 +36,8 @@ class Observe:
         async def tagged(msg):
             if msg["type"] == "http.response.start":
                 status[0] = msg["status"]
-                msg = {**msg, "headers": [*msg.get("headers", []), (b"x-request-id", rid.encode())]}
+                tag = [(b"x-request-id", rid.encode())] if self.tag_id else []
+                msg = {**msg, "headers": [*msg.get("headers", []), *tag, *self.headers]}
                 started[0] = True
             await send(msg)
 
