@@ -123,7 +123,7 @@ def _cell(spec, folder: Path) -> str:
     """One cell of a `rows:` table: text as written, or a number read from a results file:
     {"json": FILE, "key": "mIoU"} (a dotted path into the JSON), {"csv": FILE, "key": "val_mIoU", "iter": 2000}
     (a train_metrics.csv row), with "scale" (a factor, e.g. 0.01 for a number already in percent), "of" (a
-    second spec: the ratio of the two), "fmt" (default "{:.2f}%", applied to 100 x the value unless "raw") and
+    second spec: the ratio of the two), {"mean": [specs]}, "fmt" (default "{:.2f}%", applied to 100 x the value unless "raw") and
     "bold"; a list of these and strings is one cell."""
     if isinstance(spec, str):
         return spec
@@ -134,7 +134,10 @@ def _cell(spec, folder: Path) -> str:
 
 
 def _value(spec: dict, folder: Path) -> float:
-    """The number a cell spec names; with "of": another spec, their ratio (a share)."""
+    """The number a cell spec names; with "of": another spec, their ratio (a share); {"mean": [specs]}: the
+    mean of several."""
+    if "mean" in spec:
+        return sum(_value(s, folder) for s in spec["mean"]) / len(spec["mean"])
     path = folder / (spec.get("json") or spec["csv"])
     if "json" in spec:
         value = _json(path)
