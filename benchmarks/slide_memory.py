@@ -3,7 +3,7 @@
 Each configuration runs in a fresh subprocess so ru_maxrss is that run's own peak. Memory should be
 the model + one batch of windows + the (K, H, W) logits buffer: it must not scale with the image
 beyond that buffer.
-Usage: python benchmarks/slide_memory.py [--model segformer-b0] [--classes 19] [--threads 2]
+Usage: python benchmarks/slide_memory.py [--model segformer-b0] [--classes 19] [--threads 2] [--json FILE]
 """
 from __future__ import annotations
 
@@ -40,14 +40,21 @@ def main():
     ap.add_argument("--stride", type=int, default=768)
     ap.add_argument("--window-batch", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", default=None, help="write the settings and rows here")
     args = ap.parse_args()
     print(f"{args.model}, slide {args.crop}x{args.crop} stride {args.stride}, {args.window_batch} windows/batch, "
           f"{args.threads} threads")
+    rows = []
     for h, w in [(1024, 1024), (1024, 2048), (2048, 4096)]:
         r = subprocess.run([sys.executable, "-c", CHILD, args.model, str(args.classes), str(h), str(w),
                             str(args.crop), str(args.stride), str(args.window_batch), str(args.threads)],
                            capture_output=True, text=True, check=True)
-        print(json.dumps(json.loads(r.stdout.strip().splitlines()[-1])))
+        rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": args.model, "classes": args.classes, "crop": args.crop, "stride": args.stride,
+                       "window_batch": args.window_batch, "threads": args.threads, "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

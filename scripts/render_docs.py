@@ -114,7 +114,44 @@ def table_ray_predict() -> str:
                               f"(1,000,000 / (workers x rate) / 3600; {e['assumptions']}).")
 
 
-TABLES = {"shipped": table_shipped, "ray_predict": table_ray_predict, "precision": table_precision, "speed": table_speed, "zoo": table_zoo,
+def table_video_fps() -> str:
+    """benchmarks/video_fps.py: frames/s of `attnseg predict clip.mp4` per model and backend, with the CamVid
+    test mIoU recorded for that model, backend and precision."""
+    run = _json(RESULTS / "speed" / "video_fps.json")
+    rows = ["| model | backend (precision) | CamVid test mIoU | frames/s, each round |", "| --- | --- | --- | --- |"]
+    for r in run["rows"]:
+        miou = _json(RESULTS / "precision" / f"{r['model']}_{r['precision']}.json")["mIoU"]
+        how = {"auto": "`--backend auto` (OpenVINO bf16)", "openvino": "`--backend openvino --dtype fp32`",
+               "onnx": "`--backend onnx` (onnxruntime fp32)", "eager": "`--backend eager` (PyTorch fp32)"}[r["backend"]]
+        rows.append(f"| `{r['model']}` | {how} | {100 * miou:.2f}% | " + ", ".join(f"{v:.1f}" for v in r["fps"]) + " |")
+    return "\n".join(rows)
+
+
+def table_slide_memory() -> str:
+    """benchmarks/slide_memory.py: sliding-window latency and peak RSS at three image sizes."""
+    run = _json(RESULTS / "speed" / "slide_memory.json")
+    rows = ["| image | latency | peak RSS | logits buffer |", "| --- | --- | --- | --- |"]
+    rows += [f"| {r['size']} | {r['latency_s']:.1f} s | {r['peak_rss_mb']} MB | {r['logits_buffer_mb']} MB |"
+             for r in run["rows"]]
+    return "\n".join(rows)
+
+
+def table_backends() -> str:
+    """`attnseg benchmark` per model and backend: the median latency of the passes in results/zoo/benchmark_rows.log."""
+    import statistics
+
+    times: dict = {}
+    for line in (RESULTS / "zoo" / "benchmark_rows.log").read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 9 and not line.startswith("=="):
+            times.setdefault(parts[0], {}).setdefault(parts[4], []).append(float(parts[5]))
+    rows = ["| model | eager | torch.compile | onnxruntime |", "| --- | --- | --- | --- |"]
+    rows += [f"| {m} | " + " | ".join(f"{statistics.median(b[k]):.1f} ms" for k in ("eager", "compile", "onnx")) + " |"
+             for m, b in times.items()]
+    return "\n".join(rows)
+
+
+TABLES = {"shipped": table_shipped, "slide_memory": table_slide_memory, "backends": table_backends, "video_fps": table_video_fps, "ray_predict": table_ray_predict, "precision": table_precision, "speed": table_speed, "zoo": table_zoo,
           "serve_load": lambda: table_serve_load("serve_load"), "serve_load_lseg": lambda: table_serve_load("serve_load_lseg")}
 MARK = re.compile(r"(<!-- table:([\w:/.\-]+) -->\n)(.*?)(<!-- /table -->)", re.S)
 
@@ -123,7 +160,7 @@ def _cell(spec, folder: Path) -> str:
     """One cell of a `rows:` table: text as written, or a number read from a results file:
     {"json": FILE, "key": "mIoU"} (a dotted path into the JSON), {"csv": FILE, "key": "val_mIoU", "iter": 2000}
     (a train_metrics.csv row), with "scale" (a factor, e.g. 0.01 for a number already in percent), "of" (a
-    second spec: the ratio of the two), {"mean": [specs]}, "fmt" (default "{:.2f}%", applied to 100 x the value unless "raw") and
+    second spec: the ratio of the two), "minus" (a second spec: the difference), {"mean": [specs]}, "fmt" (default "{:.2f}%", applied to 100 x the value unless "raw") and
     "bold"; a list of these and strings is one cell."""
     if isinstance(spec, str):
         return spec
@@ -148,6 +185,8 @@ def _value(spec: dict, folder: Path) -> float:
         value = next(float(v) for k, v, it in rows if k == spec["key"] and int(it) == spec["iter"])
     if "scale" in spec:
         value = value * spec["scale"]
+    if "minus" in spec:  # of the two numbers as displayed (2 decimals in percent), so the cell adds up
+        value = (round(100 * value, 2) - round(100 * _value(spec["minus"], folder), 2)) / 100
     return value / _value(spec["of"], folder) if "of" in spec else value
 
 
