@@ -162,3 +162,24 @@ def test_model_cards_show_the_recorded_numbers(capsys):
         page = (ROOT / "docs" / "cards" / f"{name}.md").read_text()
         assert page == cards.markdown(name)
     assert main(["models", "--card", "segformer-b0"]) == 2
+
+
+# tables written by hand: reference tables (what an extra adds, the endpoints, the methods, the benchmark index)
+# and the architecture table, whose numbers `attnseg flops` computes from the code (its command is on the page)
+HAND_TABLES = {"| extra | what it adds |", "| what | command | data |", "| method | paper | in attnseg |",
+               "| endpoint | what it does |", "| model | params | GFLOPs | paper | notes |"}
+
+
+def test_every_results_table_is_rendered_from_data():
+    """A table of measurements sits between `<!-- table:NAME -->` markers (scripts/render_docs.py fills it from
+    results/); model cards are generated whole. Anything else must be a reference table named above."""
+    hand = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        if page.parent.name == "cards":
+            continue
+        lines, inside = page.read_text().splitlines(), False
+        for i, line in enumerate(lines):
+            inside = (inside or line.startswith("<!-- table:")) and not line.startswith("<!-- /table")
+            if line.startswith("| ---") and not inside and lines[i - 1].strip() not in HAND_TABLES:
+                hand.append(f"{page.relative_to(ROOT)}:{i}: {lines[i - 1][:60]}")
+    assert hand == [], "tables not rendered from data: " + "; ".join(hand)
