@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -36,6 +38,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> float:
     Ray's own progress bars and INFO logs are turned off: the job prints its own progress and summary."""
     ray = require_ray()
     t0 = time.perf_counter()
+    _record_sigint()
     if not ray.is_initialized():
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
         kw = {"num_cpus": num_cpus} if address is None and num_cpus else {}
@@ -45,6 +48,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> float:
         except ConnectionError as e:
             raise ConnectionError(f"--address {address}: no Ray cluster answered ({str(e).splitlines()[0]}); "
                                   "start one with `ray start --head` or leave --address out for a local one") from None
+    _record_sigint()
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
@@ -110,6 +114,9 @@ def run_pool(items: list[dict], setup, workers: int, threads: int | None = None,
     report = PoolReport()
     if not items:
         return report
+    if _STOPPED:
+        report.interrupted = True
+        return report
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 8 * workers)))
     if read is not None:  # reading reserves no core: the actors reserve them all (a task that waited for one
         # would never run), and decoding runs beside them, 2 tasks per actor at most
@@ -120,12 +127,32 @@ def run_pool(items: list[dict], setup, workers: int, threads: int | None = None,
     t0 = time.perf_counter()
     try:
         for row in ds.iter_rows():
+            if _STOPPED:
+                break
             report.rows += 1
             if row.get("restarted"):
                 report.restarts.add((row["actor"], int(row["pid"])))
             if on_row is not None:
                 on_row(row)
     except KeyboardInterrupt:
-        report.interrupted = True
+        _STOPPED.append("KeyboardInterrupt")
+    report.interrupted = bool(_STOPPED)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+_STOPPED: list = []  # the SIGINTs this process received since `connect` (see _record_sigint)
+
+
+def _record_sigint() -> None:
+    """Ctrl-C (SIGINT) from `connect` on: recorded here before anything else sees it, because Ray may take the
+    KeyboardInterrupt it raises as the end of a stream (or swallow it while it starts), and the job must
+    still stop and say so. The handler still raises KeyboardInterrupt, as Python's does."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def on_sigint(signum, frame):
+        _STOPPED.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
