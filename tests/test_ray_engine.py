@@ -276,3 +276,17 @@ def test_ray_serve_replicas_answer_like_predict_and_survive_a_death(camvid_root,
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.mark.slow
+def test_an_actor_that_cannot_build_is_one_line(ray_local):
+    """An error Ray does not retry (here: an actor whose set-up fails) arrives as its own last line, not Ray's
+    remote traceback (`attnseg` prints it as one line, as other library errors)."""
+    from attnseg.ray_engine import RayJobError, run_pool
+
+    def setup():
+        raise ValueError("cannot read checkpoint broken.pth: not a checkpoint")
+
+    with pytest.raises(RayJobError, match=r"^--engine ray: ValueError: cannot read checkpoint broken.pth: not a "
+                                          r"checkpoint$"):
+        run_pool([{"i": 0}, {"i": 1}], setup, workers=1)

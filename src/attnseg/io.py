@@ -34,6 +34,11 @@ DEFAULT_MAX_PIXELS = 250_000_000  # 250 megapixels (e.g. 20000x12500); decoding 
 MAX_LABELS = 256  # label maps are written as palette PNGs: one byte per pixel
 
 
+def first_line(e: BaseException) -> str:
+    """An error's first non-empty line (its type's name if it has none): what a one-line report shows."""
+    return next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+
+
 class ImageReadError(ValueError):
     pass
 

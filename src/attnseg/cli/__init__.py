@@ -71,12 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (OSError, ValueError, ImportError) as e:  # a library error no verb caught: still one line
+    except (OSError, ValueError, ImportError, RuntimeError) as e:  # a library error no verb caught: still one line
         from ..io import WriteFailed
         from ..models.text import TextEncoderError
+        from ..ray_engine import RayJobError
         from ..worksize import WorkSizeError
 
-        if not isinstance(e, (WriteFailed, WorkSizeError, TextEncoderError, ImportError)):
+        if not isinstance(e, (WriteFailed, WorkSizeError, TextEncoderError, ImportError, RayJobError)):
             raise
         print(f"error: {first_line(e)}", file=sys.stderr)
         return 1 if isinstance(e, WriteFailed) else 2

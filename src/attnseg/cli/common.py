@@ -11,14 +11,17 @@ class CLIError(Exception):
     """An error the user can fix; printed as one line, no traceback."""
 
 
+def first_line(e: BaseException) -> str:
+    """io.first_line, imported when called (this module stays light: `attnseg models` imports no numpy)."""
+    from ..io import first_line as line
+
+    return line(e)
+
+
 def is_language_driven(model) -> bool:
     from ..models.lseg import is_language_driven as f
 
     return f(model)
-
-
-def first_line(e: BaseException) -> str:
-    return next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
 
 
 def load_model_arg(args):
@@ -231,12 +234,13 @@ def require_plots() -> None:
         raise CLIError(str(e)) from None
 
 
-def eval_dataset(args):
-    """--dataset/--data-root/--split at native resolution, first --limit samples; one-line errors."""
+def eval_dataset(args, scale=None):
+    """--dataset/--data-root/--split at native resolution (or resized keeping the ratio to `scale`, (W, H)),
+    first --limit samples; one-line errors."""
     from ..data import DatasetError, EvalTransform, build_dataset
 
     try:
-        ds = build_dataset(args.dataset, args.data_root, args.split, EvalTransform())
+        ds = build_dataset(args.dataset, args.data_root, args.split, EvalTransform(tuple(scale) if scale else None))
     except DatasetError as e:
         raise CLIError(str(e)) from None
     if args.limit:
@@ -277,20 +281,27 @@ def apply_isr_arg(model, args) -> None:
         raise CLIError(f"--isr {args.isr}: {e}") from None
 
 
+def connect_ray(args) -> float:
+    """--engine ray: join (or start) the cluster --address names; returns the seconds it took."""
+    from ..ray_engine import RayUnavailable, connect
+
+    try:
+        return connect(args.address)
+    except (RayUnavailable, ConnectionError) as e:
+        raise CLIError(str(e)) from None
+
+
 def start_ray(args, what: str) -> tuple[int, int | None]:
-    """--engine ray: join (or start) the cluster --address names; returns (actors, threads per actor): --workers
+    """--engine ray: connect_ray, then (actors, threads per actor): --workers
     (default: the cluster's CPUs / threads) and --threads (default 1 per actor on CPUs, torch's with GPUs)."""
     import sys
 
-    from ..ray_engine import RayUnavailable, cluster_cpus, connect
+    from ..ray_engine import cluster_cpus
 
     gpus = getattr(args, "gpus_per_worker", 0)
     if gpus and not args.device.startswith("cuda"):
         raise CLIError("--gpus-per-worker needs --device cuda")
-    try:
-        startup = connect(args.address)
-    except (RayUnavailable, ConnectionError) as e:
-        raise CLIError(str(e)) from None
+    startup = connect_ray(args)
     threads = args.threads or (None if gpus else 1)
     workers = args.workers or max(1, cluster_cpus() // (threads or 1))
     print(f"Ray: connected in {startup:.1f} s; {workers} worker(s) x {threads or 'default'} thread(s) over {what}",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import DatasetError, EvalTransform, build_dataset
+from ..data import DatasetError, build_dataset
 from ..data.fewshot import BACKGROUND, DEFAULT_SPLIT, PROTOCOLS, build_benchmark
 from ..engine.distributed import cleanup, init_distributed, is_main
 from ..engine.evaluate import ScoreError, evaluate, score_label_maps
@@ -18,7 +18,8 @@ from ..engine.metrics import format_table
 from ..io import ImageReadError, atomic_write_text
 from . import options
 from .common import (CLIError, amp_dtype, apply_isr_arg, check_device, check_file_out, check_onnx_size, check_out_dir,
-                     inference_config, is_language_driven, load_model_arg, read_labels, require_plots, start_ray)
+                     eval_dataset, inference_config, is_language_driven, load_model_arg, read_labels, require_plots,
+                     start_ray)
 
 
 def add_arguments(verb: str, p):
@@ -144,13 +145,7 @@ def _evaluation(args):
     inference = inference_config(args, args.scales, args.flip)
     model = load_model_arg(args)
     check_onnx_size(model, args)
-    try:
-        ds = build_dataset(args.dataset, args.data_root, args.split,
-                           EvalTransform(tuple(args.scale) if args.scale else None))
-    except DatasetError as e:
-        raise CLIError(str(e)) from None
-    if args.limit:
-        ds.samples = ds.samples[: args.limit]
+    ds = eval_dataset(args, args.scale)
     k = getattr(model, "num_classes", None)
     model_kwargs = {}
     if is_language_driven(model):  # LSeg: evaluate with --labels (renamed classes) or the dataset's names
@@ -175,11 +170,7 @@ def _eval_on_ray(args):
 
     _, ds = _evaluation(copy.copy(args))  # checks every option before the cluster starts
     workers, threads = start_ray(args, f"{len(ds)} image(s)")
-    try:
-        mats, report = evaluate_on_ray(len(ds), partial(_built, args), workers, threads, args.gpus_per_worker,
-                                       args.batch)
-    except Exception as e:  # an error raised in an actor arrives wrapped in Ray's RayTaskError: its last line
-        raise CLIError(f"--engine ray: {_cause(e)}") from None
+    mats, report = evaluate_on_ray(len(ds), partial(_built, args), workers, threads, args.gpus_per_worker, args.batch)
     if report.interrupted:
         raise CLIError("interrupted; nothing was written")
     (mat,) = mats.values()
@@ -189,13 +180,6 @@ def _eval_on_ray(args):
           + (f"; {len(report.restarts)} worker process(es) died and were restarted by Ray, their images run again"
              if report.restarts else ""), file=sys.stderr)
     return m, ds
-
-
-def _cause(e: BaseException) -> str:
-    """The original error's line from a Ray task error (which carries the remote traceback)."""
-    cause = getattr(e, "cause", None) or e
-    lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
-    return lines[-1] if lines else type(cause).__name__
 
 
 def _built(args):

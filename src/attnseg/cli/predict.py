@@ -282,8 +282,7 @@ class _Run:
     def flush(self) -> None:
         batch, self.pending = self.pending, []
         try:
-            maps = ([self.seg.predict(batch[0][2], **self.kw)] if len(batch) == 1
-                    else self.seg.predict_batch([rgb for _, _, rgb in batch], **self.kw))
+            maps = self.seg.predict_images([rgb for _, _, rgb in batch], **self.kw)
         except (MemoryError, RuntimeError, WorkSizeError) as e:
             for f, _, _ in batch:
                 self.report(f, e if isinstance(e, WorkSizeError) else RuntimeError(f"{type(e).__name__}: "

@@ -7,7 +7,7 @@ import sys
 
 from ..pretrained import default_served
 from . import options
-from .common import CLIError
+from .common import CLIError, connect_ray
 
 
 def add_arguments(verb: str, p):
@@ -102,17 +102,13 @@ def _serve_on_ray(args, sources) -> int:
     """--engine ray: the same app in --replicas Ray Serve replicas behind Ray Serve's proxy on --host:--port."""
     from functools import partial
 
-    from ..ray_engine import RayUnavailable, connect
     from ..ray_engine.serve import deployment, run
 
     if args.max_replicas and args.max_replicas < args.replicas:
         raise CLIError(f"--max-replicas {args.max_replicas} is below --replicas {args.replicas}")
-    try:
-        startup = connect(args.address)
-        app = deployment(partial(_replica, args, sources), args.replicas, args.max_replicas,
-                         cpus=args.threads or 1, max_ongoing=args.queue)
-    except (RayUnavailable, ConnectionError) as e:
-        raise CLIError(str(e)) from None
+    startup = connect_ray(args)
+    app = deployment(partial(_replica, args, sources), args.replicas, args.max_replicas, cpus=args.threads or 1,
+                     max_ongoing=args.queue)
     scale = f"{args.replicas}" + (f"-{args.max_replicas}" if args.max_replicas else "")
     run(app, args.host, args.port, on_ready=lambda: print(
         f"serving {', '.join(sources)} on http://{args.host}:{args.port}/ with {scale} Ray Serve replica(s) "

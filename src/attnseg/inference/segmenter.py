@@ -129,6 +129,10 @@ class Segmenter:
             raise ValueError(f"predict_batch needs images of one size, got {sorted(set(sizes))}")
         return [self.labels(s, sizes[0]) for s in self.batch_scores(torch.cat(xs), sizes[0], **kw)]
 
+    def predict_images(self, images, **kw) -> list[np.ndarray]:
+        """Label maps for images of one size: one image through `predict`, several in one batched pass."""
+        return [self.predict(images[0], **kw)] if len(images) == 1 else self.predict_batch(images, **kw)
+
     def batch_scores(self, x: torch.Tensor, size: tuple[int, int], **kw) -> torch.Tensor:
         """Scores (B, K, h', w') for a preprocessed batch of images of `size`; `labels` turns each into a map.
 

@@ -2,7 +2,7 @@
 
 Ray is an optional extra (`pip install 'attnseg[ray]'`) imported only here, when `--engine ray` is given.
 A job is a Ray Data pipeline over small rows (an image path, a dataset index): rows are read in Ray tasks and
-handed in batches to a pool of actors, each of which builds its model once (`Pool`); Ray restarts an actor
+handed in batches to a pool of actors, each of which builds its model once (`run_pool`); Ray restarts an actor
 whose process dies and runs its unfinished batch again. The work an actor does is a plain function built by
 a picklable `setup()` callable, so this module knows nothing of models or files.
 """
@@ -22,6 +22,11 @@ class RayUnavailable(ImportError):
     """Ray is not installed; the message says how to install it."""
 
 
+class RayJobError(RuntimeError):
+    """A job failed in a way Ray does not retry (an actor that cannot build its model, say); the message is the
+    original error's last line, not Ray's remote traceback."""
+
+
 def require_ray():
     """The `ray` module, or RayUnavailable with the one-line install hint."""
     try:
@@ -38,7 +43,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> float:
     Ray's own progress bars and INFO logs are turned off: the job prints its own progress and summary."""
     ray = require_ray()
     t0 = time.perf_counter()
-    _record_sigint()
+    _record_sigint()  # a Ctrl-C while Ray starts is swallowed by ray.init otherwise
     if not ray.is_initialized():
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
         kw = {"num_cpus": num_cpus} if address is None and num_cpus else {}
@@ -48,7 +53,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> float:
         except ConnectionError as e:
             raise ConnectionError(f"--address {address}: no Ray cluster answered ({str(e).splitlines()[0]}); "
                                   "start one with `ray start --head` or leave --address out for a local one") from None
-    _record_sigint()
+    _record_sigint()  # again: ray.init may have put its own handler in place
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
@@ -88,8 +93,6 @@ class _Worker:
         self.work = setup()
 
     def __call__(self, batch: dict) -> dict:
-        import numpy as np
-
         keys = list(batch)
         n = len(batch[keys[0]]) if keys else 0
         rows = self.work([{k: batch[k][i] for k in keys} for i in range(n)])
@@ -97,12 +100,7 @@ class _Worker:
         cols["actor"] = [self.actor] * len(rows)
         cols["pid"] = [self.pid] * len(rows)
         cols["restarted"] = [self.restarted] * len(rows)
-        out = {}
-        for k, v in cols.items():
-            arr = np.empty(len(v), dtype=object)
-            arr[:] = v
-            out[k] = np.stack(v) if v and isinstance(v[0], np.ndarray) and len({a.shape for a in v}) == 1 else arr
-        return out
+        return {k: _column(v) for k, v in cols.items()}
 
 
 def run_pool(items: list[dict], setup, workers: int, threads: int | None = None, gpus: float = 0.0,
@@ -136,9 +134,23 @@ def run_pool(items: list[dict], setup, workers: int, threads: int | None = None,
                 on_row(row)
     except KeyboardInterrupt:
         _STOPPED.append("KeyboardInterrupt")
+    except ray.exceptions.RayError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]  # the remote traceback ends with the error
+        raise RayJobError(f"--engine ray: {lines[-1] if lines else type(e).__name__}") from None
     report.interrupted = bool(_STOPPED)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _column(values: list):
+    """A batch column for Ray Data: arrays of one shape stacked into one tensor, anything else an object array."""
+    import numpy as np
+
+    if values and isinstance(values[0], np.ndarray) and len({a.shape for a in values}) == 1:
+        return np.stack(values)
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = values
+    return arr
 
 
 _STOPPED: list = []  # the SIGINTs this process received since `connect` (see _record_sigint)

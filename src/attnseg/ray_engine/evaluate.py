@@ -52,31 +52,21 @@ def _setup(build, jobs: list):
 
 
 def evaluate(n_images: int, build, workers: int, threads: int | None = None, gpus: float = 0.0, batch: int = 4,
-             jobs: list | None = None, on_result=None, on_image=None):
+             jobs: list | None = None, on_result=None):
     """Confusion matrices {(job, model name): (K, K) int64} over images 0..n_images-1 of every job (default
     one job, None: the dataset as `build` gives it). `on_result(job, name, confusion)` is called as soon as a
-    job's matrix for a model is complete; `on_image()` once per image per job done (progress).
-    Returns (matrices, pool report)."""
+    job's matrix for a model is complete. Returns (matrices, pool report)."""
     jobs = list(jobs) if jobs is not None else [None]
-    todo: dict = {}
+    sums: dict = {}
     seen: dict = {}
 
     def on_row(row):
         key = (int(row["job"]), row["model"])
-        todo[key] = todo.get(key, 0) + np.asarray(row["confusion"], np.int64)
+        sums[key] = sums.get(key, 0) + np.asarray(row["confusion"], np.int64)
         seen[key] = seen.get(key, 0) + int(row["n"])
         if seen[key] == n_images and on_result is not None:
-            on_result(jobs[key[0]], key[1], todo[key])
-        if on_image is not None and key[1] == row["model"] and _first_model(todo, key):
-            for _ in range(int(row["n"])):
-                on_image()
+            on_result(jobs[key[0]], key[1], sums[key])
 
     items = [{"job": j, "i": i} for j in range(len(jobs)) for i in range(n_images)]
     report = run_pool(items, functools.partial(_setup, build, jobs), workers, threads, gpus, batch, on_row=on_row)
-    return {(jobs[j], name): m for (j, name), m in todo.items()}, report
-
-
-def _first_model(todo: dict, key) -> bool:
-    """Count an image once per job: only the rows of the job's first model (by first appearance) advance."""
-    first = next(name for (j, name) in todo if j == key[0])
-    return key[1] == first
+    return {(jobs[j], name): m for (j, name), m in sums.items()}, report

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import ImageReadError, WriteFailed, read_image
+from ..io import ImageReadError, WriteFailed, first_line, read_image
 from ..inference.outputs import finished, oriented_size, output_files, write_prediction
 from . import run_pool
 
@@ -72,7 +72,7 @@ def read_row(row: dict, max_pixels: int | None, overwrite: bool, since: float = 
             return dict(out, skip="now" if _written_since(Path(row["base"]), since) else "earlier")
         out["rgb"] = read_image(source, max_pixels, name=row["src"])
     except (ImageReadError, OSError, ValueError, Image.DecompressionBombError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        msg = first_line(e)
         out["error"] = msg if row["src"] in msg else f"{row['src']}: {msg}"
     return out
 
@@ -117,11 +117,10 @@ def _setup(build, alpha: float):
                 by_shape.setdefault(r["rgb"].shape, []).append(r)
         for group in by_shape.values():
             try:
-                maps = ([seg.predict(group[0]["rgb"], **kw)] if len(group) == 1
-                        else seg.predict_batch([r["rgb"] for r in group], **kw))
+                maps = seg.predict_images([r["rgb"] for r in group], **kw)
             except (MemoryError, RuntimeError, ValueError) as e:
                 for r in group:
-                    done[r["src"]] = "failed", f"{r['src']}: {type(e).__name__}: {str(e).splitlines()[0]}"
+                    done[r["src"]] = "failed", f"{r['src']}: {type(e).__name__}: {first_line(e)}"
                 continue
             for r, label in zip(group, maps):
                 try:
@@ -137,7 +136,6 @@ def _setup(build, alpha: float):
 @dataclass
 class Summary:
     """A Ray predict job: images written, skipped as finished, failed (with reasons), time and restarts."""
-    total: int
     written: int = 0
     skipped: int = 0
     failed: list = field(default_factory=list)  # (image, reason)
@@ -166,7 +164,7 @@ def predict(plan: list[tuple[str, Path]], build, workers: int, threads: int | No
             on_done=None) -> Summary:
     """Segment every (image, output base) of `plan` on the connected Ray cluster. `build()` runs in each actor
     and returns (Segmenter, palette, model keywords); `on_done(row)` sees each finished image (progress)."""
-    summary = Summary(total=len(plan), workers=workers)
+    summary = Summary(workers=workers)
     t0 = time.perf_counter()
 
     def on_row(row):
