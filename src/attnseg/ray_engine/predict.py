@@ -8,8 +8,10 @@ atomic writer. A failed image is one row with its reason; it never stops the job
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,4 +185,25 @@ def predict(plan: list[tuple[str, Path]], build, workers: int, threads: int | No
                       on_row=on_row)
     summary.seconds, summary.restarts, summary.interrupted = time.perf_counter() - t0, len(report.restarts), \
         report.interrupted
+    if report.restarts and not report.interrupted:
+        _remove_dead_writers_temps(plan)
     return summary
+
+
+def _remove_dead_writers_temps(plan: list[tuple[str, Path]]) -> None:
+    """After a job whose workers died: remove temp files (`.NAME.XXXXXX.tmp`, io.atomic_write) a killed writer
+    left beside this job's outputs. Every output is final by now, so none of them is still being written; one
+    listing per output folder, not a search per image."""
+    wanted: dict[Path, set[str]] = {}
+    for _, base in plan:
+        for p in output_files(Path(base)):
+            wanted.setdefault(p.parent, set()).add(p.name)
+    for folder, names in wanted.items():
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for e in entries:
+            if e.name.startswith(".") and e.name.endswith(".tmp") and e.name[1:-4].rsplit(".", 1)[0] in names:
+                with contextlib.suppress(OSError):
+                    os.unlink(e.path)
