@@ -29,6 +29,8 @@ from typing import BinaryIO, Callable
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .notes import Note
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_MAX_PIXELS = 250_000_000  # 250 megapixels (e.g. 20000x12500); decoding needs about 1 GB per 250 MP
 MAX_LABELS = 256  # label maps are written as palette PNGs: one byte per pixel
@@ -47,7 +49,7 @@ class ImageTooLarge(ImageReadError):
     """More pixels than the limit (read from the header, before decoding)."""
 
 
-class ImageNote(UserWarning):
+class ImageNote(Note):
     """Something the user should know about an image that was still read (e.g. pages beyond the first)."""
 
 
@@ -116,10 +118,41 @@ def pil_to_rgb(im: Image.Image) -> np.ndarray:
         g = _scale_to_uint8(np.asarray(im), bits16=mode.startswith("I;16"))
         return np.repeat(g[:, :, None], 3, axis=2)
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode in ("P", "L", "RGB") and "transparency" in im.info):
-        rgba = np.asarray(im.convert("RGBA")).astype(np.float32)
-        a = rgba[..., 3:] / 255.0
-        return np.round(rgba[..., :3] * a + 255.0 * (1.0 - a)).astype(np.uint8)  # over white
+        return _over_white(im)
     return np.asarray(im.convert("RGB"))  # 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def _over_white(im: Image.Image, band_pixels: int = 1 << 20) -> np.ndarray:
+    """An image with transparency composited over white, as a viewer shows it, in bands of rows: memory is the
+    decoded image, the RGB result and one band (integer arithmetic, exactly round(c * a + 255 * (1 - a)))."""
+    w, h = im.size
+    out = np.empty((h, w, 3), np.uint8)
+    rows = max(1, band_pixels // w)
+    for y in range(0, h, rows):
+        part = im.crop((0, y, w, min(y + rows, h)))
+        rgba = np.asarray(part if part.mode == "RGBA" else part.convert("RGBA")).astype(np.uint32)
+        a = rgba[..., 3:]
+        # c * a/255 + 255 * (1 - a/255) = (c * a + 255 * (255 - a)) / 255, rounded: (2n + 255) // 510 (never a tie)
+        n = rgba[..., :3] * a + 255 * (255 - a)
+        out[y:y + rows] = ((2 * n + 255) // 510).astype(np.uint8)
+    return out
+
+
+def decode_bytes(width: int, height: int, mode: str = "RGB") -> int:
+    """An upper estimate of the memory `read_image` needs for an image of this size and Pillow mode: the decoded
+    image, its RGB result and (for transparency) one band; what a server reserves before it decodes."""
+    px = int(width) * int(height)
+    stored = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "La": 2, "I;16": 2, "I;16B": 2, "I;16L": 2, "I": 4,
+              "F": 4, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3}.get(mode, 4)
+    grey_to_rgb = 8 if mode in ("I", "F") or mode.startswith("I;16") else 0  # float scaling of a grey image
+    return px * (2 * stored + 3 + grey_to_rgb) + (32 << 20)  # 2x: EXIF orientation makes a rotated copy
+
+
+def peek_image(source, max_pixels: int | None = None, name: str | None = None) -> tuple[int, int, str]:
+    """(width, height, Pillow mode) from the header alone, with read_image's checks and errors."""
+    name = name or (str(source) if isinstance(source, (str, os.PathLike)) else "upload")
+    with _open(source, name, max_pixels) as im:
+        return im.size[0], im.size[1], im.mode
 
 
 def read_image(source: str | os.PathLike | bytes | BinaryIO, max_pixels: int | None = None,

@@ -26,6 +26,17 @@ def add_arguments(verb: str, p):
     p.add_argument("--max-upload-mb", type=options.float_range(0.001, 10000.0), default=20.0)
     options.add_max_pixels(p, 40_000_000, "per image, read from the header")
     options.add_work_limit(p)
+    p.add_argument("--memory-mb", type=options.float_range(64.0, 1e6), default=2048.0,
+                   help="memory all requests' decoding and queued work may hold at once (estimated from each image's "
+                        "header before decoding); a request that cannot get its share within 10 s is answered 503 "
+                        "with Retry-After, one that needs more than all of it 413 (default 2048)")
+    p.add_argument("--decode-slots", type=options.int_range(1, 256), default=2,
+                   help="images decoded at once (default 2)")
+    p.add_argument("--max-connections", type=options.int_range(16, 1_000_000), default=1000,
+                   help="open connections before new requests are answered 503 (default 1000; kept below the "
+                        "process's open-file limit)")
+    p.add_argument("--header-timeout", type=options.float_range(0.1, 3600.0), default=10.0,
+                   help="seconds a connection may take to send a request's headers (then 408 and closed; default 10)")
     p.add_argument("--timeout", type=options.float_range(0.1, 3600.0), default=60.0, help="seconds per request")
     p.add_argument("--cors", default=None, metavar="ORIGIN", help="allow this origin (no CORS headers otherwise)")
     options.add_engine(p, "one server process", serve=True)
@@ -73,9 +84,30 @@ def cmd_serve(args) -> int:
     app = _build_app(args, sources)
     _serve_logging(args.log_level)
     print(f"serving {', '.join(app.state.models)} on http://{args.host}:{args.port}/ (API docs: /docs)", file=sys.stderr)
+    from ..serve.limits import MAX_HEADER_BYTES, guarded_h11
+
+    files = _raise_open_files()
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
-                timeout_graceful_shutdown=5)
+                timeout_graceful_shutdown=5, http=guarded_h11(args.header_timeout),
+                h11_max_incomplete_event_size=MAX_HEADER_BYTES, timeout_keep_alive=5,
+                limit_concurrency=max(16, min(args.max_connections, files - 64)))
     return 0
+
+
+def _raise_open_files() -> int:
+    """The soft limit on open files raised to the hard one (a server holds a descriptor per connection; the
+    common soft limit of 1024 would refuse connections long before memory runs out); returns the limit."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or soft < hard:
+            target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        return soft
+    except (ImportError, ValueError, OSError):
+        return 1024
 
 
 def _build_app(args, sources, replica: str | None = None):
@@ -88,7 +120,7 @@ def _build_app(args, sources, replica: str | None = None):
         raise CLIError(str(e)) from None
     settings = Settings(max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, max_batch=args.max_batch,
                         max_wait_ms=args.max_wait_ms, queue=args.queue, timeout_s=args.timeout, cors=args.cors,
-                        replica=replica)
+                        memory_mb=args.memory_mb, decode_slots=args.decode_slots, replica=replica)
     return create_app(models, settings)
 
 

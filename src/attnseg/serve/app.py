@@ -3,8 +3,8 @@ the metrics and the ASGI layers; `load_models` (serve.models) loads what it serv
 
 Models are loaded once at start; a request picks one of them by name and never makes the server load anything.
 Every error is JSON `{"error": "..."}` naming the field, with a fixed status: 413 (upload, pixel
-count or working size over the limit), 415 (not an image), 422 (bad field), 503 + Retry-After (queue full),
-504 (timeout); no response carries a traceback. Every response carries an X-Request-ID; a 500's JSON carries
+count, working size or memory need over the limit), 415 (not an image), 422 (bad field), 503 + Retry-After
+(queue full, or the memory budget busy past its wait), 504 (timeout); no response carries a traceback. Every response carries an X-Request-ID; a 500's JSON carries
 it too, and the server log has the traceback under that id. /metrics counts every response, refusals by the
 body limit included. /docs and /redoc load their scripts from this package (fastapi-standalone-docs), so they
 work offline.
@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .batcher import Batcher
+from .budget import MemoryBudget
 from .limits import BodyLimit, Observe, log
 from .models import ServedModel, load_models  # noqa: F401 (the app's public names)
 from .routes import STATIC, APIError, router  # noqa: F401
@@ -38,6 +39,8 @@ class Settings:
     max_labels: int = 64
     max_label_chars: int = 64
     cors: str | None = None
+    memory_mb: float = 2048.0  # decoding and queued work of all requests together (serve.budget)
+    decode_slots: int = 2  # images decoded at once
     replica: str | None = None  # a Ray Serve replica's id: sent as X-Attnseg-Replica and in /metrics
 
 
@@ -78,6 +81,7 @@ class Metrics:
 def create_app(models: dict[str, ServedModel], settings: Settings | None = None) -> FastAPI:
     s = settings or Settings()
     batcher = Batcher(models, s.max_batch, s.max_wait_ms, s.queue)
+    budget = MemoryBudget(int(s.memory_mb * 2**20), s.decode_slots)
     metrics = Metrics(batcher.depth, s.replica)
     batcher.on_batch = metrics.batch.observe
 
@@ -93,14 +97,15 @@ def create_app(models: dict[str, ServedModel], settings: Settings | None = None)
                   description="Attention-based semantic segmentation: the models this server loaded, by name.",
                   docs_url=None, redoc_url=None)
     app.state.batcher, app.state.models, app.state.settings, app.state.metrics = batcher, models, s, metrics
-    if s.cors:
+    app.state.budget = budget
+    app.add_middleware(BodyLimit, limit=int(s.max_upload_mb * 2**20))
+    app.add_middleware(Observe, count=metrics.count, paths=Metrics.PATHS,
+                       headers=[(b"x-attnseg-replica", s.replica.encode())] if s.replica else None,
+                       tag_id=not s.replica)  # Ray Serve's proxy sends the request id it gave (and we adopted)
+    if s.cors:  # added last: the outermost layer, so every answer carries it (a 413, Observe's own 500)
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=[s.cors], allow_methods=["GET", "POST"])
-    app.add_middleware(BodyLimit, limit=int(s.max_upload_mb * 2**20))
-    app.add_middleware(Observe, count=metrics.count, paths=Metrics.PATHS,  # added last: the outermost layer
-                       headers=[(b"x-attnseg-replica", s.replica.encode())] if s.replica else None,
-                       tag_id=not s.replica)  # Ray Serve's proxy sends the request id it gave (and we adopted)
     _error_handlers(app)
     app.include_router(router)
     _docs_routes(app)

@@ -17,17 +17,20 @@ from pathlib import Path
 import numpy as np
 from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from ..io import ImageReadError, ImageTooLarge, encode_image, label_png, read_image
+from ..io import ImageReadError, ImageTooLarge, decode_bytes, encode_image, label_png, peek_image, read_image
 from ..models.text import TextEncoderError, check_labels
 from ..worksize import WorkSizeError
 from .batcher import Job, Overloaded
+from .budget import BudgetBusy, BudgetTooSmall
 from .models import ServedModel
 from .schemas import FORMATS, ErrorBody, SegmentJSON, SegmentResult, SegmentsResult
 
 STATIC = Path(__file__).parent / "static"
+BUDGET_WAIT_S = 10.0  # how long a request waits for its share of the memory budget before a 503
 router = APIRouter()
 
 
@@ -116,12 +119,14 @@ async def limits(request: Request) -> dict:
                               "description": "png: the palette label map (pixel = class/label index); json: every "
                                              "class with its colour and pixel share, image size and timings; "
                                              "segments: a binary mask per label present"},
-                        413: {"model": ErrorBody, "description": "upload, pixel count or working size over the limit"},
+                        413: {"model": ErrorBody, "description": "upload, pixel count, working size or the memory decoding "
+                                                                "needs over the limit"},
                         415: {"model": ErrorBody,
                               "description": "not an image, or a body type other than multipart, JSON or image/*"},
                         422: {"model": ErrorBody, "description": "a bad field"},
                         500: {"model": ErrorBody, "description": "a bug: logged under the request id it carries"},
-                        503: {"model": ErrorBody, "description": "queue full; retry after the Retry-After seconds"},
+                        503: {"model": ErrorBody, "description": "queue full, or the memory budget busy; retry after the "
+                                                                "Retry-After seconds"},
                         504: {"model": ErrorBody, "description": "no result within the server's timeout"}})
 async def segment(request: Request, model: str | None = Query(None, include_in_schema=True),
                   labels: list[str] | None = Query(None, description="raw image body: LSeg labels, repeated"),
@@ -140,12 +145,27 @@ async def segment(request: Request, model: str | None = Query(None, include_in_s
         raise APIError(422, f"format: expected {', '.join(FORMATS)}, got {str(fmt)[:16]!r}")
     isr = _isr(served, req["isr"])
     label_tuple = _labels(req["labels"], served, st.settings)
+    need, keep = _memory_need(req["data"], req["filename"], served, st.settings.max_pixels)
     try:
-        x, size = await run_in_threadpool(_decode, req["data"], req["filename"], served, st.settings.max_pixels)
-    except (ImageTooLarge, WorkSizeError) as e:
+        async with st.budget.reserve(need, min(BUDGET_WAIT_S, st.settings.timeout_s)) as hold:
+            try:
+                x, size = await run_in_threadpool(_decode, req["data"], req["filename"], served,
+                                                  st.settings.max_pixels)
+            except (ImageTooLarge, WorkSizeError) as e:
+                raise APIError(413, f"image: {e}") from None
+            except ImageReadError as e:
+                raise APIError(415, f"image: {e}") from None
+            hold.decoded(keep)
+            return await _answer(request, served, fmt, isr, label_tuple, req, x, size, t0)
+    except BudgetTooSmall as e:
         raise APIError(413, f"image: {e}") from None
-    except ImageReadError as e:
-        raise APIError(415, f"image: {e}") from None
+    except BudgetBusy as e:
+        raise APIError(503, str(e), {"Retry-After": "2"}) from None
+
+
+async def _answer(request: Request, served: ServedModel, fmt: str, isr, label_tuple, req, x, size, t0: float):
+    """Run the decoded image and shape the answer in the format asked."""
+    st = request.app.state
     result = await _run(request, Job(served.name, x, size, label_tuple, isr))
     names = list(label_tuple) if label_tuple else list(
         served.segmenter.class_names if not served.language else served.model.default_labels)
@@ -169,7 +189,15 @@ async def segment(request: Request, model: str | None = Query(None, include_in_s
 
 
 async def _read_request(request: Request, query: dict) -> dict:
-    """The image bytes and the fields, from whichever of the three bodies the client sent."""
+    """The image bytes and the fields, from whichever of the three bodies the client sent; a client that leaves
+    while it sends them is a 499 (counted, and logged as one access line)."""
+    try:
+        return await _read_body(request, query)
+    except ClientDisconnect:
+        raise APIError(499, "client closed the request") from None
+
+
+async def _read_body(request: Request, query: dict) -> dict:
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     out = {**query, "data": b"", "filename": "upload", "json_body": False}
     if kind == "multipart/form-data" or kind == "application/x-www-form-urlencoded":
@@ -217,7 +245,7 @@ def _label_field(values: list[str]) -> list[str] | str:
     if value.lstrip().startswith("["):
         try:
             parsed = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: lists nested thousands deep
             raise APIError(422, "labels: not a valid JSON list of strings") from None
         if not isinstance(parsed, list) or not all(isinstance(v, str) for v in parsed):
             raise APIError(422, "labels: expected a JSON list of strings")
@@ -317,6 +345,20 @@ def _segments(model: str, size, result, names: list[str], palette, total: float)
                          "mask": base64.b64encode(buf.getvalue()).decode()})
     return {"model": model, "width": size[1], "height": size[0], "latency_ms": round(result.latency_ms, 2),
             "total_ms": round(1000 * total, 2), "segments": segments}
+
+
+def _memory_need(data: bytes, name: str, served: ServedModel, max_pixels: int) -> tuple[int, int]:
+    """(bytes to reserve before decoding, bytes still held after it) from the image's header: decoding (the image,
+    its RGB copy), the tensor at the working size and the full-size label map and its PNG."""
+    try:
+        w, h, mode = peek_image(data, max_pixels=max_pixels, name=name)
+        wh, ww = served.segmenter.working_size(h, w)
+    except (ImageTooLarge, WorkSizeError) as e:
+        raise APIError(413, f"image: {e}") from None
+    except ImageReadError as e:
+        raise APIError(415, f"image: {e}") from None
+    keep = 16 * wh * ww + 6 * w * h  # float32 input and its scores' share; int32 label map and its PNG
+    return decode_bytes(w, h, mode) + keep, keep
 
 
 def _decode(data: bytes, name: str, served: ServedModel, max_pixels: int):
