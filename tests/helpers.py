@@ -65,3 +65,32 @@ def wait_until_up(url: str, proc, tries: int = 480) -> None:
                 pytest.fail("server exited: " + proc.stderr.read()[-2000:])
             time.sleep(0.5)
     pytest.fail(f"{url} did not answer")
+
+
+def _unshare() -> list[str]:
+    """A private mount namespace (as root, or as a user through a user namespace) where a tmpfs can be mounted."""
+    import os
+    import shutil
+
+    import pytest
+
+    if not shutil.which("unshare"):
+        pytest.fail("util-linux's unshare is needed to mount a small tmpfs for the disk-full tests")
+    return ["unshare", "-m"] if os.geteuid() == 0 else ["unshare", "-Urm"]
+
+
+def on_small_disk(tmp_path, kb: int, cmd: list[str]):
+    """Run cmd with tmp_path/disk a tmpfs of `kb` KB; its files are copied to tmp_path/after before unmounting."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    disk, after = tmp_path / "disk", tmp_path / "after"
+    disk.mkdir()
+    quoted = " ".join(f"'{c}'" for c in cmd)
+    script = (f"mount -t tmpfs -o size={kb}k tmpfs '{disk}' || exit 97\n{quoted}\nrc=$?\n"
+              f"cp -a '{disk}/.' '{after}/' 2>/dev/null; exit $rc")
+    after.mkdir()
+    r = subprocess.run([*_unshare(), "sh", "-c", script], capture_output=True, text=True, cwd=root, timeout=600)
+    assert r.returncode != 97, f"cannot mount a tmpfs here: {r.stderr}"
+    return r

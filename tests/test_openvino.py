@@ -90,6 +90,57 @@ def test_converted_graphs_are_cached(monkeypatch, tmp_path):
     assert len(list((tmp_path / "openvino").glob("*.xml"))) == 2
 
 
+@pytest.mark.slow
+def test_a_damaged_cache_entry_is_converted_again_not_run(monkeypatch, tmp_path):
+    monkeypatch.setenv("ATTNSEG_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    model = attnseg.create_model("segformer-tiny", num_classes=3).eval()
+    x = torch.randn(1, 3, 64, 96)
+    want = ovb.OpenVinoModel(model, "fp32")(x)
+    (xml,) = (tmp_path / "openvino").glob("*.xml")
+    assert xml.with_suffix(".sha256").is_file()
+    data = bytearray(xml.with_suffix(".bin").read_bytes())  # same size, a few bytes of the weights changed
+    data[len(data) // 2:len(data) // 2 + 64] = bytes(range(64))
+    xml.with_suffix(".bin").write_bytes(bytes(data))
+    with pytest.warns(ovb.CacheNote, match="damaged .its digest does not match.; converting the model again"):
+        again = ovb.OpenVinoModel(model, "fp32")
+    assert torch.equal(again(x), want)
+    monkeypatch.setattr(ovb, "convert", lambda *a: pytest.fail("the rewritten entry was not used"))
+    assert torch.equal(ovb.OpenVinoModel(model, "fp32")(x), want)
+
+
+@pytest.mark.slow
+def test_a_cache_on_a_full_disk_is_one_note_and_the_model_runs(tmp_path):
+    from helpers import on_small_disk
+
+    out = tmp_path / "out"
+    r = on_small_disk(tmp_path, 256, ["env", f"ATTNSEG_CACHE={tmp_path / 'disk'}", sys.executable, "-m", "attnseg.cli",
+                                      "predict", str(EXAMPLES[0]), "--model", "sanet-effnet-lite0-camvid",
+                                      "--backend", "openvino", "--out", str(out)])
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert "Traceback" not in r.stderr and len(lines) == 1, r.stderr
+    assert lines[0].startswith("note: could not write the conversion cache") and "MB free there" in lines[0], lines
+    assert (out / f"{EXAMPLES[0].stem}.png").is_file()
+    assert not [p for p in (tmp_path / "after").rglob("*") if p.is_file()]  # nothing half-written left behind
+
+
+def test_many_input_sizes_keep_a_bounded_set_of_compiled_shapes(monkeypatch, tmp_path):
+    monkeypatch.setenv("ATTNSEG_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    model = attnseg.create_model("segformer-tiny", num_classes=3).eval()
+    graph = ovb.OpenVinoModel(model, "fp32", threads=1, max_shapes=3)
+    outs = {}
+    for i in range(7):
+        x = torch.randn(1, 3, 32 + 8 * i, 48)
+        outs[i] = (x, graph(x))
+        assert len(graph._shapes) <= 3
+    assert graph._generation == 2  # compiled afresh after shapes 3 and 6
+    fresh = ovb.OpenVinoModel(model, "fp32", threads=1)
+    for x, y in outs.values():
+        torch.testing.assert_close(fresh(x), y, rtol=0, atol=0)
+
+
 def test_auto_picks_the_fastest_precision_the_record_allows(monkeypatch):
     model = attnseg.create_model("segformer-tiny", num_classes=3)
     monkeypatch.setattr(backends, "cpu_has_bf16", lambda: True)

@@ -2,9 +2,6 @@
 mount namespace), a folder where an output file goes, export and video on a full disk, and the atomic writer
 itself (every format encoded in memory, size checked, fsynced, then renamed)."""
 import errno
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,29 +11,10 @@ from PIL import Image
 
 from attnseg.cli import main
 from attnseg.io import WriteFailed, atomic_save, atomic_write, atomic_write_bytes
+from helpers import on_small_disk
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("camvid_test_*.png"))
-
-
-def _unshare() -> list[str]:
-    """A private mount namespace (as root, or as a user through a user namespace) where a tmpfs can be mounted."""
-    if not shutil.which("unshare"):
-        pytest.fail("util-linux's unshare is needed to mount a small tmpfs for the disk-full tests")
-    return ["unshare", "-m"] if os.geteuid() == 0 else ["unshare", "-Urm"]
-
-
-def on_small_disk(tmp_path: Path, kb: int, cmd: list[str]) -> subprocess.CompletedProcess:
-    """Run cmd with tmp_path/disk a tmpfs of `kb` KB; its files are copied to tmp_path/after before unmounting."""
-    disk, after = tmp_path / "disk", tmp_path / "after"
-    disk.mkdir()
-    quoted = " ".join(f"'{c}'" for c in cmd)
-    script = (f"mount -t tmpfs -o size={kb}k tmpfs '{disk}' || exit 97\n{quoted}\nrc=$?\n"
-              f"cp -a '{disk}/.' '{after}/' 2>/dev/null; exit $rc")
-    after.mkdir()
-    r = subprocess.run([*_unshare(), "sh", "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert r.returncode != 97, f"cannot mount a tmpfs here: {r.stderr}"
-    return r
 
 
 def assert_complete(folder: Path) -> list[Path]:

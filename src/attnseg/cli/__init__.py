@@ -54,8 +54,10 @@ def _verb(argv: list[str]) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..notes import print_notes_as_lines
     from .common import CLIError, first_line
 
+    print_notes_as_lines()
     argv = sys.argv[1:] if argv is None else list(argv)
     verb = _verb(argv)
     ap = build_parser([verb] if verb in VERBS else [])

@@ -6,10 +6,12 @@ import torch
 
 from ..data.transforms import resize_pair
 from .modes import InferenceConfig, infer
+from ..memory import SizeWatch
 from ..meta import default_meta
 from ..io import MAX_LABELS, extend_palette, label_palette, to_rgb_array
 from ..models.layers import class_index, interp_matrix, resize
 
+BATCH_PIXELS = 16_000_000  # full-size pixels one batch holds at most (images, label maps, overlays)
 FALLBACK_SHORT_SIDE = 512  # a model whose checkpoint records no working size (official releases, hub ids)
 
 
@@ -68,6 +70,7 @@ class Segmenter:
         if hasattr(self.model, "to"):
             self.model.to(self.device)
         self.band_pixels = band_pixels
+        self._sizes = SizeWatch()  # heap pages given back when the input size changes (memory.py)
         n = getattr(model, "num_classes", None)  # None for LSeg: the labels decide
         self.class_names = self.meta.get("class_names") or ([f"class {i}" for i in range(n)] if n else None)
         self.palette = extend_palette(self.meta.get("palette"), max(n or 0, len(self.meta.get("palette") or []),
@@ -115,7 +118,9 @@ class Segmenter:
         x = x.to(self.device)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):  # bf16
             out = self.model(x, **kw) if native else infer(self.model, x, self.inference, **kw)
-        return out.float().cpu()
+        out = out.float().cpu()
+        self._sizes.after_run(x.shape)
+        return out
 
     def raw_scores(self, image, **kw) -> tuple[torch.Tensor, tuple[int, int]]:
         """Per-class scores (K, h, w) at the working size, and the image's (H, W)."""
@@ -130,8 +135,15 @@ class Segmenter:
         return [self.labels(s, sizes[0]) for s in self.batch_scores(torch.cat(xs), sizes[0], **kw)]
 
     def predict_images(self, images, **kw) -> list[np.ndarray]:
-        """Label maps for images of one size: one image through `predict`, several in one batched pass."""
-        return [self.predict(images[0], **kw)] if len(images) == 1 else self.predict_batch(images, **kw)
+        """Label maps for images of one size: one image through `predict`, several in batched passes of at most
+        BATCH_PIXELS full-size pixels (so four huge photos need the memory of one, not of four)."""
+        if len(images) == 1:
+            return [self.predict(images[0], **kw)]
+        shape = getattr(images[0], "shape", None)  # arrays (as predict hands them); others in one pass
+        per = max(1, BATCH_PIXELS // max(shape[0] * shape[1], 1)) if shape is not None else len(images)
+        return [m for i in range(0, len(images), per) for m in
+                (self.predict_batch(images[i:i + per], **kw) if len(images[i:i + per]) > 1
+                 else [self.predict(images[i], **kw)])]
 
     def batch_scores(self, x: torch.Tensor, size: tuple[int, int], **kw) -> torch.Tensor:
         """Scores (B, K, h', w') for a preprocessed batch of images of `size`; `labels` turns each into a map.

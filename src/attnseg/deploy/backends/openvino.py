@@ -9,9 +9,11 @@ infer request, so the video pipeline's workers can share one compiled model.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import threading
 import warnings
 from pathlib import Path
@@ -20,9 +22,14 @@ import numpy as np
 import torch
 
 from ..export import GraphModel, graph_info
+from ...io import first_line
+from ...memory import release_freed_memory
+from ...notes import Note
 from ...models.layers import converting_for
 
 PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
+MAX_SHAPES = 16  # distinct input shapes a compiled graph serves before it is compiled afresh (bounded memory)
+RUNTIME_CACHE = 32  # the CPU plugin's cache of per-shape kernels (its default, 5,000, grows without bound here)
 
 
 def require_openvino():
@@ -37,11 +44,12 @@ class OpenVinoModel(GraphModel):
     backend = "openvino"
 
     def __init__(self, source, precision: str = "fp32", threads: int | None = None, streams: int = 1,
-                 profile: bool = False):
+                 profile: bool = False, max_shapes: int = MAX_SHAPES):
         """source: a PyTorch model from attnseg (converted here), or the path of an .onnx graph or OpenVINO IR
         (.xml). precision: fp32 or bf16 (the CPU plugin's inference precision hint). streams > 1 splits the
         threads into that many streams, for callers that run several requests at once (the video pipeline).
-        profile: the plugin's per-operation performance counters on (benchmarks/ov_profile.py). An int8 IR
+        profile: the plugin's per-operation performance counters on (benchmarks/ov_profile.py). max_shapes: distinct
+        input shapes served before the graph is compiled afresh (see `_count_shape`). An int8 IR
         (`attnseg export --format openvino --quantize int8`) reports precision int8; `precision` then rules
         the operations NNCF left in floating point."""
         ov = require_openvino()
@@ -60,7 +68,7 @@ class OpenVinoModel(GraphModel):
         dims = [d.get_length() if d.is_static else None for d in graph.inputs[0].get_partial_shape()]
         out = graph.outputs[0].get_partial_shape()
         self._setup(info, names, dims, out[1].get_length() if out[1].is_static else None)
-        config = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision],
+        config = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision], "CPU_RUNTIME_CACHE_CAPACITY": RUNTIME_CACHE,
                   "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT"}
         if streams > 1:
             config["NUM_STREAMS"] = int(streams)
@@ -68,15 +76,40 @@ class OpenVinoModel(GraphModel):
             config["PERF_COUNT"] = True
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
+        self._core, self._graph, self._config = core, graph, config
+        self.max_shapes = max_shapes
+        self._shapes: set = set()
+        self._lock = threading.Lock()
+        self._generation = 0
         self.compiled = core.compile_model(graph, "CPU", config)
         self._local = threading.local()
 
     def _run(self, feeds: dict) -> np.ndarray:
-        req = getattr(self._local, "request", None)
-        if req is None:
-            req = self._local.request = self.compiled.create_infer_request()
-        req.infer(feeds)
-        return req.get_output_tensor(0).data.copy()
+        self._count_shape(tuple(feeds["images"].shape))
+        local = self._local
+        if getattr(local, "generation", None) != self._generation:
+            with self._lock:  # not while the graph is being compiled afresh
+                local.request, local.generation = self.compiled.create_infer_request(), self._generation
+        local.request.infer(feeds)
+        return local.request.get_output_tensor(0).data.copy()
+
+    def _count_shape(self, shape: tuple) -> None:
+        """The CPU plugin keeps memory for every input shape a dynamic graph has run (compiled kernels and
+        buffers, ~4-17 MB each, not all of it under its runtime-cache capacity): past `max_shapes` distinct
+        shapes the graph is compiled afresh (about a second), so memory stays bounded whatever sizes arrive."""
+        if shape in self._shapes:
+            return
+        with self._lock:
+            if shape in self._shapes:
+                return
+            if len(self._shapes) >= self.max_shapes:
+                self.compiled = None  # requests still running elsewhere keep the old graph until they finish
+                self._local.request = None
+                release_freed_memory(collect=True)
+                self.compiled = self._core.compile_model(self._graph, "CPU", self._config)
+                self._generation += 1
+                self._shapes.clear()
+            self._shapes.add(shape)
 
 
 def cache_dir() -> Path:
@@ -100,25 +133,83 @@ def _fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()[:32]
 
 
+class CacheNote(Note):
+    """The conversion cache could not be used (damaged entry, unwritable folder); the run goes on without it."""
+
+
 def _cached_graph(ov, core, model: torch.nn.Module):
     """The converted graph of `model`, from the cache when this model was converted before (the LSeg export
-    takes ~30 s, a direct conversion ~4 s; reading the cached IR takes well under a second)."""
+    takes ~30 s, a direct conversion ~4 s; reading the cached IR takes well under a second).
+
+    An entry is NAME.xml, NAME.bin and NAME.sha256 (the SHA-256 of both, written last): it is used only when the
+    digests match, so a damaged or half-written entry is converted again (said in one note), never run. A cache
+    that cannot be written (a full disk, a read-only folder) is said in one note; the converted graph still runs."""
     xml = cache_dir() / f"{_fingerprint(model)}.xml"
-    if xml.is_file() and xml.with_suffix(".bin").is_file():
-        try:
-            return core.read_model(str(xml))
-        except RuntimeError:
-            pass  # a damaged cache entry: convert again
+    if xml.is_file():
+        problem = _check_entry(xml)
+        if problem is None:
+            try:
+                return core.read_model(str(xml))
+            except RuntimeError as e:
+                problem = f"OpenVINO cannot read it ({first_line(e)})"
+        warnings.warn(f"conversion cache entry {xml} is {problem}; converting the model again", CacheNote,
+                      stacklevel=3)
     graph = convert(ov, model)
+    _store(ov, graph, xml)
+    return graph
+
+
+def _digests(xml: Path) -> dict:
+    out = {}
+    for part in (xml, xml.with_suffix(".bin")):
+        h = hashlib.sha256()
+        with open(part, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        out[part.suffix[1:]] = h.hexdigest()
+    return out
+
+
+def _check_entry(xml: Path) -> str | None:
+    """None when the entry's files match the digests written beside them, else what is wrong."""
+    try:
+        recorded = json.loads(xml.with_suffix(".sha256").read_text())
+    except (OSError, ValueError):
+        return "incomplete (no digest)"
+    try:
+        return None if _digests(xml) == recorded else "damaged (its digest does not match)"
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
+
+
+def _store(ov, graph, xml: Path) -> None:
+    """Write the entry: the IR to temp names, its digests, then renames (the digest file last)."""
+    tmp = xml.with_name(f".{xml.stem}.{os.getpid()}.xml")
+    parts = [(tmp, xml), (tmp.with_suffix(".bin"), xml.with_suffix(".bin")),
+             (tmp.with_suffix(".sha256"), xml.with_suffix(".sha256"))]
     try:
         xml.parent.mkdir(parents=True, exist_ok=True)
-        tmp = xml.with_name(f".{xml.stem}.{os.getpid()}.xml")
+        xml.with_suffix(".sha256").unlink(missing_ok=True)  # the old entry is invalid from here on
         ov.save_model(graph, str(tmp), compress_to_fp16=False)
-        os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
-        os.replace(tmp, xml)
-    except OSError:
-        pass  # a read-only home: no cache, the conversion still ran
-    return graph
+        digests = _digests(tmp)
+        with open(parts[2][0], "w") as f:
+            f.write(json.dumps(digests))
+            f.flush()
+            os.fsync(f.fileno())
+        for src, dst in parts:
+            os.replace(src, dst)
+    except (OSError, RuntimeError) as e:  # OpenVINO reports a failed write (e.g. a full disk) as RuntimeError
+        cause = first_line(e)
+        if not isinstance(e, OSError):  # its message ("iostream error") does not say why: the free space does
+            with contextlib.suppress(OSError):
+                cause += f"; {shutil.disk_usage(xml.parent).free / 2**20:.1f} MB free there"
+        warnings.warn(f"could not write the conversion cache in {xml.parent} ({cause}); the converted "
+                      "model runs, and the next run converts it again (set ATTNSEG_CACHE to a writable folder)",
+                      CacheNote, stacklevel=4)
+    finally:
+        for src, _ in parts:
+            with contextlib.suppress(OSError):
+                src.unlink(missing_ok=True)
 
 
 def convert(ov, model: torch.nn.Module):
