@@ -281,3 +281,22 @@ def test_kill_9_during_checkpoint_writes_leaves_a_loadable_checkpoint(tmp_path):
         assert ck["iter"] >= 1 and torch.equal(ck["model"]["w"], torch.full((300_000,), float(ck["iter"])))
         remove_stale_checkpoint_temps(tmp_path)
         assert sorted(os.listdir(tmp_path)) == ["latest.pth"]
+
+
+def test_yaml_nested_thousands_deep_is_one_line(tmp_path, capsys):
+    from attnseg.cli import main
+    from tests.helpers import one_line_error
+
+    deep = "[" * 5000 + "]" * 5000
+    cfg = tmp_path / "deep.yaml"
+    cfg.write_text("train:\n  lr: " + deep + "\n")
+    one_line_error(capsys, main(["train", "--config", str(cfg), "--work-dir", str(tmp_path / "run")]), "nested deeper")
+    one_line_error(capsys, main(["train", "--set", f"train.lr={deep}", "--work-dir", str(tmp_path / "run")]),
+                   "nested deeper")
+    from PIL import Image
+
+    Image.new("RGB", (16, 16)).save(tmp_path / "a.png")
+    one_line_error(capsys, main(["predict", str(tmp_path / "a.png"), "--model", "segformer-b0",
+                                 "--model-option", f"drop_path_rate={deep}", "--out", str(tmp_path / "o")]),
+                   "--model-option", "nested deeper")
+    assert not (tmp_path / "run").exists()

@@ -118,3 +118,45 @@ def test_prediction_outputs_get_the_umask_permissions(tmp_path, tiny_ckpt):
         os.umask(old)
     for p in (tmp_path / "o").iterdir():
         assert p.stat().st_mode & 0o777 == 0o644
+
+
+def test_transparency_is_composited_exactly_in_bands():
+    """Over white, c * a + 255 * (1 - a) rounded, for every alpha and colour value, computed in bands of rows."""
+    from attnseg.io import _over_white
+
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (37, 256, 4), dtype=np.uint8)
+    rgba[0, :, 3] = np.arange(256)  # every alpha, and every colour value against it
+    rgba[0, :, 0] = np.arange(256)[::-1]
+    im = Image.fromarray(rgba, "RGBA")
+    a = rgba[..., 3:].astype(np.float64) / 255.0
+    want = np.round(rgba[..., :3] * a + 255.0 * (1.0 - a)).astype(np.uint8)
+    assert np.array_equal(_over_white(im, band_pixels=256 * 5), want)
+    assert np.array_equal(_over_white(im), want)
+    assert np.array_equal(read_image(png_of(im)), want)
+
+
+@pytest.mark.slow
+def test_a_large_rgba_image_decodes_in_bounded_memory(tmp_path):
+    """A 40 MP RGBA PNG under a 1.2 GB address-space cap: the decoded image and the RGB result fit, as they
+    do for the same image in RGB (compositing it in float32 over the whole image needed ~45 bytes a pixel)."""
+    import subprocess
+    import sys
+
+    h, w = 5000, 8000
+    ramp = np.linspace(0, 255, w, dtype=np.float32).astype(np.uint8)
+    rgba = np.empty((h, w, 4), np.uint8)
+    rgba[..., 0], rgba[..., 1], rgba[..., 2] = ramp, ramp[::-1], 90
+    rgba[..., 3] = np.linspace(0, 255, h, dtype=np.float32).astype(np.uint8)[:, None]
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "big.png", compress_level=1)
+    del rgba
+    code = ("import resource, sys\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (1200 << 20, 1200 << 20))\n"
+            "from attnseg.io import read_image\n"
+            f"rgb = read_image({str(tmp_path / 'big.png')!r}, max_pixels=50_000_000)\n"
+            "print(rgb.shape, int(rgb[2500, 4000, 0]))\n")
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    # alpha 128 at row 2500 of 5000 (127.5 -> 127 after the float32 -> uint8 cast), red 127 at column 4000
+    assert r.stdout.split("\n")[0] == "(5000, 8000, 3) 191", r.stdout

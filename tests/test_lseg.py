@@ -286,3 +286,26 @@ def test_label_study_sets_file_adds_label_sets_and_refuses_bad_files_in_one_line
             load_label_sets(good, names)
     with pytest.raises(ValueError, match="cannot read"):
         load_label_sets(tmp_path / "missing.yaml", names)
+
+
+def test_the_embedding_cache_is_an_lru_of_stated_size():
+    from attnseg.models.text import TextEncoder
+
+    class Counting(TextEncoder):
+        dim, spec = 4, "counting"
+        calls: list = []
+
+        def _embed(self, texts):
+            self.calls.extend(texts)
+            return torch.stack([torch.tensor([len(t), 1.0, 2.0, float(hash(t) % 7)]) for t in texts])
+
+    enc = Counting(cache_size=50)
+    first = enc.encode(["road", "sky"])
+    for i in range(300):  # a server meeting new labels forever
+        enc.encode([f"label {i}", "road"])  # 'road' stays recently used
+    assert len(enc._cache) == 50
+    assert "road" in enc._cache and "sky" not in enc._cache
+    n = len(enc.calls)
+    assert torch.equal(enc.encode(["road"])[0], first[0]) and len(enc.calls) == n  # from the cache
+    assert torch.equal(enc.encode(["sky"])[0], first[1]) and len(enc.calls) == n + 1  # embedded again, same value
+    assert all(e.untyped_storage().nbytes() == 4 * 4 for e in enc._cache.values())  # rows own their memory

@@ -80,6 +80,46 @@ def test_without_ray_one_line_says_how_to_install(tmp_path):
     assert not list((tmp_path / "o").glob("*.png"))
 
 
+def test_an_address_where_nothing_answers_fails_in_one_line_within_the_timeout(tmp_path):
+    pytest.importorskip("ray")
+    port = free_port()  # nothing listens there
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "attnseg.cli", "predict", str(ROOT / "examples"), "--out",
+                        str(tmp_path / "o"), "--engine", "ray", "--address", f"127.0.0.1:{port}",
+                        "--connect-timeout", "2", *PREDICT], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(lines) == 1, r.stderr
+    assert f"--address 127.0.0.1:{port}: no Ray cluster answered within 2 s" in lines[0], lines
+    assert time.monotonic() - t0 < 60  # the process start and the model check included; the wait is 2 s
+
+
+@pytest.mark.parametrize("sig, rc", [(signal.SIGTERM, -signal.SIGTERM), (signal.SIGINT, 130)])
+def test_ctrl_c_and_sigterm_stop_the_wait_for_a_cluster_at_once(tmp_path, sig, rc):
+    pytest.importorskip("ray")
+    proc = subprocess.Popen([sys.executable, "-m", "attnseg.cli", "predict", str(ROOT / "examples"), "--out",
+                             str(tmp_path / "o"), "--engine", "ray", "--address", f"127.0.0.1:{free_port()}",
+                             "--connect-timeout", "600", *PREDICT], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT)
+    time.sleep(1)
+    deadline = time.monotonic() + 120
+    while not _waiting_for_cluster(proc.pid):  # the model is checked first; then the wait
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    t0 = time.monotonic()
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == rc and time.monotonic() - t0 < 5, err
+    assert "Traceback" not in err
+
+
+def _waiting_for_cluster(pid: int) -> bool:
+    """True once the process has imported Ray (it waits for the address right after)."""
+    try:
+        return "/ray/" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
 @pytest.mark.slow
 def test_interrupted_job_resumes_with_only_the_rest(camvid_root, tmp_path):
     images = camvid_images(camvid_root, 40)

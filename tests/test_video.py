@@ -146,7 +146,7 @@ def test_existing_output_is_reported_as_replaced(tmp_path, tiny_ckpt, capsys):
     assert main(args) == 0
     capsys.readouterr()
     assert main(args) == 0
-    assert "replaced 1 existing file" in capsys.readouterr().out
+    assert "replaced 1 existing output" in capsys.readouterr().out
 
 
 def test_onnx_graph_keeps_the_working_size(tmp_path, tiny_ckpt):
@@ -175,3 +175,55 @@ def test_missing_pyav_is_one_line(tmp_path, tiny_ckpt, capsys, monkeypatch):
     rc = main(["predict", str(clip), "--model", tiny_ckpt, "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "attnseg[video]" in err and len(err.splitlines()) == 1
+
+
+def _ts_segment(path: Path, frames: list[np.ndarray]) -> bytes:
+    out = av.open(str(path), "w", format="mpegts")
+    st = out.add_stream("libx264", rate=25)
+    st.height, st.width = frames[0].shape[:2]
+    st.pix_fmt = "yuv420p"
+    st.options = {"crf": "10", "preset": "ultrafast"}
+    for f in frames:
+        for p in st.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+            out.mux(p)
+    for p in st.encode(None):
+        out.mux(p)
+    out.close()
+    return path.read_bytes()
+
+
+def test_a_stream_that_changes_size_is_scaled_to_its_first_frames_size(tmp_path, tiny_ckpt, capsys):
+    """An adaptive stream switching quality (320x240, then 640x480): the later frames are scaled to the first
+    frame's size, said once, and every frame is written."""
+    rng = np.random.default_rng(0)
+    small = [(rng.random((240, 320, 3)) * 255).astype(np.uint8) for _ in range(3)]
+    large = [(rng.random((480, 640, 3)) * 255).astype(np.uint8) for _ in range(4)]
+    clip = tmp_path / "switch.ts"
+    clip.write_bytes(_ts_segment(tmp_path / "a.ts", small) + _ts_segment(tmp_path / "b.ts", large))
+    assert {f.shape for f in decode(clip)} == {(240, 320, 3), (480, 640, 3)}  # the input really changes size
+    out = tmp_path / "out"
+    rc = main(["predict", str(clip), "--model", tiny_ckpt, "--out", str(out), "--save-masks", "--backend", "eager"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "Traceback" not in captured.err
+    notes = [ln for ln in captured.err.splitlines() if ln.startswith("note:")]
+    assert len(notes) == 1 and "change size mid-stream (320x240 -> 640x480 at frame 3)" in notes[0], captured.err
+    written = decode(out / "switch_overlay.mp4")
+    assert len(written) == 7 and {f.shape for f in written} == {(240, 320, 3)}
+    assert len(list((out / "switch_masks").glob("*.png"))) == 7
+
+
+def test_a_rerun_on_a_shorter_clip_replaces_the_masks_folder_whole(tmp_path, tiny_ckpt, capsys):
+    rng = np.random.default_rng(1)
+    frames = [(rng.random((64, 96, 3)) * 255).astype(np.uint8) for _ in range(7)]
+    out = tmp_path / "out"
+    write_clip(tmp_path / "clip.mp4", frames)
+    assert main(["predict", str(tmp_path / "clip.mp4"), "--model", tiny_ckpt, "--out", str(out), "--save-masks"]) == 0
+    assert len(list((out / "clip_masks").iterdir())) == 7
+    capsys.readouterr()
+    write_clip(tmp_path / "clip.mp4", frames[:3])  # the same name, a shorter clip
+    assert main(["predict", str(tmp_path / "clip.mp4"), "--model", tiny_ckpt, "--out", str(out), "--save-masks"]) == 0
+    msg = capsys.readouterr().out
+    assert sorted(p.name for p in (out / "clip_masks").iterdir()) == [f"{i:06d}.png" for i in range(3)]
+    assert "the earlier run's 7 frame mask(s) replaced" in msg and "replaced 2 existing output(s)" in msg, msg
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging folder left

@@ -99,9 +99,11 @@ def load_label_sets(path, class_names: list[str]) -> dict[str, list[str]]:
 
     import yaml
 
+    from .. import yamltext
+
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
+        data = yamltext.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ValueError(f"--sets {path}: cannot read it as YAML ({e})") from None
     if not isinstance(data, dict) or not data:
         raise ValueError(f"--sets {path}: expected a mapping {{set name: [one label per class]}}")

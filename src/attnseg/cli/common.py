@@ -82,12 +82,17 @@ def onnx_session(args) -> tuple[int | None, bool]:
 def model_options(items: list[str]) -> dict:
     import yaml
 
+    from .. import yamltext
+
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise CLIError(f"--model-option expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
+            raise CLIError(f"--model-option expects KEY=VALUE, got {item[:64]!r}")
+        try:
+            out[key.strip()] = yamltext.safe_load(value)
+        except yaml.YAMLError as e:
+            raise CLIError(f"--model-option {key.strip()[:64]}: not a YAML value ({first_line(e)})") from None
     return out
 
 
@@ -286,7 +291,7 @@ def connect_ray(args) -> float:
     from ..ray_engine import RayUnavailable, connect
 
     try:
-        return connect(args.address)
+        return connect(args.address, timeout_s=args.connect_timeout)
     except (RayUnavailable, ConnectionError) as e:
         raise CLIError(str(e)) from None
 

@@ -196,6 +196,8 @@ def add_engine(p, what: str, serve: bool = False) -> None:
     p.add_argument("--address", default=None,
                    help="--engine ray: the cluster: auto (the one `ray start` began here) or ray://HOST:10001; "
                         "default: start a local Ray instance on this machine's cores")
+    p.add_argument("--connect-timeout", type=float_range(0.5, 3600.0), default=30.0, metavar="SECONDS",
+                   help="--engine ray: how long to wait for the cluster at --address to answer (default 30)")
     if serve:
         p.add_argument("--replicas", type=int_range(1, 1024), default=1,
                        help="--engine ray: Ray Serve replicas, each loading the models once (default 1)")

@@ -15,7 +15,7 @@ import attnseg
 from ..io import IMAGE_EXTENSIONS, MAX_LABELS, ImageNote, ImageReadError, WriteFailed, read_image
 from ..inference.outputs import output_files, write_prediction
 from ..pretrained import default_model
-from ..inference.segmenter import scaled_size
+from ..inference.segmenter import BATCH_PIXELS, scaled_size
 from ..inference.video import VIDEO_EXTENSIONS, VideoReadError, _require_av, is_video, segment_video, video_outputs
 from ..ray_engine.predict import is_uri, list_uri
 from ..worksize import WorkSizeError
@@ -37,6 +37,7 @@ def plan_outputs(inputs: list[str], out: Path) -> list[tuple[Path, Path]]:
         raise CLIError(f"--out {out} is a file; name a folder for the label maps and overlays")
     out_r = out.resolve()
     entries: list[tuple[Path, Path, str]] = []  # (file, path relative to its argument, the argument's name)
+    under_out: list[Path] = []  # found under --out: taken for outputs, skipped
     for s in inputs:
         p = Path(s)
         if is_uri(s):
@@ -50,15 +51,20 @@ def plan_outputs(inputs: list[str], out: Path) -> list[tuple[Path, Path]]:
                 raise CLIError(f"--out {out} is the input folder {s}: the outputs would be mixed with (and could "
                                "replace) the images; choose another --out")
             for f in sorted(p.rglob("*")):
-                if (f.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS and f.is_file()
-                        and out_r not in f.resolve().parents):
-                    entries.append((f, f.relative_to(p), p.resolve().name or "input"))
+                if f.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS and f.is_file():
+                    if out_r in f.resolve().parents:
+                        under_out.append(f)
+                    else:
+                        entries.append((f, f.relative_to(p), p.resolve().name or "input"))
         elif p.is_file():
             entries.append((p, Path(p.name), p.resolve().parent.name or "input"))
         elif p.exists():
             raise CLIError(f"input {s} is neither a file nor a folder")
         else:
             raise CLIError(f"input not found: {s}")
+    if not entries and under_out:
+        raise CLIError(f"the {len(under_out)} image(s) or video(s) in {', '.join(inputs)} lie inside --out {out}, "
+                       "whose files are taken for outputs and skipped; choose an --out outside the inputs")
     if not entries:
         raise CLIError(f"no images or videos found in {', '.join(inputs)} (looked for "
                        f"{', '.join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)}"
@@ -166,7 +172,7 @@ def cmd_predict(args) -> int:
     ok = len(plan) - len(run.failed) - ok_videos
     what = ([f"{ok} label map(s) and overlay(s)"] if ok or not ok_videos else []) + \
         ([f"{ok_videos} overlay video(s)" + (" and their frame masks" if args.save_masks else "")] if ok_videos else [])
-    print(f"wrote {' and '.join(what)} to {out}" + (f" (replaced {run.replaced} existing file(s))"
+    print(f"wrote {' and '.join(what)} to {out}" + (f" (replaced {run.replaced} existing output(s))"
                                                     if run.replaced else "")
           + (f"; {len(run.failed)} failed: " + ", ".join(map(str, run.failed)) if run.failed else ""))
     return 1 if run.failed else 0
@@ -234,7 +240,8 @@ def _segmenter(args):
 
 
 class _Run:
-    """One predict run: images of one size are batched (--batch), every failure is one line and the others go on;
+    """One predict run: images of one size are batched (--batch images, at most BATCH_PIXELS pixels: a batch of
+    huge photos needs no more memory than the largest alone), every failure is one line and the others go on;
     a write that no later write can escape (a full disk) stops the run (`stopped`)."""
 
     def __init__(self, seg, palette, kw, args, quiet: bool):
@@ -275,7 +282,9 @@ class _Run:
         if work != asked:
             tqdm.write(f"note: {f} runs at {work[1]}x{work[0]}, not {asked[1]}x{asked[0]}, to stay within the "
                        f"working-size limits (--max-work-pixels {self.seg.inference.work.max_pixels})", file=sys.stderr)
-        if self.pending and (self.pending[0][2].shape != rgb.shape or len(self.pending) >= self.args.batch):
+        pixels = sum(r.shape[0] * r.shape[1] for _, _, r in self.pending) + rgb.shape[0] * rgb.shape[1]
+        if self.pending and (self.pending[0][2].shape != rgb.shape or len(self.pending) >= self.args.batch
+                             or pixels > BATCH_PIXELS):
             self.flush()
         self.pending.append((f, base, rgb))
 
@@ -315,12 +324,14 @@ def _write_prediction(f, base, rgb, label, seg, palette, alpha, print_each, repo
 def _predict_video(seg, f: Path, base: Path, args, palette, kw) -> int:
     """One video through the decode -> infer -> encode pipeline; prints frames/s; returns files replaced."""
     dst, masks = video_outputs(base)
-    replaced = int(dst.exists()) + (sum(1 for _ in masks.glob("*.png")) if args.save_masks and masks.is_dir() else 0)
+    earlier = sum(1 for _ in masks.glob("*.png")) if args.save_masks and masks.is_dir() else None
+    replaced = int(dst.exists()) + int(earlier is not None)  # the video, and the masks folder as a whole
     with tqdm(unit="frame", desc=f.name, disable=not sys.stderr.isatty(), mininterval=0.5) as bar:
         r = segment_video(seg, f, dst, masks_dir=masks if args.save_masks else None, batch=args.batch,
                           alpha=args.alpha, palette=palette, max_pixels=args.max_pixels, progress=bar.update,
                           workers=max(getattr(args, "video_workers", 1), 1), **kw)
     h, w = r["size"]
     print(f"{f} -> {dst}" + (f" and {masks}/" if args.save_masks else "") +
-          f" ({r['frames']} frames of {w}x{h} in {r['seconds']:.1f} s: {r['fps']:.1f} frames/s end to end)")
+          f" ({r['frames']} frames of {w}x{h} in {r['seconds']:.1f} s: {r['fps']:.1f} frames/s end to end"
+          + (f"; the earlier run's {earlier} frame mask(s) replaced" if earlier is not None else "") + ")")
     return replaced

@@ -12,6 +12,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from .. import yamltext
 from ..meta import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -293,7 +294,7 @@ def load_config(path: str | Path | None = None, sets: list[str] | None = None) -
             if p.stat().st_size > MAX_CONFIG_BYTES:
                 raise ConfigError(f"config file {p} is {p.stat().st_size:,} bytes; a config is a few KB "
                                   f"(limit {MAX_CONFIG_BYTES:,})")
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            data = yamltext.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{p} is not valid YAML: {_show_text(str(e))}") from None
         except UnicodeDecodeError as e:
@@ -308,7 +309,9 @@ def load_config(path: str | Path | None = None, sets: list[str] | None = None) -
             raise ConfigError(f"--set expects key=value (e.g. train.iters=1000), got {_show(s)}")
         key, raw = s.split("=", 1)
         try:
-            value = yaml.safe_load(raw)
+            value = yamltext.safe_load(raw)
+        except yamltext.YamlTooDeep as e:
+            raise ConfigError(f"--set {_show(key)}: {e}") from None
         except yaml.YAMLError:
             value = raw
         _check_expanded(value, f"--set {_show(key)}")

@@ -24,6 +24,9 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from .. import yamltext
+from ..io import first_line
+
 
 class VocabularyError(ValueError):
     pass
@@ -88,7 +91,10 @@ def load_names(spec) -> dict[str, list[str]] | None:
     path = Path(spec)
     if not path.is_file():
         raise VocabularyError(f"data.label_names: {spec} is not a file (a YAML mapping class -> list of names)")
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:
+        data = yamltext.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise VocabularyError(f"data.label_names: {spec} is not readable YAML ({first_line(e)})") from None
     if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
         raise VocabularyError(f"data.label_names: {spec} must map each class name to a list of names")
     return data

@@ -13,15 +13,21 @@ own ffmpeg, so no system ffmpeg is needed.
 """
 from __future__ import annotations
 
+import os
 import queue
+import shutil
+import tempfile
 import threading
 import time
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from ..notes import Note
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts",
                     ".3gp", ".gif")
@@ -102,13 +108,38 @@ def segment_video(seg, src, dst, masks_dir=None, batch: int = 4, alpha: float = 
     if w * h > limit:
         container.close()
         raise VideoReadError(f"{src}: frames of {w}x{h} = {w * h} pixels exceed --max-pixels {limit}")
-    run = _Pipeline(av, seg, container, stream, src, palette or seg.palette, alpha, batch, workers, masks_dir,
+    staged = _staging_folder(Path(masks_dir)) if masks_dir is not None else None
+    run = _Pipeline(av, seg, container, stream, src, palette or seg.palette, alpha, batch, workers, staged,
                     progress, crf, preset, kw)
     t0 = time.perf_counter()
-    atomic_write(dst, run)
+    try:
+        atomic_write(dst, run)
+        if staged is not None:
+            _replace_folder(staged, Path(masks_dir))
+    finally:
+        if staged is not None and staged.exists():
+            shutil.rmtree(staged, ignore_errors=True)
     seconds = time.perf_counter() - t0
     return {"frames": run.written, "seconds": seconds, "fps": run.written / max(seconds, 1e-9),
             "size": tuple(run.shown), "rate": float(run.rate)}
+
+
+def _staging_folder(final: Path) -> Path:
+    """A new empty folder beside `final` that the frame masks are written into (.NAME.XXXX.tmp)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+
+
+def _replace_folder(new: Path, final: Path) -> None:
+    """Put the folder `new` in place of `final` as a whole: a rerun on a shorter clip leaves none of the earlier
+    run's frames behind. The old folder is moved aside first and removed after the rename."""
+    old = None
+    if final.exists():
+        old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".old"))
+        os.replace(final, old / final.name)
+    os.replace(new, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 class _Pipeline:
@@ -129,6 +160,8 @@ class _Pipeline:
         self.shown = [stream.codec_context.height, stream.codec_context.width]  # as displayed, set by the writer
         self.stop = threading.Event()
         self.written = 0
+        self.decoded = 0
+        self.resized = 0  # frames scaled to the first frame's size
 
     def put(self, q, item) -> bool:  # gives up when another stage has failed
         while not self.stop.is_set():
@@ -154,9 +187,14 @@ class _Pipeline:
     def read(self) -> None:
         from ..worksize import WorkSizeError
 
+        first = None
         try:
             for frame in self.container.decode(self.stream):
                 rgb = upright(frame.to_ndarray(format="rgb24"), getattr(frame, "rotation", 0) or 0)
+                first = first or rgb.shape[:2]
+                self.decoded += 1
+                if rgb.shape[:2] != first:
+                    rgb = self._to_first_size(rgb, first)
                 if not self.put(self.q_in, (rgb, *self.seg.preprocess(rgb))):
                     return
         except WorkSizeError as e:  # frames no working size fits (e.g. 20000x12)
@@ -164,6 +202,18 @@ class _Pipeline:
         except Exception as e:  # a corrupt packet mid-file: stop and report
             self.fail(VideoReadError(f"cannot decode {self.src}: {e}"))
         self.put(self.q_in, _END)
+
+    def _to_first_size(self, rgb: np.ndarray, first: tuple[int, int]) -> np.ndarray:
+        """A frame whose size differs from the first one's (an adaptive stream switching quality) is resized to
+        the first frame's size, as a player scales it into the same window; said once per video."""
+        from PIL import Image
+
+        if not self.resized:
+            warnings.warn(f"{self.src}: frames change size mid-stream ({first[1]}x{first[0]} -> {rgb.shape[1]}x"
+                          f"{rgb.shape[0]} at frame {self.decoded - 1}); they are scaled to the first frame's size",
+                          Note, stacklevel=2)
+        self.resized += 1
+        return np.asarray(Image.fromarray(rgb).resize((first[1], first[0]), Image.BILINEAR))
 
     def _open_stream(self, out, rgb):
         """The output stream, sized by the first (rotated) frame."""

@@ -9,13 +9,16 @@ Backends (chosen by a spec string, stored in model configs):
 A table of precomputed embeddings (`write_table`, `python -m attnseg.analysis.text_table`) stands in for an
 encoder where its weights are absent (a training machine given only the prompts a run can draw): `serving`
 registers it under the spec of the encoder that wrote it, and a string outside the table is a clear error.
-Embeddings are computed once per label string and cached; the encoder is frozen (no gradients) and is
+Embeddings are computed once per label string and kept in an LRU of `CACHE_SIZE` strings (a server that
+meets new labels forever holds at most that many, ~1.5 KB each at 384-d); the encoder is frozen (no gradients) and is
 not part of the segmentation model's state dict. `template` (e.g. "a photo of a {}.") is off by default,
 as in the LSeg paper; a list of templates averages each label's unit embeddings over them (a prompt ensemble).
 """
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -54,13 +57,24 @@ def check_labels(labels, max_labels: int | None = None, max_chars: int | None = 
     return labels
 
 
+CACHE_SIZE = 4096  # label strings whose embeddings an encoder keeps (least recently used dropped first)
+
+
 class TextEncoder:
     dim: int
     spec: str
 
-    def __init__(self, template: str | list[str] | tuple[str, ...] | None = None):
+    def __init__(self, template: str | list[str] | tuple[str, ...] | None = None, cache_size: int = CACHE_SIZE):
         self.template = template
-        self._cache: dict[str, torch.Tensor] = {}
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()  # the LRU's order changes on every read; video workers share an encoder
+
+    def _lookup(self, s: str) -> torch.Tensor | None:
+        e = self._cache.get(s)
+        if e is not None:
+            self._cache.move_to_end(s)
+        return e
 
     def _embed(self, texts: list[str]) -> torch.Tensor:
         raise NotImplementedError
@@ -68,7 +82,12 @@ class TextEncoder:
     @torch.no_grad()
     def encode(self, labels: list[str]) -> torch.Tensor:
         labels = check_labels(labels)
-        todo = [s for s in labels if s not in self._cache]
+        with self._lock:
+            return self._encode(labels)
+
+    def _encode(self, labels: list[str]) -> torch.Tensor:
+        found = {s: self._lookup(s) for s in labels}
+        todo = [s for s, e in found.items() if e is None]
         if todo:
             if isinstance(self.template, (list, tuple)):  # a prompt ensemble: mean of the unit embeddings
                 embs = [F.normalize(self._embed([t.format(s) for s in todo]).float(), dim=-1) for t in self.template]
@@ -77,8 +96,14 @@ class TextEncoder:
                 texts = [self.template.format(s) if self.template else s for s in todo]
                 emb = F.normalize(self._embed(texts).float(), dim=-1)
             for s, e in zip(todo, emb):
-                self._cache[s] = e
-        return torch.stack([self._cache[s] for s in labels])
+                found[s] = e = e.clone()  # its own storage: a row kept must not keep its whole batch alive
+                self._keep(s, e)
+        return torch.stack([found[s] for s in labels])
+
+    def _keep(self, s: str, e: torch.Tensor) -> None:
+        self._cache[s] = e
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
 
 
 class HFMeanPoolEncoder(TextEncoder):
@@ -175,7 +200,8 @@ class TableEncoder(TextEncoder):
                                    "'embeddings' (N, C) tensor, the N strings and the encoder's spec)")
         self.spec = meta["spec"]
         self.dim = emb.shape[1]
-        self._cache = {s: e for s, e in zip(strings, emb.float())}
+        self._cache = OrderedDict((s, e) for s, e in zip(strings, emb.float()))
+        self.cache_size = len(self._cache)  # the table is the cache: nothing of it is dropped
 
     def __contains__(self, text: str) -> bool:
         return text in self._cache

@@ -37,15 +37,20 @@ def require_ray():
     return ray
 
 
-def connect(address: str | None = None, num_cpus: int | None = None) -> float:
-    """Join the cluster at `address` ('auto': the one `ray start` began on this machine; 'ray://HOST:10001': a
-    remote one), or start a local instance (with `num_cpus`, default all) when None. Returns the seconds it took.
-    Ray's own progress bars and INFO logs are turned off: the job prints its own progress and summary."""
+def connect(address: str | None = None, num_cpus: int | None = None, timeout_s: float = 30.0) -> float:
+    """Join the cluster at `address` ('auto': the one `ray start` began on this machine; 'ray://HOST:10001' or
+    'HOST:PORT': a remote one), or start a local instance (with `num_cpus`, default all) when None. Returns the
+    seconds it took. An address where nothing answers within `timeout_s` is a ConnectionError (Ray itself
+    retries for ever). Ray's own progress bars and INFO logs are turned off: the job prints its own progress and
+    summary."""
     ray = require_ray()
     t0 = time.perf_counter()
     _record_sigint()  # a Ctrl-C while Ray starts is swallowed by ray.init otherwise
+    if address and address != "auto" and not ray.is_initialized():
+        _wait_for_answer(address, timeout_s)
     if not ray.is_initialized():
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+        os.environ.setdefault("RAY_gcs_server_request_timeout_seconds", str(max(1, int(timeout_s))))
         kw = {"num_cpus": num_cpus} if address is None and num_cpus else {}
         try:
             ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
@@ -60,6 +65,32 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> float:
     for name in ("ray.data", "ray.serve", "ray"):
         logging.getLogger(name).setLevel(logging.WARNING)
     return time.perf_counter() - t0
+
+
+def _wait_for_answer(address: str, timeout_s: float) -> None:
+    """Wait until something accepts a TCP connection at `address` (HOST:PORT, with or without ray://), trying
+    every half second; ConnectionError, one line, when nothing has within `timeout_s`. Ctrl-C stops the wait at
+    once (KeyboardInterrupt), and so does SIGTERM (Python's default action: the process ends)."""
+    import socket
+
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ConnectionError(f"--address {address}: expected auto, HOST:PORT or ray://HOST:PORT")
+    host = host.strip("[]")
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ConnectionError(f"--address {address}: no Ray cluster answered within {timeout_s:g} s ({last}); "
+                                  "start one with `ray start --head`, check the address, or raise --connect-timeout")
+        try:
+            with socket.create_connection((host, int(port)), timeout=min(left, 5.0)):
+                return
+        except OSError as e:
+            last = e.strerror or type(e).__name__
+        time.sleep(min(0.5, max(deadline - time.monotonic(), 0)))
 
 
 def cluster_cpus() -> int:
