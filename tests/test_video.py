@@ -14,8 +14,8 @@ av = pytest.importorskip("av")
 
 
 def write_clip(path: Path, frames: list[np.ndarray], rate: int = 30, rotation: float | None = None,
-               codec: str = "libx264") -> Path:
-    out = av.open(str(path), "w")
+               codec: str = "libx264", container: str | None = None) -> Path:
+    out = av.open(str(path), "w", format=container)
     st = out.add_stream(codec, rate=rate)
     st.height, st.width = frames[0].shape[:2]
     st.pix_fmt = "yuv420p"
@@ -177,21 +177,6 @@ def test_missing_pyav_is_one_line(tmp_path, tiny_ckpt, capsys, monkeypatch):
     assert rc == 2 and "attnseg[video]" in err and len(err.splitlines()) == 1
 
 
-def _ts_segment(path: Path, frames: list[np.ndarray]) -> bytes:
-    out = av.open(str(path), "w", format="mpegts")
-    st = out.add_stream("libx264", rate=25)
-    st.height, st.width = frames[0].shape[:2]
-    st.pix_fmt = "yuv420p"
-    st.options = {"crf": "10", "preset": "ultrafast"}
-    for f in frames:
-        for p in st.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-            out.mux(p)
-    for p in st.encode(None):
-        out.mux(p)
-    out.close()
-    return path.read_bytes()
-
-
 def test_a_stream_that_changes_size_is_scaled_to_its_first_frames_size(tmp_path, tiny_ckpt, capsys):
     """An adaptive stream switching quality (320x240, then 640x480): the later frames are scaled to the first
     frame's size, said once, and every frame is written."""
@@ -199,7 +184,9 @@ def test_a_stream_that_changes_size_is_scaled_to_its_first_frames_size(tmp_path,
     small = [(rng.random((240, 320, 3)) * 255).astype(np.uint8) for _ in range(3)]
     large = [(rng.random((480, 640, 3)) * 255).astype(np.uint8) for _ in range(4)]
     clip = tmp_path / "switch.ts"
-    clip.write_bytes(_ts_segment(tmp_path / "a.ts", small) + _ts_segment(tmp_path / "b.ts", large))
+    parts = [write_clip(tmp_path / f"{i}.ts", f, rate=25, container="mpegts").read_bytes()
+             for i, f in enumerate((small, large))]
+    clip.write_bytes(b"".join(parts))  # MPEG-TS segments concatenate, as an adaptive stream's do
     assert {f.shape for f in decode(clip)} == {(240, 320, 3), (480, 640, 3)}  # the input really changes size
     out = tmp_path / "out"
     rc = main(["predict", str(clip), "--model", tiny_ckpt, "--out", str(out), "--save-masks", "--backend", "eager"])
