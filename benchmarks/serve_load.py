@@ -5,6 +5,13 @@ without and with E clients editing LSeg labels as the page does (each edit's req
 
     python benchmarks/serve_load.py --clients 16 --seconds 60 --json results/serve/serve_load.json
     python benchmarks/serve_load.py --clients 8 --lseg-editors 4 --json results/serve/serve_load_lseg.json
+    python benchmarks/serve_load.py --clients 8 --lseg-editors 2 --new-sizes --new-labels \
+        --json results/serve/serve_load_varied.json
+
+--new-sizes: every request an image of a working size the server has not seen (short side 360, the other side
+360-1080 px, landscape and portrait: 1,440 sizes), so memory kept per size would show as growth; --new-labels:
+every LSeg edit names a label never sent before. Both print the server's RSS through the run (flat after
+warm-up when what the server keeps is bounded).
 
 Each client posts CamVid test images (../shared/data/camvid/test) to /api/segment (format=png) in a loop.
 Prints, per setting: throughput (images/s), p50/p90/p99 latency, responses by status, client timeouts, and the
@@ -41,16 +48,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def sized_pool(images: list[bytes]) -> list[bytes]:
+    """1,440 PNGs whose working sizes all differ: CamVid images scaled to 360 x W and H x 360, W, H in 360-1080."""
+    import io
+
+    from PIL import Image
+
+    shapes = [(360, w) for w in range(360, 1080)] + [(h, 360) for h in range(361, 1081)]
+    order = sorted(range(len(shapes)), key=lambda i: (i * 7919) % len(shapes))  # sizes mixed, not a ramp
+    src = [Image.open(io.BytesIO(b)).convert("RGB") for b in images[:8]]
+    out = []
+    for n, i in enumerate(order):
+        h, w = shapes[i]
+        buf = io.BytesIO()
+        src[n % len(src)].resize((w, h), Image.BILINEAR).save(buf, format="PNG", compress_level=1)
+        out.append(buf.getvalue())
+    return out
+
+
 def load(args, url: str, images: list[bytes], seconds: float, pid: int):
-    """`args.clients` threads posting images for `seconds`; 503s are retried after Retry-After."""
+    """`args.clients` threads posting images for `seconds`; 503s are retried after Retry-After. With
+    --new-sizes the clients take the images in turn from one counter, so no size is sent twice until all were."""
     stop = time.perf_counter() + seconds
     lat, status, lock, timeouts, rss_samples = [], {}, threading.Lock(), [0], []
+
+    def next_index(k: int, i: int) -> int:
+        if not args.new_sizes:
+            return i
+        with lock:
+            args.sent_sizes += 1
+            return args.sent_sizes
 
     def client(k: int):
         with httpx.Client(timeout=args.client_timeout) as c:
             i = k
             while time.perf_counter() < stop:
-                img = images[i % len(images)]
+                img = images[next_index(k, i) % len(images)]
                 i += args.clients
                 t0 = time.perf_counter()
                 try:
@@ -81,7 +114,11 @@ def load(args, url: str, images: list[bytes], seconds: float, pid: int):
             while time.perf_counter() < stop:
                 n += 1
                 labels = json.dumps(words[: 3 + n % 7] + ["other"])
-                last = n % 5 == 0
+                if args.new_labels:  # a label never sent before, in every request
+                    with lock:
+                        args.sent_labels += 1
+                        labels = json.dumps(["road", "car", f"thing number {args.sent_labels}", "other"])
+                last = n % 5 == 0 or args.new_labels
                 timeout = httpx.Timeout(args.client_timeout if last else args.edit_abort_ms / 1000)
                 try:
                     c.post(url + "/api/segment", files={"image": ("a.png", images[n % len(images)])},
@@ -138,7 +175,10 @@ def run(args, wait_ms: float, images: list[bytes], editors: int = 0) -> dict:
         time.sleep(2)
         rss_end = rss_mb(proc.pid)
         q = statistics.quantiles(lat, n=100) if len(lat) >= 2 else [float("nan")] * 99
+        quarters = [rss_samples[min(len(rss_samples) - 1, len(rss_samples) * q // 4)] for q in (1, 2, 3)] \
+            if rss_samples else []
         return {"max_wait_ms": wait_ms, "lseg_editors": editors, "edits": edits, "dropped_by_server": dropped(url) - before,
+                "rss_quarters_mb": quarters, "sizes_sent": args.sent_sizes, "labels_sent": args.sent_labels,
                 "images_per_s": len(lat) / elapsed, "ok": len(lat),
                 "p50_ms": 1000 * q[49], "p90_ms": 1000 * q[89], "p99_ms": 1000 * q[98],
                 "status": {str(k): v for k, v in sorted(status.items())}, "client_timeouts": timeouts,
@@ -164,13 +204,20 @@ def main() -> None:
     ap.add_argument("--lseg-editors", type=int, default=0, help="compare 0 and this many label-editing clients")
     ap.add_argument("--lseg-model", default="lseg-effnet-lite0-camvid")
     ap.add_argument("--edit-abort-ms", type=float, default=300, help="a superseded edit's request is abandoned after")
+    ap.add_argument("--new-sizes", action="store_true", help="every request a working size not sent before")
+    ap.add_argument("--new-labels", action="store_true", help="every LSeg edit a label not sent before")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    args.sent_sizes = args.sent_labels = 0
     files = sorted(Path(args.data).glob("*.png"))[: args.images]
     if not files:
         sys.exit(f"no images in {args.data}")
     images = [f.read_bytes() for f in files]
-    if args.lseg_editors:
+    if args.new_sizes:
+        images = sized_pool(images)
+    if args.new_sizes or args.new_labels:  # one setting: what the server keeps as sizes and labels keep coming
+        rows = [run(args, 0.0, images, args.lseg_editors)]
+    elif args.lseg_editors:
         rows = [run(args, 0.0, images, e) for e in (0, args.lseg_editors)]
     else:
         rows = [run(args, w, images) for w in (10.0, 0.0)]
@@ -184,12 +231,34 @@ def main() -> None:
         print(f"{name:<10} {r['images_per_s']:>7.2f} {r['p50_ms']:>8.0f} {r['p90_ms']:>8.0f} {r['p99_ms']:>8.0f} "
               f"{json.dumps(r['status']):<22} {r['client_timeouts']:>8} {r['rss_warm_mb']:>9.0f} {r['rss_end_mb']:>8.0f} "
               f"{r['rss_peak_mb']:>9.0f}")
+        if args.new_sizes or args.new_labels:
+            print(f"{'':<10} RSS at each quarter of the run: {', '.join(f'{v:.0f}' for v in r['rss_quarters_mb'])} "
+                  f"MB; {r['sizes_sent']} image sizes and {r['labels_sent']} new labels sent (warm-up included)")
         if args.lseg_editors and r["lseg_editors"]:
             e = r["edits"]
             print(f"{'':<10} edits: {e['sent']} sent, {e['abandoned_by_client']} abandoned by their client, "
                   f"{e['finished']} answered; {r['dropped_by_server']:.0f} dropped from the queue unrun")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+        Path(args.json).write_text(json.dumps({"args": vars(args), "machine": machine(), "rows": rows}, indent=2))
+
+
+def machine() -> dict:
+    """The CPU these numbers came from: model, the flags that choose kernels, cores; and the library versions."""
+    import os
+    import platform
+
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    line = lambda key: next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith(key)), "")  # noqa: E731
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+    versions = {}
+    for mod in ("torch", "openvino", "onnxruntime"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except ImportError:
+            pass
+    return {"cpu": line("model name") or platform.processor(), "cores": os.cpu_count(),
+            "flags": [f for f in wanted if f in line("flags").split()], "python": platform.python_version(),
+            **versions}
 
 
 if __name__ == "__main__":

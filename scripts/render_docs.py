@@ -96,6 +96,37 @@ def table_serve_load(name: str) -> str:
     return "\n".join(rows)
 
 
+def table_serve_load_varied() -> str:
+    """benchmarks/serve_load.py --new-sizes --new-labels: the server's RSS while every request brings a new size
+    and every label edit a new label, with the machine it ran on."""
+    run = _json(RESULTS / "serve" / "serve_load_varied.json")
+    r, m = run["rows"][0], run["machine"]
+    rows = ["| images/s | p50 ms | p99 ms | responses | RSS after warm-up | RSS at 1/4, 1/2, 3/4 of the run | RSS at the "
+            "end | RSS peak | sizes / new labels sent |", "| --- " * 9 + "|"]
+    status = ", ".join(f"{v} x {k}" for k, v in r["status"].items())
+    rows.append(f"| {r['images_per_s']:.2f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {status} | {r['rss_warm_mb']:.0f} MB "
+                f"| {', '.join(f'{v:.0f}' for v in r['rss_quarters_mb'])} MB | {r['rss_end_mb']:.0f} MB | "
+                f"{r['rss_peak_mb']:.0f} MB | {r['sizes_sent']} / {r['labels_sent']} |")
+    flags = ", ".join(m["flags"]) or "none of AVX2/AVX-512/AMX"
+    return "\n".join(rows) + (f"\n\nMeasured on {m['cpu']} ({m['cores']} cores; {flags}), torch {m.get('torch', '-')}, "
+                              f"OpenVINO {m.get('openvino', '-')}, Python {m['python']}.")
+
+
+def table_size_memory() -> str:
+    """benchmarks/size_memory.py: RSS over a stream of new image sizes, per backend, bounds off and on."""
+    run = _json(RESULTS / "serve" / "size_memory.json")
+    counts = [n for n, _ in run["rows"][0]["after"]]
+    rows = ["| backend | bounds | RSS after warm-up | " + " | ".join(f"after {n} sizes" for n in counts) + " | growth |",
+            "| --- " * (4 + len(counts)) + "|"]
+    for r in run["rows"]:
+        rows.append(f"| {r['backend']} | {r['bounds']} | {r['warm']:.0f} MB | "
+                    + " | ".join(f"{v:.0f} MB" for _, v in r["after"]) + f" | +{r['after'][-1][1] - r['warm']:.0f} MB |")
+    m = run["machine"]
+    return "\n".join(rows) + (f"\n\nModel `{run['args']['model']}`, 2 threads; measured on {m['cpu']} ({m['cores']} "
+                              f"cores; {', '.join(m['flags'])}), torch {m.get('torch', '-')}, OpenVINO "
+                              f"{m.get('openvino', '-')}.")
+
+
 def table_ray_predict() -> str:
     """benchmarks/ray_predict.py: one process against Ray with 1 and 2 workers, Ray's start-up apart."""
     run = _json(RESULTS / "speed" / "ray_predict.json")
@@ -152,7 +183,8 @@ def table_backends() -> str:
 
 
 TABLES = {"shipped": table_shipped, "slide_memory": table_slide_memory, "backends": table_backends, "video_fps": table_video_fps, "ray_predict": table_ray_predict, "precision": table_precision, "speed": table_speed, "zoo": table_zoo,
-          "serve_load": lambda: table_serve_load("serve_load"), "serve_load_lseg": lambda: table_serve_load("serve_load_lseg")}
+          "serve_load": lambda: table_serve_load("serve_load"), "serve_load_lseg": lambda: table_serve_load("serve_load_lseg"),
+          "serve_load_varied": table_serve_load_varied, "size_memory": table_size_memory}
 MARK = re.compile(r"(<!-- table:([\w:/.\-]+) -->\n)(.*?)(<!-- /table -->)", re.S)
 
 
