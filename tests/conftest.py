@@ -15,6 +15,8 @@ ADE_SAMPLE = SHARED_DATA / "ade20k_sample"
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 # converted OpenVINO graphs are cached per model: a session's cache, never the user's ~/.cache
 os.environ.setdefault("ATTNSEG_CACHE", __import__("tempfile").mkdtemp(prefix="attnseg_test_cache_"))
+# datasets named without a root are looked for under $ATTNSEG_DATA (the shipped configs name none)
+os.environ.setdefault("ATTNSEG_DATA", str(SHARED_DATA))
 
 
 def pytest_collection_modifyitems(config, items):

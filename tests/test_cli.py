@@ -164,7 +164,8 @@ def test_models_lists_without_building_or_importing_torch():
 
 
 def test_recorded_parameter_counts_match_the_models():
-    from attnseg.models import MODELS, count_parameters, has_classifier, recorded_parameters
+    from attnseg.models import MODELS, has_classifier
+    from attnseg.models.param_counts import count_parameters, recorded_parameters
 
     for name in MODELS:
         assert recorded_parameters(name, 150) == count_parameters(name, 150), name

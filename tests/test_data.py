@@ -101,3 +101,14 @@ def test_coco_stuff_id_mapping(tmp_path):
     ds = COCOStuff164k(tmp_path, "val")
     assert ds.num_classes == 171
     assert ds[0]["label"][0].tolist() == [0, 11, 170, 255]  # id 11 is unused, so 12 -> 11
+
+
+def test_a_dataset_without_a_folder_says_how_to_pass_one(tmp_path, tiny_ckpt, capsys, monkeypatch):
+    from attnseg.cli import main
+    from tests.helpers import one_line_error
+
+    monkeypatch.delenv("ATTNSEG_DATA", raising=False)
+    one_line_error(capsys, main(["eval", "--model", tiny_ckpt, "--dataset", "camvid"]), "--data-root DIR",
+                   "ATTNSEG_DATA")
+    monkeypatch.setenv("ATTNSEG_DATA", str(tmp_path))
+    one_line_error(capsys, main(["eval", "--model", tiny_ckpt, "--dataset", "camvid"]), str(tmp_path / "camvid"))

@@ -30,8 +30,6 @@ def test_readme_is_a_front_page():
     assert len(lines) <= 200, len(lines)
     assert lines[0] == "# attnseg" and "make demo" in README and "make test" in README
     assert README.index("make demo") < README.index("## Install") < README.index("## Quickstart")
-    for word in (r"\bissue \d", r"\bsession\b", r"\blent\b", r"work period"):
-        assert not re.search(word, README, re.I), word  # the software, not how it was built
 
 
 def test_rendered_pages_are_current():
@@ -40,14 +38,11 @@ def test_rendered_pages_are_current():
     assert r.returncode == 0, r.stderr
 
 
-def test_every_docs_page_is_in_the_nav_and_speaks_of_the_software():
+def test_every_docs_page_is_in_the_nav():
     nav = (ROOT / "mkdocs.yml").read_text()
     for page in (ROOT / "docs").rglob("*.md"):
         rel = page.relative_to(ROOT / "docs").as_posix()
         assert rel in nav, f"{rel} is not in mkdocs.yml's nav"
-        text = page.read_text()
-        for word in (r"\bissue \d", r"\bissue's\b", r"\blent\b", r"work period", r"\bthis se(?:ss)ion\b"):
-            assert not re.search(word, text, re.I), (rel, word)
 
 
 @pytest.mark.slow

@@ -179,7 +179,7 @@ def test_tiny_segformer_overfits_four_camvid_images(camvid_root, tmp_path):
 
 WRITER = """
 import sys, torch
-from attnseg.engine.checkpoint import atomic_torch_save
+from attnseg.engine.run_state import atomic_torch_save
 i = 0
 while True:
     i += 1
@@ -218,7 +218,7 @@ def test_resume_refuses_a_pickle_payload(tmp_path, capsys):
 
 
 def test_checkpoints_hold_only_plain_data(tmp_path):
-    from attnseg.engine.checkpoint import atomic_torch_save, load_checkpoint, rng_state, set_rng_state
+    from attnseg.engine.run_state import atomic_torch_save, load_checkpoint, rng_state, set_rng_state
 
     np.random.seed(3)
     st = rng_state()
@@ -265,7 +265,7 @@ def test_train_refuses_an_existing_run_and_cleans_stale_temps(tmp_path, camvid_r
 
 @pytest.mark.slow
 def test_kill_9_during_checkpoint_writes_leaves_a_loadable_checkpoint(tmp_path):
-    from attnseg.engine.checkpoint import load_checkpoint, remove_stale_checkpoint_temps
+    from attnseg.engine.run_state import load_checkpoint, remove_stale_checkpoint_temps
 
     path = tmp_path / "latest.pth"
     rng = np.random.default_rng(0)

@@ -122,7 +122,7 @@ def test_prediction_outputs_get_the_umask_permissions(tmp_path, tiny_ckpt):
 
 def test_transparency_is_composited_exactly_in_bands():
     """Over white, c * a + 255 * (1 - a) rounded, for every alpha and colour value, computed in bands of rows."""
-    from attnseg.io import _over_white
+    from attnseg.io.images import _over_white
 
     rng = np.random.default_rng(0)
     rgba = rng.integers(0, 256, (37, 256, 4), dtype=np.uint8)

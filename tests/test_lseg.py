@@ -309,3 +309,17 @@ def test_the_embedding_cache_is_an_lru_of_stated_size():
     assert torch.equal(enc.encode(["road"])[0], first[0]) and len(enc.calls) == n  # from the cache
     assert torch.equal(enc.encode(["sky"])[0], first[1]) and len(enc.calls) == n + 1  # embedded again, same value
     assert all(e.untyped_storage().nbytes() == 4 * 4 for e in enc._cache.values())  # rows own their memory
+
+
+def test_label_study_and_text_table_are_verbs_with_checked_options(tmp_path, tiny_ckpt, capsys):
+    from attnseg.cli import main
+    from tests.helpers import one_line_error
+
+    with pytest.raises(SystemExit) as e:  # --threads is range-checked like every verb's
+        main(["label-study", "--model", tiny_ckpt, "--threads", "0"])
+    assert e.value.code == 2 and "--threads" in capsys.readouterr().err
+    (tmp_path / "camvid").mkdir()
+    one_line_error(capsys, main(["label-study", "--model", tiny_ckpt, "--data-root", str(tmp_path / "camvid")]),
+                   "CamVid")
+    one_line_error(capsys, main(["text-table", "--config", str(tmp_path / "missing.yaml"), "--out",
+                                 str(tmp_path / "t.safetensors")]), "not found")

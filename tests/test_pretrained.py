@@ -29,12 +29,12 @@ def test_shipped_model_loads_offline_and_segments_examples(name):
 def test_default_model_runs_single_pass_at_its_validated_scale():
     """`attnseg predict` without --model: the Lite2 All-MLP, one pass with the short side at 540 (1.5x CamVid's
     360, the scale its validation chose), label maps back at the image's size."""
-    from attnseg.cli import default_model_source
+    from attnseg.pretrained import default_model
     from attnseg.inference.segmenter import working_short_side
 
     if "allmlp-effnet-lite2-camvid" not in PRETRAINED:
         pytest.skip("no shipped Lite2 weights")
-    assert default_model_source() == "allmlp-effnet-lite2-camvid"
+    assert default_model() == "allmlp-effnet-lite2-camvid"
     model = attnseg.load_model("allmlp-effnet-lite2-camvid")
     seg = attnseg.Segmenter(model)
     assert working_short_side(model) == 540 and seg.working_size(360, 480) == (540, 720)

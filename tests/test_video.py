@@ -57,9 +57,9 @@ def test_video_masks_match_image_predict_with_the_shipped_model(tmp_path, camvid
     assert sorted(p.name for p in masks.iterdir()) == [f"{i:06d}.png" for i in range(6)]
     # each mask = the label map `attnseg predict` gives the same decoded frame as an image (batched
     # frames through the one-step upsample-argmax may differ only at float ties)
-    from attnseg.cli import default_model_source
+    from attnseg.pretrained import default_model
 
-    seg = attnseg.Segmenter(attnseg.load_model(default_model_source()))
+    seg = attnseg.Segmenter(attnseg.load_model(default_model()))
     frames = decode(clip)
     for i in (0, 5):
         mask = np.array(Image.open(masks / f"{i:06d}.png"))

@@ -132,16 +132,15 @@ def test_a_text_table_trains_exactly_as_its_encoder_and_refuses_what_it_lacks(ca
     from safetensors.torch import load_file
 
     from attnseg.models import text
-    from attnseg.analysis import text_table
 
     table = tmp_path / "table.safetensors"
     sets = ["--set", "model.name=lseg-tiny", "--set", f"data.root={camvid_root}",
             "--set", f"data.label_names={ROOT / 'configs' / 'vocab' / 'camvid_label_names.yaml'}",
             "--set", 'data.label_templates=["{}", "a photo of a {}."]']
-    assert text_table.main(["--config", str(ROOT / "configs" / "lseg-effnet-lite2_camvid_vocab.yaml"), *sets,
-                            "--out", str(table)]) == 0
-    assert text_table.main(["--config", str(ROOT / "configs" / "lseg-effnet-lite2_camvid_vocab.yaml"),
-                            "--out", str(table)]) == 2  # an existing table is never replaced silently
+    assert main(["text-table", "--config", str(ROOT / "configs" / "lseg-effnet-lite2_camvid_vocab.yaml"), *sets,
+                 "--out", str(table)]) == 0
+    assert main(["text-table", "--config", str(ROOT / "configs" / "lseg-effnet-lite2_camvid_vocab.yaml"),
+                 "--out", str(table)]) == 2  # an existing table is never replaced silently
     assert "exists" in capsys.readouterr().err
     enc = text.TableEncoder(table)
     assert enc.spec == "minilm" and len(enc._cache) == 2 * sum(1 + len(v) for v in load_names(

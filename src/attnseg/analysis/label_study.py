@@ -8,7 +8,7 @@ Label sets are given per dataset class, in class order:
   removed    some classes left out of the label list; their pixels are ignored and mIoU is over the
              kept classes (compare with `names` over the same classes: the `names_on_kept` row)
 
-    python -m attnseg.analysis.label_study --model CHECKPOINT --data-root ../shared/data/camvid --split test
+    attnseg label-study --model CHECKPOINT --data-root DATA/camvid --split test
 
 --sets FILE adds label sets from a YAML mapping {set name: [one label per class, in class order]}, e.g. the
 development names configs/vocab/camvid_dev_names.yaml, scored on --split val to choose a vocabulary recipe
@@ -20,21 +20,14 @@ resolution as `attnseg eval --scales` does (the same number as `attnseg eval --s
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-
 import numpy as np
 import torch
 
-from ..data import EvalTransform, build_dataset
 from ..engine.evaluate import normalise
 from ..engine.metrics import ConfusionMatrix
-from ..io import atomic_write_text
 from ..models.layers import resize
 from ..models.lseg import canonical_order, is_language_driven
 from ..inference.segmenter import resolve_short_side, scaled_size
-from ..worksize import parse_short_side
 
 CAMVID_SYNONYMS = ["heaven", "house", "post", "street", "sidewalk", "vegetation", "traffic sign", "barrier",
                    "automobile", "person", "cyclist"]
@@ -119,68 +112,32 @@ def load_label_sets(path, class_names: list[str]) -> dict[str, list[str]]:
     return out
 
 
-def add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--dataset", default="camvid")
-    ap.add_argument("--data-root", default="../shared/data/camvid")
-    ap.add_argument("--split", default="test")
-    ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--size", type=parse_short_side, default="auto", help="short side the images run at: auto (the "
-                    "model's working size, the one `attnseg predict` uses), native, or pixels")
-    ap.add_argument("--seed", type=int, default=0, help="shuffle of the reordered set")
-    ap.add_argument("--sets", default=None, help="YAML file: {set name: [one label per class, class order]}, "
-                    "extra label sets (e.g. configs/vocab/camvid_dev_names.yaml)")
-    ap.add_argument("--out", default=None, help="write the results as JSON")
+class StudyError(ValueError):
+    """A study that cannot run as asked (a model with fixed classes, a bad --sets file); one line."""
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(ap)
-    return run(ap.parse_args(argv))
-
-
-def run(args) -> int:
-    from ..checkpoint import load_model
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        model = load_model(args.model)
-        ds = build_dataset(args.dataset, args.data_root, args.split, EvalTransform(None))
-    except (ValueError, OSError) as e:  # unknown model/file, missing dataset: one line, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if not is_language_driven(model):
-        print(f"error: {args.model} has fixed classes; the label study needs an LSeg model", file=sys.stderr)
-        return 2
-    short_side = resolve_short_side(model, args.size)
-    names = list(ds.class_names)
-    order = np.random.default_rng(args.seed).permutation(len(names))
+def label_sets(dataset: str, names: list[str], seed: int = 0, sets_file=None) -> dict[str, list[tuple[int, str]]]:
+    """The label sets a study scores: names, reordered (by `seed`), CamVid's synonyms and removed classes, and
+    the sets of `sets_file` (load_label_sets)."""
+    order = np.random.default_rng(seed).permutation(len(names))
     sets = {"names": list(enumerate(names)), "reordered": [(int(i), names[i]) for i in order]}
-    if args.dataset == "camvid":
+    if dataset == "camvid":
         sets["synonyms"] = list(enumerate(CAMVID_SYNONYMS))
         sets["removed"] = [(i, n) for i, n in enumerate(names) if n not in CAMVID_REMOVED]
-    if args.sets:
-        try:
-            extra = load_label_sets(args.sets, names)
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+    if sets_file:
+        extra = load_label_sets(sets_file, names)
         if set(extra) & set(sets):
-            print(f"error: --sets {args.sets}: {sorted(set(extra) & set(sets))} clash with the built-in sets "
-                  f"{sorted(sets)}; rename them", file=sys.stderr)
-            return 2
+            raise StudyError(f"--sets {sets_file}: {sorted(set(extra) & set(sets))} clash with the built-in sets "
+                             f"{sorted(sets)}; rename them")
         sets.update({k: list(enumerate(v)) for k, v in extra.items()})
-    res = study(model, ds, sets, args.limit, short_side=short_side)
-    for name, r in res.items():
-        share = f" ({100 * r['mIoU'] / res['names']['mIoU']:5.1f}% of names)" if "labels" in r else ""
-        print(f"{name:<14} mIoU {r['mIoU']:6.2f}{share}" + (f"   labels: {', '.join(str(v) for v in r['labels'])}"
-                                                              if "labels" in r else ""))
-    if args.out:
-        atomic_write_text(args.out, json.dumps({"short_side": short_side, **res}, indent=2))
-    return 0
+    return sets
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def run_study(model, dataset, dataset_name: str, size="auto", seed: int = 0, sets_file=None,
+              limit: int | None = None) -> tuple[int | None, dict]:
+    """The study of an LSeg `model` on `dataset`: (the short side the images ran at, results per label set)."""
+    if not is_language_driven(model):
+        raise StudyError("the model has fixed classes; the label study needs an LSeg model")
+    short_side = resolve_short_side(model, size)
+    sets = label_sets(dataset_name, list(dataset.class_names), seed, sets_file)
+    return short_side, study(model, dataset, sets, limit, short_side=short_side)

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..meta import default_meta, meta_from
+from ..meta import default_meta
 from ..models import MODELS, create_model, model_config, unknown_model_error
-from ..registry import family, same_family
+from ..families import family, same_family
 from . import formats
 from .files import ModelLoadError, read_state_dict
 from .keymap import ConversionError, check_against
@@ -70,9 +70,10 @@ def load_model(source: str | os.PathLike, model: str | None = None, num_classes:
 def read_checkpoint(path: Path) -> Checkpoint:
     """Read the tensors and identify the format (a folder: transformers' config.json, or its first checkpoint)."""
     if path.is_dir():
-        if (path / "config.json").is_file():
-            sd, hf_config, variant, meta = formats.transformers.read_dir(path)
-            return Checkpoint(path, sd, formats.transformers.NAME, variant, meta=meta, hf_config=hf_config)
+        for fmt in formats.BY_NAME.values():
+            fields = fmt.read_folder(path) if hasattr(fmt, "read_folder") else None
+            if fields is not None:
+                return Checkpoint(path, fmt=fmt.NAME, **fields)
         cands = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.pth")) + sorted(path.glob("*.pt"))
         if not cands:
             raise ModelLoadError(f"directory {path} holds no checkpoint (*.safetensors, *.pth, config.json)")
@@ -80,8 +81,7 @@ def read_checkpoint(path: Path) -> Checkpoint:
     hparams: dict = {}
     sd, info = read_state_dict(path, hparams)
     if info is not None:
-        return Checkpoint(path, sd, formats.attnseg.NAME, info["model"], formats.attnseg.config_of(info),
-                          meta_from(info), hparams=hparams)
+        return Checkpoint(path, sd, formats.OWN.NAME, hparams=hparams, **formats.OWN.from_metadata(info))
     fmt = formats.detect(sd)
     if fmt is None:
         raise ModelLoadError(f"unrecognised checkpoint layout (first keys: {', '.join(list(sd)[:5])}). "
@@ -99,7 +99,8 @@ def _architecture(ck: Checkpoint, model: str | None) -> str:
     """The variant to build: the file's, checked against `model=`, or `model=` where the file records none."""
     if ck.variant is not None and model is not None and not same_family(model, ck.variant):
         raise ModelLoadError(f"{ck.path} holds a {ck.variant} model, but model={model!r} was given")
-    variant = ck.variant if (model is None or ck.fmt == formats.attnseg.NAME) else model
+    records = getattr(formats.BY_NAME[ck.fmt], "RECORDS_ARCHITECTURE", False)
+    variant = ck.variant if (model is None or records) else model
     if variant is None:
         raise ModelLoadError(f"{ck.path} is a {ck.fmt} checkpoint that does not record its architecture; name it, "
                              "e.g. load_model(path, model='segformer-b2') or --arch segformer-b2 "
@@ -118,7 +119,7 @@ def _convert(ck: Checkpoint, variant: str, overrides: dict) -> None:
         ck.sd, ck.config = fmt.convert(ck, variant, overrides)
     except ConversionError as e:
         raise ModelLoadError(str(e)) from None
-    if ck.fmt in (formats.attnseg.NAME, formats.lseg.NAME):
+    if not getattr(fmt, "CLASSES_FROM_CLASSIFIER", True):
         return
     classifier = ck.sd.get("decode_head.linear_pred.weight", ck.sd.get("decode_head.cls.weight"))
     if classifier is not None:

@@ -85,12 +85,5 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if isinstance(e, WriteFailed) else 2
 
 
-def default_model_source() -> str | None:
-    """The model `attnseg predict` runs without --model (kept here for callers of the earlier name)."""
-    from ..pretrained import default_model
-
-    return default_model()
-
-
 if __name__ == "__main__":
     sys.exit(main())

@@ -25,7 +25,7 @@ from ..analysis.explain import explain, save_maps
 from ..analysis.flops import count_flops
 from ..analysis.isr_sweep import DEFAULT_GRID, markdown, sweep, write_outputs
 from ..analysis.robustness import jobs, run, write
-from ..worksize import WorkLimit, WorkSizeError
+from ..worksize import WorkLimit, WorkSizeError, parse_short_side
 from . import options
 from .common import (CLIError, apply_isr_arg, check_device, check_file_out, check_out_dir, eval_dataset,
                      inference_config, is_language_driven, load_model_arg, maybe_onnx, model_from_name_or_source,
@@ -35,14 +35,66 @@ from .common import (CLIError, apply_isr_arg, check_device, check_file_out, chec
 def add_arguments(verb: str, p):
     return {"flops": _flops_arguments, "benchmark": _benchmark_arguments, "erf": _erf_arguments,
             "explain": _explain_arguments, "robustness": _robustness_arguments, "isr-sweep": _isr_sweep_arguments,
-            "label-study": _tool_arguments(label_study), "text-table": _tool_arguments(text_table)}[verb](p)
+            "label-study": _label_study_arguments, "text-table": _text_table_arguments}[verb](p)
 
 
-def _tool_arguments(tool):
-    def add(p):
-        tool.add_arguments(p)
-        return tool.run
-    return add
+def _label_study_arguments(p):
+    options.add_model(p)
+    options.add_dataset(p, "test", dataset="camvid")
+    options.add_limit(p)
+    options.add_threads(p)
+    options.add_size(p, parse_short_side, "auto", "short side the images run at: auto (the model's working size, "
+                     "the one `attnseg predict` uses), native, or pixels")
+    options.add_seed(p, "shuffle of the reordered set (default 0)")
+    p.add_argument("--sets", default=None, help="YAML file: {set name: [one label per class, class order]}, extra "
+                   "label sets (e.g. configs/vocab/camvid_dev_names.yaml)")
+    options.add_out(p, help="write the results as JSON")
+    return cmd_label_study
+
+
+def cmd_label_study(args) -> int:
+    from ..data import DatasetError, EvalTransform, build_dataset
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model_arg(args)
+    try:
+        ds = build_dataset(args.dataset, args.data_root, args.split, EvalTransform(None))
+        short_side, res = label_study.run_study(model, ds, args.dataset, args.size, args.seed, args.sets, args.limit)
+    except (DatasetError, label_study.StudyError, ValueError) as e:
+        raise CLIError(str(e)) from None
+    for name, r in res.items():
+        share = f" ({100 * r['mIoU'] / res['names']['mIoU']:5.1f}% of names)" if "labels" in r else ""
+        print(f"{name:<14} mIoU {r['mIoU']:6.2f}{share}" + (f"   labels: {', '.join(str(v) for v in r['labels'])}"
+                                                              if "labels" in r else ""))
+    if args.out:
+        atomic_write_text(args.out, json.dumps({"short_side": short_side, **res}, indent=2))
+    return 0
+
+
+def _text_table_arguments(p):
+    options.add_config(p, required=True, help="the LSeg training config (YAML)")
+    options.add_labels(p, "more strings to include, comma-separated", "more strings to include, one per line")
+    options.add_out(p, required=True, help="the table to write (.safetensors); an existing file is refused")
+    options.add_overwrite(p, "replace an existing --out")
+    return cmd_text_table
+
+
+def cmd_text_table(args) -> int:
+    from ..data import DatasetError
+    from ..engine.config import ConfigError
+    from ..engine.vocabulary import VocabularyError
+    from ..models.text import TextEncoderError
+
+    if Path(args.out).exists() and not args.overwrite:
+        raise CLIError(f"{args.out} exists; choose another --out or pass --overwrite")
+    extra = read_labels(args) or []
+    try:
+        path, n, spec = text_table.write_text_table(args.config, args.set, extra, args.out)
+    except (ConfigError, DatasetError, VocabularyError, TextEncoderError, ValueError, OSError) as e:
+        raise CLIError(str(e)) from None
+    print(f"{path}: {n} strings from {spec!r}")
+    return 0
 
 
 def _name_or_source(p):
@@ -117,7 +169,7 @@ def _erf_arguments(p):
 
 def _isr_sweep_arguments(p):
     options.add_model(p)
-    options.add_dataset(p, "test", dataset="camvid", root="../shared/data/camvid")
+    options.add_dataset(p, "test", dataset="camvid")
     p.add_argument("--settings", default=None, help="';'-separated ENC:DEC settings (first = baseline)")
     options.add_size(p, options.pair, None, "size for GFLOPs/latency (default: the images')")
     options.add_limit(p)
@@ -270,7 +322,7 @@ def cmd_isr_sweep(args) -> int:
     return 0
 
 
-def _fingerprint(src: str) -> str:
+def _source_id(src: str) -> str:
     """What a model source names: a file's SHA-256 (a retrained file at the same path is another model), else
     the registry or hub name itself."""
     p = Path(src)
@@ -377,7 +429,7 @@ def cmd_robustness(args) -> int:
     setting = {"dataset": args.dataset, "data_root": str(Path(args.data_root).resolve()), "split": args.split,
                "limit": args.limit, "mode": args.mode, "crop": list(args.crop),
                "stride": list(args.stride) if args.stride else None}
-    marks = {name: _fingerprint(src) for name, src in zip(models, args.model)}
+    marks = {name: _source_id(src) for name, src in zip(models, args.model)}
     done = []
     if partial.exists():
         lines = [json.loads(x) for x in partial.read_text().splitlines() if x.strip()]

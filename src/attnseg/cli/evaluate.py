@@ -84,7 +84,7 @@ def _fewshot_arguments(p):
                    help="score at the original mask size (HSNet's --use_original_imgsize)")
     p.add_argument("--shots", type=options.int_range(1, 100), default=1,
                    help="support images drawn per episode (unused zero-shot)")
-    p.add_argument("--seed", type=options.int_range(0), default=0)
+    options.add_seed(p, "episode sampling seed (default 0)")
     options.add_size(p, options.int_range(16, 8192), None,
                      "square input (and scoring) size; default the protocol's (480 lseg, 400 hsnet)")
     p.add_argument("--background", default=None,

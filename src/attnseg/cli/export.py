@@ -58,7 +58,7 @@ def _calibration(model, args) -> list:
         raise CLIError("--quantize int8 needs --calibrate DATASET:ROOT:SPLIT (real images for the activation ranges)")
     parts = args.calibrate.split(":")
     if len(parts) != 3:
-        raise CLIError(f"--calibrate expects DATASET:ROOT:SPLIT, e.g. camvid:../shared/data/camvid:train; got "
+        raise CLIError(f"--calibrate expects DATASET:ROOT:SPLIT, e.g. camvid:data/camvid:train; got "
                        f"{args.calibrate!r}")
     try:
         return calibration_inputs(model, build_dataset(parts[0], parts[1], parts[2], EvalTransform()),

@@ -34,5 +34,5 @@ def cmd_models(args) -> int:
         n = params_at(table[name]["params"], args.num_classes)
         print(f"{name:<20} {n / 1e6:>10.2f}  {table[name]['description']}")
     shipped = list_pretrained()
-    print(f"\nshipped trained weights: {', '.join(shipped) if shipped else 'none yet'}")
+    print(f"\nshipped trained weights: {', '.join(shipped) if shipped else 'none installed'}")
     return 0

@@ -129,11 +129,14 @@ def add_dataset(p, split: str | None = "val", required: bool = True, help_split:
     """--dataset, --data-root and --split (required unless defaults are given)."""
     required = required and dataset is None
     p.add_argument("--dataset", required=required, default=dataset, help=DATASETS_HELP)
-    add_data_root(p, required, root)
+    add_data_root(p, False, root)
     add_split(p, split, help_split or f"split (default {split})")
 
 
-def add_data_root(p, required: bool = True, default: str | None = None, help: str = "the dataset's folder") -> None:
+def add_data_root(p, required: bool = True, default: str | None = None,
+                  help: str = "the dataset's folder (default: $ATTNSEG_DATA/DATASET)") -> None:
+    """--data-root; a dataset's is optional: without it the dataset is looked for under $ATTNSEG_DATA
+    (data.datasets.resolve_root)."""
     p.add_argument("--data-root", required=required, default=default, help=help)
 
 
@@ -183,6 +186,17 @@ def add_work_limit(p, default: int = MAX_WORK_PIXELS, help: str | None = None) -
                    help=help or f"most pixels one model input may have after resizing (default {default:,} = "
                                 f"2048x2048); larger working sizes are shrunk to fit, long sides capped at "
                                 f"{MAX_WORK_SIDE}; aspect ratios beyond {MAX_WORK_SIDE // MIN_WORK_SIDE}:1 are refused")
+
+
+def add_config(p, required: bool = False, help: str = "YAML file of overrides (see configs/)") -> None:
+    """--config FILE and --set KEY=VALUE (repeatable): a training config and its overrides."""
+    p.add_argument("--config", required=required, default=None, help=help)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.iters=1000 (repeatable)")
+
+
+def add_seed(p, help: str = "random seed (default 0)") -> None:
+    p.add_argument("--seed", type=int_range(0), default=0, help=help)
 
 
 def add_out(p, required: bool = False, default=None, help: str = "output folder") -> None:

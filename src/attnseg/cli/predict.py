@@ -212,12 +212,9 @@ def _segmenter(args):
         raise CLIError(f"--labels: {len(labels)} labels; at most {MAX_LABELS} (label maps are one byte per pixel)")
     args.model = args.model or default_model()
     if args.model is None:
-        print("note: no trained default model is shipped yet; running segformer-b0 with RANDOM weights "
-              "(the outputs show the pipeline, not a segmentation). Pass --model CHECKPOINT for real results.",
-              file=sys.stderr)
-        model = attnseg.create_model("segformer-b0", num_classes=11)
-    else:
-        model = load_model_arg(args)
+        raise CLIError("no --model given and no default model installed: pass --model NAME_OR_CHECKPOINT "
+                       "(attnseg models lists the names)")
+    model = load_model_arg(args)
     apply_isr_arg(model, args)
     check_onnx_size(model, args)
     if args.verbose:

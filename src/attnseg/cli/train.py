@@ -6,9 +6,7 @@ from .common import CLIError
 
 
 def add_arguments(verb: str, p):
-    p.add_argument("--config", default=None, help="YAML file of overrides (see configs/)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.iters=1000 (repeatable)")
+    options.add_config(p)
     p.add_argument("--resume", action="store_true", help="continue from WORK_DIR/latest.pth")
     p.add_argument("--work-dir", default=None, help="output folder (overrides train.work_dir)")
     options.add_overwrite(p, "replace the run already in the work dir")

@@ -357,10 +357,26 @@ DATASETS = {"camvid": CamVid, "ade20k": ADE20K, "cityscapes": Cityscapes, "voc":
             "folder": FolderDataset}
 
 
+DATA_ENV = "ATTNSEG_DATA"  # a folder holding one folder per dataset, named as DATASETS names them (camvid/, ...)
+
+
+def resolve_root(name: str, root) -> Path:
+    """The folder of dataset `name`: `root` when given, else $ATTNSEG_DATA/NAME; a DatasetError saying how to pass
+    one when neither is there."""
+    if root is not None and str(root) != "":
+        return Path(root)
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return Path(env) / name
+    raise DatasetError(f"no folder given for dataset {name!r}: pass --data-root DIR (data.root in a training "
+                       f"config), or set {DATA_ENV} to the folder that holds {name}/")
+
+
 def build_dataset(name: str, root, split: str, transform=None, check_labels: bool = True) -> SegDataset:
+    """Dataset `name` (one of DATASETS) at `root` (None: $ATTNSEG_DATA/NAME), split `split`."""
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    ds = DATASETS[name](root, split, transform, check_labels)
+    ds = DATASETS[name](resolve_root(name, root), split, transform, check_labels)
     missing = [str(lab) for _, lab in ds.samples[:50] if lab is not None and not lab.exists()]
     if missing:
         raise DatasetError(f"{name}: label file(s) missing, e.g. {missing[0]} ({len(missing)} of the first 50)")

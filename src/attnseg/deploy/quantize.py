@@ -1,7 +1,7 @@
 """int8 ONNX models: onnxruntime static quantization (QDQ, per-channel int8 weights, uint8 activations),
 calibrated on real images put through the model's own preprocessing.
 
-    attnseg export --model M --format onnx --quantize int8 --calibrate camvid:../shared/data/camvid:train \\
+    attnseg export --model M --format onnx --quantize int8 --calibrate camvid:data/camvid:train \\
         --calib-images 64 --out m.int8.onnx
 
 Steps: export the fp32 graph (dynamic shapes), `quant_pre_process` (shape inference and graph optimisation
@@ -66,8 +66,8 @@ def calibration_inputs(model, dataset, n: int, seed: int = 0) -> list[np.ndarray
 QUANTIZABLE = ("Conv", "MatMul", "Gemm", "Add", "Mul", "Relu", "Clip", "Resize", "Concat", "Softmax", "AveragePool",
                "MaxPool", "GlobalAveragePool", "Transpose", "Reshape")
 def default_fp32_ops(model) -> list[str]:
-    """The op types a model family keeps in fp32 (measured; see the module docstring and attnseg.registry)."""
-    from ..registry import FAMILIES, family_name
+    """The op types a model family keeps in fp32 (measured; see the module docstring and attnseg.families)."""
+    from ..families import FAMILIES, family_name
 
     fam = FAMILIES.get(family_name(str(getattr(model, "variant", "") or "")))
     if fam is not None and fam.transformer:

@@ -72,7 +72,7 @@ class ModelCfg:
 @dataclass
 class DataCfg:
     dataset: str = "camvid"
-    root: str = "../shared/data/camvid"
+    root: str | None = None  # None: $ATTNSEG_DATA/<dataset> (data.datasets.resolve_root)
     train_split: str = "train"
     val_split: str = "val"
     crop: list[int] = field(default_factory=lambda: [512, 512])
@@ -92,7 +92,7 @@ class DataCfg:
     # prompt template per class ("a photo of a {}."); None = the class names as they are
     label_names: Any = None
     label_templates: list[str] | None = None
-    # LSeg: precomputed prompt embeddings (python -m attnseg.analysis.text_table) served instead of loading the
+    # LSeg: precomputed prompt embeddings (attnseg text-table) served instead of loading the
     # text encoder, e.g. on a training machine without it; every prompt the run draws must be in the table
     text_table: str | None = None
     # LSeg: perturb each drawn label embedding by Gaussian noise of about this norm, then renormalise (0 = off)

@@ -14,7 +14,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ from tqdm import tqdm
 from ..data import IGNORE_INDEX, EvalTransform, TrainTransform, build_dataset
 from ..models.lseg import is_language_driven
 from ..io import atomic_write_text
-from .checkpoint import (atomic_torch_save, load_checkpoint, remove_stale_checkpoint_temps, rng_state,
+from .run_state import (atomic_torch_save, load_checkpoint, remove_stale_checkpoint_temps, rng_state,
                          set_rng_state)
 from .config import Config, dump_config, validate
 from .distributed import all_reduce_sum, cleanup, init_distributed, is_main
@@ -118,7 +118,8 @@ def build_model(cfg: Config, num_classes: int):
         model = attnseg.load_model(m.pretrained, model=m.name, **m.options)
         if getattr(model, "num_classes", num_classes) != num_classes:
             raise TrainingError(f"{m.pretrained} has {model.num_classes} classes but the dataset has {num_classes}; "
-                                "fine-tuning to a new label set is not supported from a full checkpoint yet")
+                                "to fine-tune to a new label set, start from its encoder (model.pretrained naming an encoder "
+                                "checkpoint) rather than a full segmentation checkpoint")
     else:
         from ..models import has_classifier
 
@@ -128,7 +129,7 @@ def build_model(cfg: Config, num_classes: int):
     return model
 
 
-def working_short_side(ds, eval_scale) -> int | None:
+def evaluated_short_side(ds, eval_scale) -> int | None:
     """The short side the model is evaluated at (recorded in its checkpoint for `attnseg predict`): the first
     evaluation image's, after the keep-ratio resize to `eval_scale` when one is set."""
     from PIL import Image
@@ -198,210 +199,292 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: b
         return _train(cfg, resume, progress, overwrite, table)
 
 
+@dataclass
+class _Run:
+    """What the named steps of one training run share: where it runs and what it trains."""
+    cfg: Config
+    device: torch.device
+    rank: int
+    world: int
+    work: Path
+    amp_dtype: torch.dtype | None
+    fmt: torch.memory_format
+    ds: object = None
+    val_ds: object = None
+    num_classes: int = 0
+    model: nn.Module | None = None  # what forward runs (DDP-wrapped when distributed)
+    core: nn.Module | None = None  # the model itself: what is evaluated and saved
+    vocab: object = None
+    vocab_encoder: object = None
+    optimizer: object = None
+    scheduler: object = None
+    scaler: object = None
+    start: int = 0
+    best: dict = field(default_factory=lambda: {"mIoU": -1.0, "iter": 0})
+    resumed: dict | None = None  # the checkpoint resumed from
+
+
 def _train(cfg: Config, resume: bool, progress: bool, overwrite: bool, table) -> dict:
-    validate(cfg)
-    device = pick_device(cfg.train.device)
+    """The run as named steps, in the order that fixes its random draws: set-up, data, seeds and model,
+    optimiser, resume, the loop, the final export."""
+    run = _setup(validate(cfg), resume, overwrite)
+    _load_data(run)
+    _build(run, table)
+    _optimiser(run)
+    if resume:
+        _resume(run)
+    _distribute(run)
+    it, last = _loop(run, progress)
+    if is_main() and it == cfg.train.iters:
+        _export(run.core, run.work / "final.safetensors", None)
+    if is_main() and (run.work / "metrics.csv").exists():
+        _curves(run.work / "metrics.csv", run.work / "curves.png")
+    cleanup()
+    return {"iter": it, "best": {k: v for k, v in run.best.items() if k != "metrics"}, "last": last}
+
+
+def _setup(cfg: Config, resume: bool, overwrite: bool) -> _Run:
+    """Device, processes, threads, determinism, the work dir, and the checks that need them."""
+    t = cfg.train
+    device = pick_device(t.device)
     rank, world, local_rank = init_distributed(device.type)
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    if cfg.train.deterministic:
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    if t.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-    work = Path(cfg.train.work_dir)
-    t = cfg.train
+    work = Path(t.work_dir)
     if is_main():
         prepare_work_dir(work, resume, overwrite)
-    micro_global = cfg.data.batch_size // t.grad_accum
     if cfg.data.batch_size % (t.grad_accum * world):
         raise TrainingError(f"data.batch_size {cfg.data.batch_size} must be divisible by train.grad_accum "
                             f"({t.grad_accum}) x processes ({world})")
-    if t.amp not in ("none", "bf16", "fp16"):
-        raise TrainingError(f"train.amp must be none, bf16 or fp16, got {t.amp!r}")
     amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.amp]
     if amp_dtype is torch.float16 and device.type == "cpu":
         raise TrainingError("train.amp=fp16 needs CUDA; on CPU use train.amp=bf16")
+    fmt = torch.channels_last if t.channels_last else torch.contiguous_format
+    return _Run(cfg, device, rank, world, work, amp_dtype, fmt)
 
-    d = cfg.data
+
+def _load_data(run: _Run) -> None:
+    d = run.cfg.data
     train_tf = TrainTransform(crop=tuple(d.crop), scale=tuple(d.scale), ratio_range=tuple(d.ratio_range),
                               cat_max_ratio=d.cat_max_ratio, flip_prob=0.5 if d.flip else 0.0,
                               photometric=d.photometric, ignore_index=IGNORE_INDEX)
-    ds = build_dataset(d.dataset, d.root, d.train_split, train_tf)
+    run.ds = build_dataset(d.dataset, d.root, d.train_split, train_tf)
     if d.limit:
-        ds.samples = ds.samples[: d.limit]
-    val_ds = None
+        run.ds.samples = run.ds.samples[: d.limit]
     if d.val_split:
-        val_ds = build_dataset(d.dataset, d.root, d.val_split, EvalTransform(tuple(d.eval_scale) if d.eval_scale else None))
+        run.val_ds = build_dataset(d.dataset, d.root, d.val_split,
+                                   EvalTransform(tuple(d.eval_scale) if d.eval_scale else None))
         if d.val_limit:
-            val_ds.samples = val_ds.samples[: d.val_limit]
-    num_classes = cfg.model.num_classes or ds.num_classes
+            run.val_ds.samples = run.val_ds.samples[: d.val_limit]
+    run.num_classes = run.cfg.model.num_classes or run.ds.num_classes
 
-    torch.manual_seed(t.seed)
-    np.random.seed(t.seed)
-    random.seed(t.seed)
-    model = build_model(cfg, num_classes)
+
+def _build(run: _Run, table) -> None:
+    """Seeds, then the model (its random initialisation is the first draw), its labels and what it records."""
+    cfg, ds, d = run.cfg, run.ds, run.cfg.data
+    torch.manual_seed(cfg.train.seed)
+    np.random.seed(cfg.train.seed)
+    random.seed(cfg.train.seed)
+    model = build_model(cfg, run.num_classes)
     if table is not None and is_language_driven(model) and model.cfg.text_encoder != table.spec:
         raise TrainingError(f"data.text_table: {d.text_table} holds {table.spec!r} embeddings but "
                             f"{cfg.model.name} uses the text encoder {model.cfg.text_encoder!r}")
-    vocab = None
-    several_names = d.label_names is not None or d.label_templates is not None or d.label_noise > 0
-    if is_language_driven(model):  # LSeg: trained against the dataset's class names as labels
-        model.default_labels = ds.class_names
-        if several_names:  # or against several names/templates per class
-            from ..models.text import get_text_encoder
-            from .vocabulary import LabelVocabulary, VocabularyError, load_names
+    _labels(run, model, table)
+    model.meta = {"class_names": ds.class_names if run.num_classes == ds.num_classes else None,
+                  "palette": ds.palette, "mean": list(d.mean), "std": list(d.std),
+                  "short_side": evaluated_short_side(run.val_ds or ds, d.eval_scale)}
+    if run.world > 1 and cfg.train.sync_bn:
+        model = convert_sync_batchnorm(model, run.device.type)
+    model.to(run.device)
+    if cfg.train.channels_last:
+        model.to(memory_format=run.fmt)
+    run.model = run.core = model
 
-            try:
-                vocab = LabelVocabulary(ds.class_names, load_names(d.label_names), d.label_templates, t.seed,
-                                        d.label_noise)
-            except VocabularyError as e:
-                raise TrainingError(str(e)) from None
-            vocab_encoder = get_text_encoder(model.cfg.text_encoder, None)  # templates come from the vocabulary
-    elif several_names or d.text_table:
-        raise TrainingError("data.label_names / data.label_templates / data.label_noise / data.text_table are for "
-                            f"LSeg models; {cfg.model.name} has fixed classes")
-    if table is not None:  # every prompt the run can draw, checked now rather than at the iteration drawing it
-        missing = [p for p in (vocab.needed(ds.class_names) if vocab else ds.class_names) if p not in table]
+
+def _labels(run: _Run, model, table) -> None:
+    """LSeg trains against the dataset's class names as labels, or against several names and templates per
+    class (a vocabulary); every prompt the run can draw must be in a text table it is given."""
+    cfg, ds, d = run.cfg, run.ds, run.cfg.data
+    several_names = d.label_names is not None or d.label_templates is not None or d.label_noise > 0
+    if not is_language_driven(model):
+        if several_names or d.text_table:
+            raise TrainingError("data.label_names / data.label_templates / data.label_noise / data.text_table are "
+                                f"for LSeg models; {cfg.model.name} has fixed classes")
+        return
+    model.default_labels = ds.class_names
+    if several_names:
+        from ..models.text import get_text_encoder
+        from .vocabulary import LabelVocabulary, VocabularyError, load_names
+
+        try:
+            run.vocab = LabelVocabulary(ds.class_names, load_names(d.label_names), d.label_templates,
+                                        cfg.train.seed, d.label_noise)
+        except VocabularyError as e:
+            raise TrainingError(str(e)) from None
+        run.vocab_encoder = get_text_encoder(model.cfg.text_encoder, None)  # templates: the vocabulary's
+    if table is not None:  # checked now rather than at the iteration drawing a missing prompt
+        missing = [p for p in (run.vocab.needed(ds.class_names) if run.vocab else ds.class_names) if p not in table]
         if missing:
             raise TrainingError(f"data.text_table: {len(missing)} prompt(s) this run can draw are not in "
-                                f"{d.text_table} (e.g. {missing[:3]}); rebuild it: python -m attnseg.analysis.text_table --config "
+                                f"{d.text_table} (e.g. {missing[:3]}); rebuild it: attnseg text-table --config "
                                 "CONFIG --out FILE")
-    model.meta = {"class_names": ds.class_names if num_classes == ds.num_classes else None,
-                  "palette": ds.palette, "mean": list(d.mean), "std": list(d.std),
-                  "short_side": working_short_side(val_ds or ds, d.eval_scale)}
-    core = model
-    if world > 1 and t.sync_bn:
-        model = convert_sync_batchnorm(model, device.type)
-        core = model
-    model.to(device)
-    fmt = torch.channels_last if t.channels_last else torch.contiguous_format
-    if t.channels_last:
-        model.to(memory_format=fmt)
-    optimizer = build_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: poly_lr_factor(it, cfg))
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
-    start, best = 0, {"mIoU": -1.0, "iter": 0}
-    ck = None
-    if resume:
-        try:
-            ck = load_checkpoint(work / "latest.pth")
-        except ValueError as e:
-            raise TrainingError(str(e)) from None
-        was = ((ck.get("config") or {}).get("model") or {}).get("name")
-        if was is not None and was != cfg.model.name:
-            raise TrainingError(f"--resume: {work / 'latest.pth'} is a {was} run but the config trains {cfg.model.name}; "
-                                "use the run's own config (its config.yaml) or another --work-dir")
-        try:
-            core.load_state_dict(ck["model"])
-        except RuntimeError as e:
-            raise TrainingError(f"--resume: {work / 'latest.pth'} does not fit this model "
-                                f"({str(e).splitlines()[-1].strip()}); use the run's own config.yaml") from None
-        optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck["scheduler"])
-        scaler.load_state_dict(ck["scaler"])
-        start, best = ck["iter"], ck["best"]
-        if is_main():
-            print(f"resumed from {work / 'latest.pth'} at iteration {start}", file=sys.stderr)
-    if world > 1:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if is_main():
-        work.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(work / "config.yaml", dump_config(cfg))
 
+
+def _optimiser(run: _Run) -> None:
+    cfg = run.cfg
+    run.optimizer = build_optimizer(run.model, cfg)
+    run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lambda it: poly_lr_factor(it, cfg))
+    run.scaler = torch.amp.GradScaler("cuda", enabled=run.amp_dtype is torch.float16)
+
+
+def _resume(run: _Run) -> None:
+    """Model, optimiser, schedule, scaler, iteration and best score from WORK/latest.pth (its RNG state is
+    restored later, once the data loader has drawn its seed: `_loop`)."""
+    path = run.work / "latest.pth"
+    try:
+        ck = load_checkpoint(path)
+    except ValueError as e:
+        raise TrainingError(str(e)) from None
+    was = ((ck.get("config") or {}).get("model") or {}).get("name")
+    if was is not None and was != run.cfg.model.name:
+        raise TrainingError(f"--resume: {path} is a {was} run but the config trains {run.cfg.model.name}; "
+                            "use the run's own config (its config.yaml) or another --work-dir")
+    try:
+        run.core.load_state_dict(ck["model"])
+    except RuntimeError as e:
+        raise TrainingError(f"--resume: {path} does not fit this model "
+                            f"({str(e).splitlines()[-1].strip()}); use the run's own config.yaml") from None
+    run.optimizer.load_state_dict(ck["optimizer"])
+    run.scheduler.load_state_dict(ck["scheduler"])
+    run.scaler.load_state_dict(ck["scaler"])
+    run.start, run.best, run.resumed = ck["iter"], ck["best"], ck
+    if is_main():
+        print(f"resumed from {path} at iteration {run.start}", file=sys.stderr)
+
+
+def _distribute(run: _Run) -> None:
+    """DDP around the model when there are several processes; the run's config written beside it."""
+    if run.world > 1:
+        device_ids = [run.device.index] if run.device.type == "cuda" else None
+        run.model = nn.parallel.DistributedDataParallel(run.model, device_ids=device_ids)
+    if is_main():
+        run.work.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run.work / "config.yaml", dump_config(run.cfg))
+
+
+def _loop(run: _Run, progress: bool) -> tuple[int, dict]:
+    """Iterations from `run.start`: a step, logs, validation and checkpoints at their intervals."""
+    cfg, t, d = run.cfg, run.cfg.train, run.cfg.data
     pixel_loss = PixelLoss(IGNORE_INDEX, t.class_weights, t.loss == "ohem", t.ohem_thresh, t.ohem_min_kept)
-    steps_left = (t.iters - start) * t.grad_accum
-    sampler = StreamSampler(len(ds), micro_global, rank, world, t.seed, start * t.grad_accum, steps_left)
-    loader = DataLoader(ds, batch_sampler=sampler, num_workers=d.workers, collate_fn=collate,
-                        persistent_workers=False, pin_memory=device.type == "cuda")
-    inference = InferenceConfig(cfg.eval.mode, tuple(cfg.eval.crop), tuple(cfg.eval.stride), scales=cfg.eval.scales,
-                                flip=cfg.eval.flip)
-    writer = _tensorboard(work) if (t.tensorboard and is_main()) else None
-    csv_path = work / "metrics.csv"
-    bar = tqdm(total=t.iters, initial=start, unit="it", desc="train",
+    micro_global = d.batch_size // t.grad_accum
+    sampler = StreamSampler(len(run.ds), micro_global, run.rank, run.world, t.seed, run.start * t.grad_accum,
+                            (t.iters - run.start) * t.grad_accum)
+    loader = DataLoader(run.ds, batch_sampler=sampler, num_workers=d.workers, collate_fn=collate,
+                        persistent_workers=False, pin_memory=run.device.type == "cuda")
+    writer = _tensorboard(run.work) if (t.tensorboard and is_main()) else None
+    bar = tqdm(total=t.iters, initial=run.start, unit="it", desc="train",
                disable=not (progress and is_main() and sys.stderr.isatty()), dynamic_ncols=True)
     batches = iter(loader)  # draws a base seed from the torch RNG: restore the RNG only after this
-    if ck is not None:
-        set_rng_state(ck["rng"])
-    model.train()
-    it = start
-    tic, seen, last = time.time(), 0, {}
+    if run.resumed is not None:
+        set_rng_state(run.resumed["rng"])
+    run.model.train()
+    it, clock, last = run.start, {"tic": time.time(), "seen": 0}, {}
     try:
         end = min(t.iters, t.stop_at) if t.stop_at else t.iters
         while it < end:
-            optimizer.zero_grad(set_to_none=True)
-            logs: dict = {}
-            for _ in range(t.grad_accum):
-                b = next(batches)
-                x = normalise(b["image"].to(device, non_blocking=True), d.mean, d.std).contiguous(memory_format=fmt)
-                y = b["label"].to(device, non_blocking=True)
-                kw = {"text_embeddings": vocab.embeddings(vocab_encoder, it).to(device)} if vocab else {}
-                with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.bfloat16,
-                                    enabled=amp_dtype is not None):
-                    out = model(x, **kw)
-                loss, parts = model_loss(model, out, y, pixel_loss, cfg)
-                total = all_reduce_sum(loss.detach().clone()) / world
-                if not torch.isfinite(total):
-                    raise TrainingError(
-                        f"non-finite loss ({total.item()}) at iteration {it + 1}; stopping. Nothing was saved for "
-                        f"this iteration; the last good checkpoint is {work / 'latest.pth'} (if any). Try a lower "
-                        "optim.lr, train.clip_grad, or train.amp=none.")
-                scaler.scale(loss / t.grad_accum).backward()
-                for k, v in parts.items():
-                    logs[k] = logs.get(k, 0.0) + float(v) / t.grad_accum
-                seen += x.shape[0] * world
-            if t.clip_grad:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+            logs = _step(run, batches, pixel_loss, it, clock)
             it += 1
             bar.update(1)
             if it % t.log_interval == 0 or it == t.iters:
-                el = time.time() - tic
-                last = {"iter": it, **{k: round(v, 5) for k, v in logs.items()},
-                        "lr": optimizer.param_groups[0]["lr"] / optimizer.param_groups[0]["lr_mult"],
-                        "img_s": round(seen / max(el, 1e-9), 2)}
-                tic, seen = time.time(), 0
-                bar.set_postfix(loss=f"{logs.get('loss', 0):.4f}", lr=f"{last['lr']:.2e}", img_s=last["img_s"])
-                if is_main():
-                    _csv(csv_path, last)
-                    if bar.disable:
-                        print(json.dumps(last), file=sys.stderr, flush=True)
-                    if writer:
-                        for k, v in last.items():
-                            if k != "iter":
-                                writer.add_scalar(f"train/{k}", v, it)
-            if val_ds is not None and (it % t.val_interval == 0 or it == t.iters):
-                m = evaluate(core, val_ds, inference, d.mean, d.std, device, num_classes, rank, world,
-                             amp_dtype if device.type == "cuda" else None, progress)
-                row = {"iter": it, "val_aAcc": m["aAcc"], "val_mAcc": m["mAcc"], "val_mIoU": m["mIoU"]}
-                if is_main():
-                    _csv(csv_path, row)
-                    print(f"\n[iter {it}] validation\n{format_table(m, ds.class_names)}", file=sys.stderr, flush=True)
-                    if writer:
-                        for k in ("aAcc", "mAcc", "mIoU"):
-                            writer.add_scalar(f"val/{k}", m[k], it)
-                if m["mIoU"] > best["mIoU"]:
-                    best = {"mIoU": m["mIoU"], "iter": it, "metrics": m}
-                    if is_main():
-                        _export(core, work / "best.safetensors", best)
-                model.train()
-            if it % t.ckpt_interval == 0 or it == end:
-                if is_main():
-                    _save(work / "latest.pth", core, optimizer, scheduler, scaler, it, best, cfg)
+                last = _log(run, it, logs, clock, bar, writer)
+            if run.val_ds is not None and (it % t.val_interval == 0 or it == t.iters):
+                _validate(run, it, progress, writer)
+            if (it % t.ckpt_interval == 0 or it == end) and is_main():
+                _save(run.work / "latest.pth", run.core, run.optimizer, run.scheduler, run.scaler, it, run.best, cfg)
     finally:
         bar.close()
         if writer:
             writer.close()
-    if is_main() and it == t.iters:
-        _export(core, work / "final.safetensors", None)
-    if is_main() and csv_path.exists():
-        _curves(csv_path, work / "curves.png")
-    cleanup()
-    return {"iter": it, "best": {k: v for k, v in best.items() if k != "metrics"}, "last": last}
+    return it, last
+
+
+def _step(run: _Run, batches, pixel_loss, it: int, clock: dict) -> dict:
+    """One optimiser step over train.grad_accum micro-batches; the mean of each loss part."""
+    t, d = run.cfg.train, run.cfg.data
+    run.optimizer.zero_grad(set_to_none=True)
+    logs: dict = {}
+    for _ in range(t.grad_accum):
+        b = next(batches)
+        x = normalise(b["image"].to(run.device, non_blocking=True), d.mean, d.std).contiguous(memory_format=run.fmt)
+        y = b["label"].to(run.device, non_blocking=True)
+        kw = {"text_embeddings": run.vocab.embeddings(run.vocab_encoder, it).to(run.device)} if run.vocab else {}
+        with torch.autocast(device_type=run.device.type, dtype=run.amp_dtype or torch.bfloat16,
+                            enabled=run.amp_dtype is not None):
+            out = run.model(x, **kw)
+        loss, parts = model_loss(run.model, out, y, pixel_loss, run.cfg)
+        total = all_reduce_sum(loss.detach().clone()) / run.world
+        if not torch.isfinite(total):
+            raise TrainingError(
+                f"non-finite loss ({total.item()}) at iteration {it + 1}; stopping. Nothing was saved for this "
+                f"iteration; the last good checkpoint is {run.work / 'latest.pth'} (if any). Try a lower optim.lr, "
+                "train.clip_grad, or train.amp=none.")
+        run.scaler.scale(loss / t.grad_accum).backward()
+        for k, v in parts.items():
+            logs[k] = logs.get(k, 0.0) + float(v) / t.grad_accum
+        clock["seen"] += x.shape[0] * run.world
+    if t.clip_grad:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), t.clip_grad)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+    return logs
+
+
+def _log(run: _Run, it: int, logs: dict, clock: dict, bar, writer) -> dict:
+    """The losses, learning rate and images/s since the last log: progress bar, metrics.csv, TensorBoard."""
+    group = run.optimizer.param_groups[0]
+    el = time.time() - clock["tic"]
+    last = {"iter": it, **{k: round(v, 5) for k, v in logs.items()}, "lr": group["lr"] / group["lr_mult"],
+            "img_s": round(clock["seen"] / max(el, 1e-9), 2)}
+    clock.update(tic=time.time(), seen=0)
+    bar.set_postfix(loss=f"{logs.get('loss', 0):.4f}", lr=f"{last['lr']:.2e}", img_s=last["img_s"])
+    if is_main():
+        _csv(run.work / "metrics.csv", last)
+        if bar.disable:
+            print(json.dumps(last), file=sys.stderr, flush=True)
+        if writer:
+            for k, v in last.items():
+                if k != "iter":
+                    writer.add_scalar(f"train/{k}", v, it)
+    return last
+
+
+def _validate(run: _Run, it: int, progress: bool, writer) -> None:
+    """Score the validation split; a better mIoU is exported as best.safetensors."""
+    cfg = run.cfg
+    inference = InferenceConfig(cfg.eval.mode, tuple(cfg.eval.crop), tuple(cfg.eval.stride), scales=cfg.eval.scales,
+                                flip=cfg.eval.flip)
+    m = evaluate(run.core, run.val_ds, inference, cfg.data.mean, cfg.data.std, run.device, run.num_classes, run.rank,
+                 run.world, run.amp_dtype if run.device.type == "cuda" else None, progress)
+    if is_main():
+        _csv(run.work / "metrics.csv", {"iter": it, "val_aAcc": m["aAcc"], "val_mAcc": m["mAcc"],
+                                         "val_mIoU": m["mIoU"]})
+        print(f"\n[iter {it}] validation\n{format_table(m, run.ds.class_names)}", file=sys.stderr, flush=True)
+        if writer:
+            for k in ("aAcc", "mAcc", "mIoU"):
+                writer.add_scalar(f"val/{k}", m[k], it)
+    if m["mIoU"] > run.best["mIoU"]:
+        run.best = {"mIoU": m["mIoU"], "iter": it, "metrics": m}
+        if is_main():
+            _export(run.core, run.work / "best.safetensors", run.best)
+    run.model.train()
 
 
 def _save(path, core, optimizer, scheduler, scaler, it, best, cfg):

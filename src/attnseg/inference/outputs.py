@@ -39,15 +39,17 @@ def oriented_size(header: Image.Image) -> tuple[int, int]:
     return (h, w) if turned else (w, h)
 
 
-def finished(base: Path, size: tuple[int, int]) -> bool:
-    """True when both outputs for an image of `size` (width, height) exist and decode completely at that size:
-    a rerun skips the image. Anything else (missing, truncated, another size, not an image) is redone, and
-    temp files a killed writer left beside them are removed."""
-    paths = output_files(base)
-    for p in paths:
+def clear_stale_temps(base: Path) -> None:
+    """Remove the temp files a killed writer left beside an image's outputs."""
+    for p in output_files(base):
         remove_stale_temps(p.parent, p.name)
+
+
+def outputs_complete(base: Path, size: tuple[int, int]) -> bool:
+    """True when both outputs for an image of `size` (width, height) exist and decode completely at that size:
+    a rerun skips the image. Anything else (missing, truncated, another size, not an image) is redone."""
     try:
-        for p in paths:
+        for p in output_files(base):
             with Image.open(p) as im:
                 if im.size != tuple(size):
                     return False

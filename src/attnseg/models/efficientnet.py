@@ -170,7 +170,6 @@ class EfficientNetLite(nn.Module):
         return self._fc(x.mean((2, 3)))
 
 
-EfficientNetLite0 = EfficientNetLite  # the name earlier code imports
 
 
 def build_efficientnet_lite(config: dict) -> EfficientNetLite:

@@ -1,8 +1,8 @@
 """SANet: Squeeze-and-Attention Networks for semantic segmentation.
 
 Zhong et al., "Squeeze-and-Attention Networks for Semantic Segmentation", CVPR 2020. Read beside the
-write-up (seed 001, Sec. 3.1-3.3 and the implementation paragraph); each choice below quotes the sentence
-it reads. The defaults follow the paper; today's shipped model used other choices, kept as options.
+paper (Sec. 3.1-3.3 and its implementation paragraph); each choice below quotes the sentence it reads. The
+defaults follow the paper; the shipped model uses other choices, kept as options.
 
 SA module (Sec. 3.2), for an input X_in with C channels:
     X_res  = F(X_in)                       main branch: conv3x3 (2 groups) -> BN -> ReLU -> conv3x3 -> BN -> ReLU

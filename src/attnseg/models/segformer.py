@@ -29,7 +29,7 @@ ConvModule conv+BN+ReLU instead of a plain linear), so its checkpoints load exac
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F

@@ -6,7 +6,7 @@ Backends (chosen by a spec string, stored in model configs):
   * "clip:<id or dir>"  CLIP's text tower through transformers (`CLIPTextModelWithProjection` + tokenizer),
                         e.g. "clip:openai/clip-vit-base-patch32" (hub, when online) or "clip:/path/to/dir".
   * "hf:<dir>"          any local transformers text model directory (mean pooling over tokens).
-A table of precomputed embeddings (`write_table`, `python -m attnseg.analysis.text_table`) stands in for an
+A table of precomputed embeddings (`write_table`, `attnseg text-table`) stands in for an
 encoder where its weights are absent (a training machine given only the prompts a run can draw): `serving`
 registers it under the spec of the encoder that wrote it, and a string outside the table is a clear error.
 Embeddings are computed once per label string and kept in an LRU of `CACHE_SIZE` strings (a server that
@@ -186,7 +186,7 @@ class TableEncoder(TextEncoder):
         self.path = Path(path)
         if not self.path.is_file():
             raise TextEncoderError(f"text table {self.path} is not a file (write one with "
-                                   "`python -m attnseg.analysis.text_table --config CONFIG --out FILE`)")
+                                   "`attnseg text-table --config CONFIG --out FILE`)")
         try:
             with safe_open(str(self.path), "pt") as f:
                 meta = f.metadata() or {}

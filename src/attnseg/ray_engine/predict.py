@@ -2,7 +2,7 @@
 
 Rows are (image, output base) pairs planned exactly as on one machine, so the outputs land in the same
 layout. A Ray task reads each row: it skips the image when an earlier run left both outputs complete at the
-image's size (`outputs.finished`), else decodes it with the one image reader (`io.read_image`). Actors, each
+image's size (`outputs.outputs_complete`), else decodes it with the one image reader (`io.read_image`). Actors, each
 holding the model once, segment the decoded images in batches of one size and write them with the same
 atomic writer. A failed image is one row with its reason; it never stops the job.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import ImageReadError, WriteFailed, first_line, read_image
-from ..inference.outputs import finished, oriented_size, output_files, write_prediction
+from ..inference.outputs import clear_stale_temps, oriented_size, output_files, outputs_complete, write_prediction
 from . import run_pool
 
 MAX_FILE_BYTES = 1 << 30  # a remote file is read into memory whole: bigger ones are refused, not fetched
@@ -92,7 +92,8 @@ def _finished(source, base: Path) -> bool:
     finally:
         if hasattr(source, "seek"):
             source.seek(0)
-    return finished(base, size)
+    clear_stale_temps(base)
+    return outputs_complete(base, size)
 
 
 def _written_since(base: Path, since: float) -> bool:

@@ -85,7 +85,7 @@ def guarded_h11(header_timeout_s: float = HEADER_TIMEOUT_S, max_header_bytes: in
                 return
             if self.conn.our_state is h11.IDLE and self._buffered():
                 self._refuse(408, f"request headers not complete within {header_timeout_s:g} s")
-            else:  # nothing sent yet (or between requests): close quietly, as the keep-alive timeout does
+            else:  # nothing sent so far (or between requests): close quietly, as the keep-alive timeout does
                 self.transport.close()
 
         def _buffered(self) -> bool:

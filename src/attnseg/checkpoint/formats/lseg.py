@@ -26,6 +26,7 @@ from ..keymap import ConversionError, Rule, apply_key_map
 NAME = "lseg"
 DESCRIPTION = "LSeg releases (isl-org/lang-seg)"
 FAMILIES = ("lseg",)
+CLASSES_FROM_CLASSIFIER = False  # labels, not a classifier: the number of classes is the number of labels
 PREFIX = r"(?:net\.)?"
 BACKBONES = {"clip_vitl16_384": "lseg-vitl16", "clip_vitb32_384": "lseg-vitb32"}
 ARCH_OPTIONS = {0: "none", 1: "bottleneck", 2: "depthwise"}

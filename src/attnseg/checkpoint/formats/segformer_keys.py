@@ -32,7 +32,7 @@ import re
 
 import torch
 
-from ...registry import family
+from ...families import family
 from ..keymap import ConversionError, Rule, apply_key_map, conv1x1_to_linear
 
 # transformers 5 module names -> the v4 names used in saved checkpoints

@@ -22,6 +22,14 @@ def detect(sd: dict) -> bool:
                for k in sd)
 
 
+def read_folder(path: Path) -> dict | None:
+    """A transformers folder (config.json beside its weights): the Checkpoint fields; None for other folders."""
+    if not (path / "config.json").is_file():
+        return None
+    sd, hf_config, variant, meta = read_dir(path)
+    return {"sd": sd, "variant": variant, "meta": meta, "hf_config": hf_config}
+
+
 def read_dir(path: Path) -> tuple[dict, dict, str, dict]:
     """(tensors, config.json, variant, label metadata) of a transformers folder."""
     hf_config = json.loads((path / "config.json").read_text())

@@ -5,7 +5,7 @@
 model's recorded CamVid test mIoU in OpenVINO bf16 is within `TOLERANCE` points of fp32 (pretrained/precision.json,
 written by scripts/precision_record.py) and the CPU has bf16 kernels; OpenVINO fp32 for other recorded models;
 eager PyTorch for models without a record and where OpenVINO is not installed. OpenVINO int8 graphs are not
-chosen: on this hardware they ran slower than bf16 for every shipped model (results/precision).
+chosen: on the AVX512-BF16 CPU of results/precision they ran slower than bf16 for every shipped model.
 """
 from __future__ import annotations
 

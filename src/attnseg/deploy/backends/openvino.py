@@ -118,7 +118,7 @@ def cache_dir() -> Path:
     return Path(root) / "openvino"
 
 
-def _fingerprint(model: torch.nn.Module) -> str:
+def _weights_key(model: torch.nn.Module) -> str:
     """The weights, architecture and attnseg/OpenVINO versions a converted graph depends on."""
     import openvino
 
@@ -144,7 +144,7 @@ def _cached_graph(ov, core, model: torch.nn.Module):
     An entry is NAME.xml, NAME.bin and NAME.sha256 (the SHA-256 of both, written last): it is used only when the
     digests match, so a damaged or half-written entry is converted again (said in one note), never run. A cache
     that cannot be written (a full disk, a read-only folder) is said in one note; the converted graph still runs."""
-    xml = cache_dir() / f"{_fingerprint(model)}.xml"
+    xml = cache_dir() / f"{_weights_key(model)}.xml"
     if xml.is_file():
         problem = _check_entry(xml)
         if problem is None:

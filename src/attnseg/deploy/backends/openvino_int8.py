@@ -1,7 +1,7 @@
 """int8 OpenVINO graphs: NNCF post-training quantization of the converted model, calibrated on real images put
 through the model's own preprocessing, saved as OpenVINO IR (`.xml` + `.bin`) that `--model m.xml` runs.
 
-    attnseg export --model M --format openvino --quantize int8 --calibrate camvid:../shared/data/camvid:train \\
+    attnseg export --model M --format openvino --quantize int8 --calibrate camvid:data/camvid:train \\
         --calib-images 32 --out m.int8.xml
 
 NNCF quantizes weights per channel and activations per tensor (min/max over the calibration images). What
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ...io import atomic_write_bytes
-from ...registry import FAMILIES, family_name
+from ...families import FAMILIES, family_name
 
 
 def _model_type(model) -> str:

@@ -16,7 +16,7 @@ class Family:
     name: str
     kind: str  # "encoder" (features, no decode head) | "segmenter" (fixed classes) | "language" (LSeg: labels)
     transformer: bool = False  # int8 export keeps everything but Conv/MatMul/Gemm/Add/Mul in fp32 (measured)
-    upgrade: Callable[[dict], dict] | None = None  # a config saved before today's options -> today's config
+    upgrade: Callable[[dict], dict] | None = None  # a config saved with older options -> the current ones
 
 
 _LIST = (
