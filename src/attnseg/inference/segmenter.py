@@ -171,6 +171,46 @@ class Segmenter:
         s, (h, w) = self.raw_scores(image, **kw)
         return upsample_argmax(s, (h, w), self.band_pixels)
 
+    def segments(self, images, labels: list[str] | None = None, threshold: float | None = None):
+        """What transformers' `pipeline("image-segmentation")` returns: per image, a list of
+        `{"label", "score", "mask"}`, one per label present, largest first; `mask` a PIL image of mode L (255 on
+        the label's pixels) at the image's size, the masks disjoint and covering it; `score` the label's mean
+        probability over the pixels it won. `images`: a path, an http(s) URL, bytes, a PIL image, an (H, W, 3)
+        array, or a list of them (then a list of lists comes back). `labels`: an LSeg model's labels; `threshold`
+        drops labels scoring below it."""
+        from PIL import Image
+
+        single = not isinstance(images, (list, tuple))
+        kw = {"labels": list(labels)} if labels is not None else {}
+        names = list(labels) if labels is not None else list(self.class_names or getattr(self.model, "default_labels",
+                                                                                          None) or [])
+        out = []
+        for image in [images] if single else images:
+            scores, size = self.raw_scores(to_rgb_array(image), **kw)
+            label = upsample_argmax(scores, size, self.band_pixels)
+            out.append([{"label": names[i] if i < len(names) else str(i), "score": score,
+                         "mask": Image.fromarray(((label == i) * 255).astype(np.uint8), mode="L")}
+                        for i, score, _ in label_scores(label, scores, max(len(names), 1))
+                        if threshold is None or score >= threshold])
+        return out[0] if single else out
+
+
+def label_scores(label: np.ndarray, scores: torch.Tensor, n: int) -> list[tuple[int, float, float]]:
+    """(label index, score, pixel share) of every label present in `label`, largest first. The score is the mean
+    softmax probability of the label over the pixels it won in `scores` (K, h, w), the model's output at its
+    resolution: how transformers' image-segmentation pipeline scores a segment."""
+    counts = np.bincount(label.ravel(), minlength=n)
+    probs = scores.float().softmax(0)
+    winner = probs.argmax(0)
+    out = []
+    for i in np.argsort(-counts, kind="stable"):
+        if counts[i] == 0:
+            continue
+        won = winner == int(i)
+        score = float(probs[int(i)][won].mean()) if bool(won.any()) else float(probs[int(i)].max())
+        out.append((int(i), score, float(counts[i]) / label.size))
+    return out
+
 
 def upsample_argmax(scores: torch.Tensor, size: tuple[int, int], band_pixels: int = 4_000_000) -> np.ndarray:
     """argmax over K of the bilinear (align_corners=False) resize of `scores` (K, h, w) to `size`, computed

@@ -177,8 +177,34 @@ def read_label(path: str | os.PathLike, max_pixels: int | None = None) -> np.nda
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(f"cannot read label map {path}: {e} (corrupt or truncated)") from None
 
+MAX_FETCH_BYTES = 100 * 2**20  # an image fetched from a URL: at most this many bytes are read
+
+
+def fetch(url: str, timeout_s: float = 30.0, max_bytes: int = MAX_FETCH_BYTES) -> bytes:
+    """The bytes at an http(s) URL (at most `max_bytes`); ImageReadError, one line, when they cannot be had."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as r:  # noqa: S310 - http(s) only, checked by the caller
+            data = r.read(max_bytes + 1)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise ImageReadError(f"cannot fetch {url}: {getattr(e, 'reason', None) or e}; download it and pass the "
+                             "file") from None
+    if len(data) > max_bytes:
+        raise ImageReadError(f"{url} is over {max_bytes // 2**20} MB; download it and pass the file")
+    return data
+
+
+def is_url(image) -> bool:
+    return isinstance(image, str) and image.startswith(("http://", "https://"))
+
+
 def to_rgb_array(image, max_pixels: int | None = None) -> np.ndarray:
-    """Accept a path, bytes, a PIL image or an (H, W[, 3|4]) uint8/uint16 array; return RGB uint8 (H, W, 3)."""
+    """Accept a path, an http(s) URL, bytes, a PIL image or an (H, W[, 3|4]) uint8/uint16 array; return RGB
+    uint8 (H, W, 3)."""
+    if is_url(image):
+        return read_image(fetch(image), max_pixels, name=image)
     if isinstance(image, (str, os.PathLike, bytes, bytearray)):
         return read_image(image, max_pixels)
     if isinstance(image, Image.Image):

@@ -47,11 +47,21 @@ def list_uri(uri: str, extensions: tuple[str, ...]) -> list[tuple[str, Path]]:
                   if f.type == pafs.FileType.File and Path(f.path).suffix.lower() in extensions)
 
 
+def _pyarrow_fs(uri: str):
+    """pyarrow's filesystem layer, or ImportError naming the extra that brings it."""
+    try:
+        from pyarrow import fs
+    except ImportError:
+        raise ImportError(f"{uri}: reading URLs needs pyarrow, part of the ray extra: pip install 'attnseg[ray]'") \
+            from None
+    return fs
+
+
 def _source(src: str):
     """What read_image takes for `src`: the path itself, or a remote file's bytes (size-checked first)."""
     if not is_uri(src):
         return src
-    from pyarrow import fs as pafs
+    pafs = _pyarrow_fs(src)
 
     filesystem, path = pafs.FileSystem.from_uri(src)
     size = filesystem.get_file_info(path).size

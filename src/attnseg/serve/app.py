@@ -25,6 +25,7 @@ from .batcher import Batcher
 from .budget import MemoryBudget
 from .limits import BodyLimit, Observe, log
 from .models import ServedModel, load_models  # noqa: F401 (the app's public names)
+from .hf import router as hf_router
 from .routes import STATIC, APIError, router  # noqa: F401
 
 
@@ -47,7 +48,8 @@ class Settings:
 class Metrics:
     """The Prometheus registry of one app: requests by path and status, segment latency, batch sizes, queue."""
 
-    PATHS = ("/", "/api/models", "/api/limits", "/api/segment", "/healthz", "/readyz", "/version", "/metrics", "/docs", "/redoc")
+    PATHS = ("/", "/api/models", "/api/limits", "/api/segment", "/hf", "/hf/{model}", "/healthz", "/readyz", "/version",
+             "/metrics", "/docs", "/redoc")
 
     def __init__(self, batcher_depth, replica: str | None = None):
         from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector,
@@ -108,6 +110,7 @@ def create_app(models: dict[str, ServedModel], settings: Settings | None = None)
         app.add_middleware(CORSMiddleware, allow_origins=[s.cors], allow_methods=["GET", "POST"])
     _error_handlers(app)
     app.include_router(router)
+    app.include_router(hf_router)
     _docs_routes(app)
     _typed_models(app, list(models))
     return app

@@ -150,7 +150,8 @@ class Observe:
                 await _send_json(send, 500, {"error": "internal error", "request_id": rid},
                                  [(b"x-request-id", rid.encode())])
         path = scope.get("path", "")
-        self.count(path if path in self.paths else "other", str(status[0]))
+        route = "/hf/{model}" if path.startswith("/hf/") else path  # one series for every model's route
+        self.count(route if route in self.paths else "other", str(status[0]))
         log.info("%s %s %s %d %.1fms", rid, printable(scope.get("method", ""), 16), printable(path), status[0],
                  (time.perf_counter() - t0) * 1000)
 

@@ -12,6 +12,7 @@ import io
 import json
 import re
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from starlette.requests import ClientDisconnect
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from ..inference.segmenter import label_scores
 from ..io import ImageReadError, ImageTooLarge, decode_bytes, encode_image, label_png, peek_image, read_image
 from ..models.text import TextEncoderError, check_labels
 from ..worksize import WorkSizeError
@@ -145,38 +147,56 @@ async def segment(request: Request, model: str | None = Query(None, include_in_s
         raise APIError(422, f"format: expected {', '.join(FORMATS)}, got {str(fmt)[:16]!r}")
     isr = _isr(served, req["isr"])
     label_tuple = _labels(req["labels"], served, st.settings)
-    need, keep = _memory_need(req["data"], req["filename"], served, st.settings.max_pixels)
+    return await run_image(request, served, req["data"], req["filename"], label_tuple, isr,
+                           partial(_answer, request, served, fmt, isr, label_tuple, req, t0))
+
+
+async def run_image(request: Request, served: ServedModel, data: bytes, filename: str, label_tuple, isr, shape):
+    """Decode the image within the memory budget, queue it, run it, and make the answer with `shape(result,
+    size)` while the budget is still held. 413/415 for what the image is, 503 when the budget stays busy."""
+    st = request.app.state
+    need, keep = _memory_need(data, filename, served, st.settings.max_pixels)
     try:
         async with st.budget.reserve(need, min(BUDGET_WAIT_S, st.settings.timeout_s)) as hold:
             try:
-                x, size = await run_in_threadpool(_decode, req["data"], req["filename"], served,
-                                                  st.settings.max_pixels)
+                x, size = await run_in_threadpool(_decode, data, filename, served, st.settings.max_pixels)
             except (ImageTooLarge, WorkSizeError) as e:
                 raise APIError(413, f"image: {e}") from None
             except ImageReadError as e:
                 raise APIError(415, f"image: {e}") from None
             hold.decoded(keep)
-            return await _answer(request, served, fmt, isr, label_tuple, req, x, size, t0)
+            result = await _run(request, Job(served.name, x, size, label_tuple, isr))
+            return await shape(result, size)
     except BudgetTooSmall as e:
         raise APIError(413, f"image: {e}") from None
     except BudgetBusy as e:
         raise APIError(503, str(e), {"Retry-After": "2"}) from None
 
 
-async def _answer(request: Request, served: ServedModel, fmt: str, isr, label_tuple, req, x, size, t0: float):
-    """Run the decoded image and shape the answer in the format asked."""
-    st = request.app.state
-    result = await _run(request, Job(served.name, x, size, label_tuple, isr))
+def names_and_palette(served: ServedModel, label_tuple) -> tuple[list[str], list]:
+    """The names of a result's label indices and their colours (a typed label keeps its colour)."""
     names = list(label_tuple) if label_tuple else list(
         served.segmenter.class_names if not served.language else served.model.default_labels)
-    palette = (served.segmenter.palette_for_labels(names) if served.language  # a label keeps its colour
+    palette = (served.segmenter.palette_for_labels(names) if served.language
                else served.segmenter.palette_for(max(len(names), 1)))  # the palette `attnseg predict` uses
-    png = await run_in_threadpool(_png_bytes, result.label, palette, names) if fmt != "segments" else None
+    return names, palette
+
+
+def observe(request: Request, served: ServedModel, result, t0: float) -> tuple[float, dict]:
+    """Record the request's latencies in /metrics; (total seconds, the timing headers)."""
+    st = request.app.state
     total = time.perf_counter() - t0
     st.metrics.latency.labels(served.name).observe(total)
     st.metrics.model_latency.labels(served.name).observe(result.latency_ms / 1000)
-    headers = {"X-Latency-Ms": f"{result.latency_ms:.1f}", "X-Queue-Ms": f"{result.queue_ms:.1f}",
-               "X-Batch-Size": str(result.batch_size), "X-Total-Ms": f"{1000 * total:.1f}"}
+    return total, {"X-Latency-Ms": f"{result.latency_ms:.1f}", "X-Queue-Ms": f"{result.queue_ms:.1f}",
+                   "X-Batch-Size": str(result.batch_size), "X-Total-Ms": f"{1000 * total:.1f}"}
+
+
+async def _answer(request: Request, served: ServedModel, fmt: str, isr, label_tuple, req, t0: float, result, size):
+    """The answer in the format asked: the label PNG, the JSON summary or the segments."""
+    names, palette = names_and_palette(served, label_tuple)
+    png = await run_in_threadpool(_png_bytes, result.label, palette, names) if fmt != "segments" else None
+    total, headers = observe(request, served, result, t0)
     if fmt == "png":
         return Response(png, media_type="image/png", headers=headers)
     if fmt == "segments":
@@ -324,24 +344,21 @@ def _summary(model: str, size, result, isr, names: list[str], palette, total: fl
                         for i in np.argsort(-counts, kind="stable")]}
 
 
+def segment_scores(result, n: int) -> list[tuple[int, float, float]]:
+    """(label index, score, pixel share) of every label present in a result (inference.segmenter.label_scores)."""
+    return label_scores(result.label, result.scores, n)
+
+
 def _segments(model: str, size, result, names: list[str], palette, total: float) -> dict:
-    """A mask per label present and its score: the mean softmax probability of the label over the pixels it
-    won, at the model's output resolution (as transformers' image-segmentation pipeline scores a segment)."""
+    """A 1-bit PNG mask per label present, with its score, colour and share."""
     from PIL import Image
 
-    counts = np.bincount(result.label.ravel(), minlength=len(names))
-    probs = result.scores.softmax(0)
-    winner = probs.argmax(0)
     segments = []
-    for i in np.argsort(-counts, kind="stable"):
-        if counts[i] == 0:
-            continue
+    for i, score, share in segment_scores(result, len(names)):
         buf = io.BytesIO()
         Image.fromarray(result.label == i).save(buf, format="PNG")  # mode "1": a 1-bit PNG
-        won = winner == int(i)
-        score = float(probs[int(i)][won].mean()) if bool(won.any()) else float(probs[int(i)].max())
-        segments.append({"label": names[i] if i < len(names) else str(i), "index": int(i), "score": round(score, 6),
-                         "color": [int(v) for v in palette[i]], "share": round(float(counts[i]) / result.label.size, 6),
+        segments.append({"label": names[i] if i < len(names) else str(i), "index": i, "score": round(score, 6),
+                         "color": [int(v) for v in palette[i]], "share": round(share, 6),
                          "mask": base64.b64encode(buf.getvalue()).decode()})
     return {"model": model, "width": size[1], "height": size[0], "latency_ms": round(result.latency_ms, 2),
             "total_ms": round(1000 * total, 2), "segments": segments}
