@@ -112,3 +112,16 @@ def test_batches_are_bounded_by_pixels_as_well_as_images(tmp_path, tiny_ckpt, mo
     assert calls == []  # each through predict, alone
     for a, b, c in zip(together, pairs, alone):  # batched and single runs may differ only at float ties
         assert (a == b).mean() > 0.999 and (a == c).mean() > 0.999
+
+
+def test_a_url_input_without_pyarrow_names_the_extra(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import without_modules
+
+    r = subprocess.run([sys.executable, "-m", "attnseg.cli", "predict", "s3://bucket/street.png", "--out",
+                        str(tmp_path / "o")], capture_output=True, text=True, timeout=120,
+                       env=without_modules(tmp_path, "pyarrow"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "reading URLs needs pyarrow" in r.stderr and "pip install 'attnseg[ray]'" in r.stderr

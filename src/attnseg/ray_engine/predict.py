@@ -33,7 +33,7 @@ def is_uri(s) -> bool:
 def list_uri(uri: str, extensions: tuple[str, ...]) -> list[tuple[str, Path]]:
     """(file URI, path relative to `uri`) of every image below `uri` (a file or a folder) on any filesystem
     pyarrow reads (s3://, gs://, hdfs://, ...), sorted; credentials come from the environment as pyarrow's."""
-    from pyarrow import fs as pafs
+    pafs = _pyarrow_fs(uri)
 
     filesystem, root = pafs.FileSystem.from_uri(uri)
     scheme = uri.split("://", 1)[0]
