@@ -300,3 +300,20 @@ def test_yaml_nested_thousands_deep_is_one_line(tmp_path, capsys):
                                  "--model-option", f"drop_path_rate={deep}", "--out", str(tmp_path / "o")]),
                    "--model-option", "nested deeper")
     assert not (tmp_path / "run").exists()
+
+
+def test_shipped_configs_load_by_name_as_from_a_wheel(tmp_path, monkeypatch, capsys):
+    from attnseg.cli import main
+    from attnseg.engine.config import ConfigError, config_to_dict, load_config
+    from tests.helpers import one_line_error
+
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here: the shipped copies are used
+    by_name = load_config("lseg-effnet-lite2_camvid_vocab")
+    by_path = load_config(ROOT / "configs" / "lseg-effnet-lite2_camvid_vocab.yaml")
+    assert config_to_dict(by_name) == config_to_dict(by_path)
+    from attnseg.engine.vocabulary import load_names
+
+    assert len(load_names(by_name.data.label_names)) == 11  # its vocabulary file, found in the package too
+    with pytest.raises(ConfigError, match="shipped configs, by name: .*sanet-effnet-lite0_camvid"):
+        load_config("no-such-config")
+    one_line_error(capsys, main(["train", "--config", "no-such-config"]), "not found")

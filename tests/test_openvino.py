@@ -135,7 +135,7 @@ def test_many_input_sizes_keep_a_bounded_set_of_compiled_shapes(monkeypatch, tmp
         x = torch.randn(1, 3, 32 + 8 * i, 48)
         outs[i] = (x, graph(x))
         assert len(graph._shapes) <= 3
-    assert graph._generation == 2  # compiled afresh after shapes 3 and 6
+    assert graph.recompiled == 2  # compiled afresh at shapes 4 and 7
     fresh = ovb.OpenVinoModel(model, "fp32", threads=1)
     for x, y in outs.values():
         torch.testing.assert_close(fresh(x), y, rtol=0, atol=0)

@@ -101,3 +101,10 @@ def test_json_inputs_parameters_and_refusals(client):
     assert client.post(f"/hf/{SHIPPED}", content=b"not an image").status_code == 415
     spec = client.get("/openapi.json").json()
     assert "/hf/{model}" in spec["paths"] and "application/json" in spec["paths"]["/hf/{model}"]["post"]["requestBody"]["content"]
+
+
+def test_the_page_has_a_favicon(client):
+    r = client.get("/favicon.ico")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(r.content)).size == (32, 32)
+    assert 'rel="icon"' in client.get("/").text

@@ -22,7 +22,7 @@ def from_hub(repo_id: str) -> Path:
         raise ModelLoadError(
             f"could not fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__}: {str(e).splitlines()[0]}). "
             "The hub is unreachable or the id is wrong. Download the checkpoint on a machine with internet "
-            f"(e.g. `huggingface-cli download {repo_id} --local-dir DIR`) and pass the local directory or file: "
+            f"(e.g. `hf download {repo_id} --local-dir DIR`) and pass the local directory or file: "
             "attnseg.load_model('DIR') / --model DIR.") from e
 
 

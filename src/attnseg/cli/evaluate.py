@@ -72,7 +72,7 @@ def _fewshot_arguments(p):
                                "LSeg and HSNet evaluate)")
     p.add_argument("--protocol", choices=["lseg", "hsnet"], default="lseg",
                    help="episode schedule, mask reading and scoring size of LSeg's evaluation (default, 480) or "
-                        "HSNet's (400); see docs/methods/lseg.md")
+                        "HSNet's (400); the LSeg page of the documentation says which to use")
     p.add_argument("--label-words", choices=["lseg", "readable"], default=None,
                    help="class words given to the text encoder: lseg (LSeg's label files: 'trafficlight', "
                         "'tvmonitor', FSS names with underscores; background 'others') or readable ('traffic "

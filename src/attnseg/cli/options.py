@@ -188,7 +188,8 @@ def add_work_limit(p, default: int = MAX_WORK_PIXELS, help: str | None = None) -
                                 f"{MAX_WORK_SIDE}; aspect ratios beyond {MAX_WORK_SIDE // MIN_WORK_SIDE}:1 are refused")
 
 
-def add_config(p, required: bool = False, help: str = "YAML file of overrides (see configs/)") -> None:
+def add_config(p, required: bool = False,
+               help: str = "YAML file of overrides, or a shipped config by name (e.g. sanet-effnet-lite0_camvid)") -> None:
     """--config FILE and --set KEY=VALUE (repeatable): a training config and its overrides."""
     p.add_argument("--config", required=required, default=None, help=help)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

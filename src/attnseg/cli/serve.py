@@ -5,14 +5,15 @@ import ctypes
 import logging
 import sys
 
-from ..pretrained import default_served
+from ..pretrained import DEFAULT_MODELS, default_served
 from . import options
 from .common import CLIError, connect_ray
 
 
 def add_arguments(verb: str, p):
-    options.add_model(p, required=False, help="model to load (repeatable; default: every shipped model); requests "
-                      "pick them by name", loading=False, arch=False, many=True)
+    options.add_model(p, required=False, help="model to load (repeatable; default: " + ", ".join(DEFAULT_MODELS)
+                      + "); requests pick them by name; `attnseg models --card NAME` says what each is for",
+                      loading=False, arch=False, many=True)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=options.int_range(1, 65535), default=8000)
     options.add_backend(p)
@@ -21,7 +22,7 @@ def add_arguments(verb: str, p):
     p.add_argument("--max-batch", type=options.int_range(1, 256), default=8, help="requests per model batch")
     p.add_argument("--max-wait-ms", type=options.float_range(0.0, 10000.0), default=0.0,
                    help="how long the worker waits for requests to batch with the first; default 0 (no "
-                        "micro-batching: on a 2-core CPU batching measured slower, see docs/serving.md); e.g. 10 on GPUs")
+                        "micro-batching: on a 2-core CPU batching measured slower); e.g. 10 on GPUs")
     p.add_argument("--queue", type=options.int_range(1, 100000), default=32, help="queued requests before 503")
     p.add_argument("--max-upload-mb", type=options.float_range(0.001, 10000.0), default=20.0)
     options.add_max_pixels(p, 40_000_000, "per image, read from the header")

@@ -284,12 +284,33 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # the shipped models' training configs
+
+
+def shipped_configs() -> list[str]:
+    return sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml"))
+
+
+def find_file(spec: str | Path) -> Path:
+    """A config or vocabulary file: a path as given, else one shipped with attnseg, named by its shipped name
+    (`sanet-effnet-lite0_camvid`) or by its path in the source tree (`configs/vocab/camvid_label_names.yaml`)."""
+    p = Path(spec)
+    if p.is_file():
+        return p
+    parts = p.parts[1:] if p.parts[:1] == ("configs",) else p.parts
+    for cand in (SHIPPED_CONFIGS.joinpath(*parts), SHIPPED_CONFIGS / f"{p.name}.yaml"):
+        if parts and cand.is_file():
+            return cand
+    return p
+
+
 def load_config(path: str | Path | None = None, sets: list[str] | None = None) -> Config:
+    """The default Config with a YAML file's overrides (a path or a shipped config's name) and `sets`."""
     cfg = Config()
     if path is not None:
-        p = Path(path)
+        p = find_file(path)
         if not p.is_file():
-            raise ConfigError(f"config file {p} not found")
+            raise ConfigError(f"config file {p} not found (shipped configs, by name: {', '.join(shipped_configs())})")
         try:
             if p.stat().st_size > MAX_CONFIG_BYTES:
                 raise ConfigError(f"config file {p} is {p.stat().st_size:,} bytes; a config is a few KB "

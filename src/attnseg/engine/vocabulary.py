@@ -88,7 +88,9 @@ def load_names(spec) -> dict[str, list[str]] | None:
     """data.label_names: a mapping {class: [names]} or the path of a YAML file holding one."""
     if spec is None or isinstance(spec, dict):
         return spec
-    path = Path(spec)
+    from .config import find_file
+
+    path = find_file(spec)
     if not path.is_file():
         raise VocabularyError(f"data.label_names: {spec} is not a file (a YAML mapping class -> list of names)")
     try:

@@ -150,7 +150,7 @@ class CLIPEncoder(TextEncoder):
         super().__init__(template)
         from transformers import AutoTokenizer, CLIPTextModelWithProjection
 
-        hint = (f"Offline, download it on a machine with internet (huggingface-cli download {source} --local-dir "
+        hint = (f"Offline, download it on a machine with internet (hf download {source} --local-dir "
                 "DIR) and use text_encoder='clip:DIR', or use the packaged offline encoder text_encoder='minilm'.")
         folder = source
         if not Path(source).is_dir():

@@ -48,7 +48,7 @@ class Settings:
 class Metrics:
     """The Prometheus registry of one app: requests by path and status, segment latency, batch sizes, queue."""
 
-    PATHS = ("/", "/api/models", "/api/limits", "/api/segment", "/hf", "/hf/{model}", "/healthz", "/readyz", "/version",
+    PATHS = ("/", "/favicon.ico", "/api/models", "/api/limits", "/api/segment", "/hf", "/hf/{model}", "/healthz", "/readyz", "/version",
              "/metrics", "/docs", "/redoc")
 
     def __init__(self, batcher_depth, replica: str | None = None):

@@ -46,12 +46,18 @@ async def index():
     return FileResponse(STATIC / "index.html", media_type="text/html")
 
 
+@router.get("/favicon.ico", include_in_schema=False)
+async def favicon():
+    return FileResponse(STATIC / "favicon.png", media_type="image/png")
+
+
 @router.get("/static/{name}", include_in_schema=False)
 async def static(name: str):
     path = STATIC / name
     if not re.fullmatch(r"[\w.-]+", name) or not path.is_file():
         raise APIError(404, f"no such file: {name}")
-    kind = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}.get(path.suffix, "text/plain")
+    kind = {".js": "text/javascript", ".css": "text/css", ".html": "text/html", ".png": "image/png"}.get(path.suffix,
+                                                                                                      "text/plain")
     return FileResponse(path, media_type=kind)
 
 

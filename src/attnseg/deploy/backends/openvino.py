@@ -79,37 +79,45 @@ class OpenVinoModel(GraphModel):
         self._core, self._graph, self._config = core, graph, config
         self.max_shapes = max_shapes
         self._shapes: set = set()
-        self._lock = threading.Lock()
-        self._generation = 0
+        self._requests: dict[int, object] = {}  # one infer request per calling thread
+        self._running = 0  # infer calls in flight
+        self._state = threading.Condition()
         self.compiled = core.compile_model(graph, "CPU", config)
-        self._local = threading.local()
+        self.recompiled = 0  # times the graph was compiled afresh (see _count_shape)
 
     def _run(self, feeds: dict) -> np.ndarray:
-        self._count_shape(tuple(feeds["images"].shape))
-        local = self._local
-        if getattr(local, "generation", None) != self._generation:
-            with self._lock:  # not while the graph is being compiled afresh
-                local.request, local.generation = self.compiled.create_infer_request(), self._generation
-        local.request.infer(feeds)
-        return local.request.get_output_tensor(0).data.copy()
+        shape = tuple(feeds["images"].shape)
+        with self._state:
+            if shape not in self._shapes:
+                self._count_shape(shape)
+            req = self._requests.get(threading.get_ident())
+            if req is None:
+                req = self._requests[threading.get_ident()] = self.compiled.create_infer_request()
+            self._running += 1
+        try:
+            req.infer(feeds)
+            return req.get_output_tensor(0).data.copy()
+        finally:
+            with self._state:
+                self._running -= 1
+                self._state.notify_all()
 
     def _count_shape(self, shape: tuple) -> None:
         """The CPU plugin keeps memory for every input shape a dynamic graph has run (compiled kernels and
         buffers, ~4-17 MB each, not all of it under its runtime-cache capacity): past `max_shapes` distinct
-        shapes the graph is compiled afresh (about a second), so memory stays bounded whatever sizes arrive."""
-        if shape in self._shapes:
-            return
-        with self._lock:
-            if shape in self._shapes:
-                return
-            if len(self._shapes) >= self.max_shapes:
-                self.compiled = None  # requests still running elsewhere keep the old graph until they finish
-                self._local.request = None
-                release_freed_memory(collect=True)
-                self.compiled = self._core.compile_model(self._graph, "CPU", self._config)
-                self._generation += 1
-                self._shapes.clear()
-            self._shapes.add(shape)
+        shapes the graph is compiled afresh (about a second), so memory stays bounded whatever sizes arrive.
+        Called holding `_state`; waits for the calls in flight, then drops every infer request before the
+        graph they belong to."""
+        if len(self._shapes) >= self.max_shapes:
+            while self._running:
+                self._state.wait()
+            self._requests.clear()
+            self.compiled = None
+            release_freed_memory(collect=True)
+            self.compiled = self._core.compile_model(self._graph, "CPU", self._config)
+            self.recompiled += 1
+            self._shapes.clear()
+        self._shapes.add(shape)
 
 
 def cache_dir() -> Path:
