@@ -1,13 +1,14 @@
 # `make demo`: set up .venv, then segment the bundled examples with the default model.
 # `make test`: set up .venv with the dev extras, then run the whole test suite (as CI does).
 # `make check`: the fast subset for the edit loop (no slow, data or e2e tests).
+# `make check-pythons`: the wheel installed with its extras in a clean venv per Python 3.10-3.13, run from outside.
 # `make docs`: render the generated pages, then build the documentation site into site/ (DOCS_OUT=dir elsewhere).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.attnseg-installed
 
-.PHONY: setup demo test check e2e chromium docs clean
+.PHONY: setup demo test check check-pythons e2e chromium docs clean
 DOCS_OUT ?= site
 
 $(STAMP): pyproject.toml
@@ -35,6 +36,11 @@ test: setup chromium
 # the edit loop: everything but the slow, data and browser/server tests (a couple of minutes on 2 cores)
 check: setup
 	$(BIN)/python -m pytest -q -m "not slow and not data and not e2e"
+
+# every supported Python: a clean venv each with the wheel and its extras; predict, serve and the HF client from
+# outside the repository (downloads torch for each Python; see scripts/check_pythons.sh)
+check-pythons:
+	bash scripts/check_pythons.sh
 
 docs: setup
 	$(BIN)/python scripts/render_docs.py

@@ -162,7 +162,7 @@ def test_model_cards_show_the_recorded_numbers(capsys):
 # tables written by hand: reference tables (what an extra adds, the endpoints, the methods, the benchmark index)
 # and the architecture table, whose numbers `attnseg flops` computes from the code (its command is on the page)
 HAND_TABLES = {"| extra | what it adds |", "| what | command | data |", "| method | paper | in attnseg |",
-               "| endpoint | what it does |", "| model | params | GFLOPs | paper | notes |"}
+               "| endpoint | what it does |", "| model | params | GFLOPs | paper | notes |", "| transformers | attnseg |"}
 
 
 def test_every_results_table_is_rendered_from_data():

@@ -119,7 +119,7 @@ def test_lseg_labels_and_label_errors(client, tmp_path):
         # keeps the model's colour for it
         pal = {tuple(c["color"]) for c in r.json()["classes"] if c["name"] == "road"}
         r1 = post(c, {"model": "lseg-effnet-lite0-camvid", "labels": '["car, parked", "road", "other"]', "format": "json"})
-        r2 = c.post("/api/segment", json={"image": base64.b64encode(EXAMPLE.read_bytes()).decode(),
+        r2 = c.post("/api/segment", json={"image": base64.b64encode(EXAMPLE.read_bytes()).decode(), "format": "json",
                                           "model": "lseg-effnet-lite0-camvid", "labels": ["other", "road", "car, parked"]})
         assert r1.status_code == r2.status_code == 200
         c1 = {x["name"]: x["color"] for x in r1.json()["classes"]}
@@ -164,13 +164,13 @@ def test_image_as_raw_body_json_or_form_model_optional_and_segments(client):
     form = post(client, {"model": "tiny_seg"})
     raw = client.post("/api/segment?model=tiny_seg", content=EXAMPLE.read_bytes(), headers={"Content-Type": "image/png"})
     as_json = client.post("/api/segment", json={"image": base64.b64encode(EXAMPLE.read_bytes()).decode(),
-                                                "model": "tiny_seg", "format": "png"})
+                                                "model": "tiny_seg"})  # png: the default whatever the body
     assert form.status_code == raw.status_code == as_json.status_code == 200
     assert form.content == raw.content == as_json.content
     meta = __import__("json").loads(Image.open(io.BytesIO(form.content)).info["attnseg"])
     assert meta["classes"] == ["sky", "road", "car"] and len(meta["palette"]) == 3  # the PNG says what it holds
     body = client.post("/api/segment", json={"image": "data:image/png;base64," +
-                                             base64.b64encode(EXAMPLE.read_bytes()).decode()}).json()
+                                             base64.b64encode(EXAMPLE.read_bytes()).decode(), "format": "json"}).json()
     assert body["model"] == SHIPPED and len(body["classes"]) == 11 and body["total_ms"] >= body["latency_ms"] > 0
     seg = client.post("/api/segment", json={"image": base64.b64encode(EXAMPLE.read_bytes()).decode(),
                                             "model": "tiny_seg", "format": "segments"}).json()
@@ -191,7 +191,9 @@ def test_image_as_raw_body_json_or_form_model_optional_and_segments(client):
     limits = client.get("/api/limits").json()
     assert limits["max_pixels"] == 4_000_000 and limits["max_upload_mb"] == 2
     spec = client.get("/openapi.json").json()["paths"]["/api/segment"]["post"]
-    assert {"multipart/form-data", "application/json", "image/*"} <= set(spec["requestBody"]["content"])
+    assert {"multipart/form-data", "application/json", "image/png", "application/octet-stream"} <= set(
+        spec["requestBody"]["content"])
+    assert spec["responses"]["200"]["content"]["image/png"]["schema"] == {"type": "string", "format": "binary"}
     metrics = client.get("/metrics").text
     assert 'attnseg_request_seconds_bucket{le="0.01",model="tiny_seg"}' in metrics
     assert "attnseg_model_seconds" in metrics and "process_resident_memory_bytes" in metrics

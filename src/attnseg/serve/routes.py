@@ -111,8 +111,9 @@ SEGMENT_BODIES = {"requestBody": {"required": True, "content": {
         "format": {"type": "string", "enum": list(FORMATS), "default": "png"},
         "include_mask": {"type": "boolean", "default": False}}}},
     "application/json": {"schema": SegmentJSON.model_json_schema()},
-    "image/*": {"schema": {"type": "string", "format": "binary",
-                           "description": "the image file itself; other fields as query parameters"}}}}}
+    **{kind: {"schema": {"type": "string", "format": "binary",
+                         "description": "the image file itself; other fields as query parameters"}}
+       for kind in ("image/png", "image/jpeg", "application/octet-stream", "image/*")}}}}
 
 
 @router.get("/api/limits", summary="what a request may hold: upload size, pixels, labels")
@@ -123,7 +124,8 @@ async def limits(request: Request) -> dict:
 
 
 @router.post("/api/segment", summary="segment one image", openapi_extra=SEGMENT_BODIES,
-             responses={200: {"model": SegmentResult | SegmentsResult, "content": {"image/png": {}},
+             responses={200: {"model": SegmentResult | SegmentsResult,
+                              "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
                               "description": "png: the palette label map (pixel = class/label index); json: every "
                                              "class with its colour and pixel share, image size and timings; "
                                              "segments: a binary mask per label present"},
@@ -148,7 +150,7 @@ async def segment(request: Request, model: str | None = Query(None, include_in_s
     req = await _read_request(request, {"model": model, "labels": labels, "isr": isr, "format": format,
                                         "include_mask": include_mask})
     served = _served(st.models, req["model"] or next(iter(st.models)))
-    fmt = req["format"] or ("json" if req["json_body"] else "png")
+    fmt = req["format"] or "png"  # one default whatever the body
     if fmt not in FORMATS:
         raise APIError(422, f"format: expected {', '.join(FORMATS)}, got {str(fmt)[:16]!r}")
     isr = _isr(served, req["isr"])

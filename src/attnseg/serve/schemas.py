@@ -21,7 +21,7 @@ class SegmentJSON(BaseModel):
     model: str | None = Field(None, description="one of GET /api/models' names (default: the server's first)")
     labels: list[str] | None = Field(None, description="LSeg: the labels, one string each (commas allowed)")
     isr: str | None = Field(None, description="ISR setting ENC:DEC from the model's isr_settings")
-    format: Format = Field("json", description="png | json | segments")
+    format: Format = Field("png", description="png (default, whatever the body) | json | segments")
     include_mask: bool = Field(False, description="json: add the label PNG as base64")
 
 
