@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -33,6 +31,8 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from live_server import live_server  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:
@@ -40,12 +40,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sized_pool(images: list[bytes]) -> list[bytes]:
@@ -150,23 +144,14 @@ def dropped(url: str) -> float:
 
 
 def run(args, wait_ms: float, images: list[bytes], editors: int = 0) -> dict:
-    port = free_port()
     models = [args.model] + ([args.lseg_model] if args.lseg_editors else [])
-    cmd = [sys.executable, "-m", "attnseg.cli", "serve", *[a for m in models for a in ("--model", m)], "--port", str(port),
-           "--max-wait-ms", str(wait_ms), "--max-batch", str(args.max_batch), "--queue", str(args.queue)]
+    cmd = [*[a for m in models for a in ("--model", m)], "--max-wait-ms", str(wait_ms), "--max-batch",
+           str(args.max_batch), "--queue", str(args.queue)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.backend:
         cmd += ["--backend", args.backend]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(url + "/healthz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
+    with live_server(cmd, ready="/healthz") as (url, proc):
         args.editors_now = editors
         load(args, url, images, args.warmup, proc.pid)  # warm-up: the same load, so allocations settle
         rss_warm = rss_mb(proc.pid)
@@ -183,9 +168,6 @@ def run(args, wait_ms: float, images: list[bytes], editors: int = 0) -> dict:
                 "p50_ms": 1000 * q[49], "p90_ms": 1000 * q[89], "p99_ms": 1000 * q[98],
                 "status": {str(k): v for k, v in sorted(status.items())}, "client_timeouts": timeouts,
                 "rss_warm_mb": rss_warm, "rss_end_mb": rss_end, "rss_peak_mb": max(rss_samples + [rss_warm])}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def main() -> None:

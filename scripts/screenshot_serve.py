@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
+
+from live_server import live_server
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = sorted((ROOT / "examples").glob("camvid_test_*.png"))[0]
@@ -26,19 +23,7 @@ def main() -> int:
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "attnseg.cli", "serve", "--port", str(port), "--model",
-                               "sanet-effnet-lite0-camvid"], stderr=subprocess.DEVNULL, cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(url + "/healthz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
+    with live_server(["--model", "sanet-effnet-lite0-camvid"], ready="/healthz") as (url, _):
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
                                         headless=True, args=FLAGS)
@@ -57,9 +42,6 @@ def main() -> int:
                 page.screenshot(path=out, full_page=True)
                 print(f"wrote {out}")
             browser.close()
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
     return 0
 
 
