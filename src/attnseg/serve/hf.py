@@ -9,7 +9,7 @@ refused (this server fetches nothing). The answer is a bare JSON list of `{"labe
 mask a base64 PNG of mode L (255 on the label's pixels, 0 elsewhere) at the image's size, as transformers'
 `pipeline("image-segmentation")` returns; the masks are disjoint and cover the image (semantic segmentation).
 
-Parameters: `threshold` drops labels whose score is below it; `subtask` may be "semantic" (the only one these
+Parameters (in the JSON, or as query parameters with a raw body): `threshold` drops labels whose score is below it; `subtask` may be "semantic" (the only one these
 models do); `mask_threshold` and `overlap_mask_area_threshold` concern instance masks and are accepted and
 ignored; `labels` (an attnseg extension) gives an LSeg model its labels, as a list or comma-separated.
 """
@@ -22,7 +22,7 @@ import json
 import time
 from functools import partial
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
@@ -35,8 +35,9 @@ IGNORED = ("mask_threshold", "overlap_mask_area_threshold")
 KNOWN = ("threshold", "subtask", "labels", *IGNORED)
 
 HF_BODY = {"requestBody": {"required": True, "content": {
-    "image/*": {"schema": {"type": "string", "format": "binary", "description": "the image's bytes (any or no "
-                                                                                 "Content-Type)"}},
+    **{kind: {"schema": {"type": "string", "format": "binary", "description": "the image's bytes (any or no "
+                                                                               "Content-Type)"}}
+       for kind in ("application/octet-stream", "image/*")},
     "application/json": {"schema": {"type": "object", "required": ["inputs"], "properties": {
         "inputs": {"type": "string", "description": "the image, base64 (a data: URL too)"},
         "parameters": {"type": "object", "properties": {
@@ -52,18 +53,23 @@ HF_ANSWER = {200: {"description": "one element per label present", "content": {"
     504: {"model": ErrorBody}}
 
 
+THRESHOLD = Query(None, ge=0.0, le=1.0, description="raw body: the parameters' threshold")
+LABELS = Query(None, description="raw body: LSeg labels, the parameter repeated")
+
+
 @router.post("/hf/{model}", summary="segment one image: Hugging Face's image-segmentation protocol",
              openapi_extra=HF_BODY, responses=HF_ANSWER)
-async def hf_segment_model(request: Request, model: str):
-    return await _hf(request, model)
+async def hf_segment_model(request: Request, model: str, threshold: float | None = THRESHOLD,
+                           labels: list[str] | None = LABELS):
+    return await _hf(request, model, {"threshold": threshold, "labels": labels})
 
 
 @router.post("/hf", summary="the same with the server's first model", openapi_extra=HF_BODY, responses=HF_ANSWER)
-async def hf_segment(request: Request):
-    return await _hf(request, None)
+async def hf_segment(request: Request, threshold: float | None = THRESHOLD, labels: list[str] | None = LABELS):
+    return await _hf(request, None, {"threshold": threshold, "labels": labels})
 
 
-async def _hf(request: Request, model: str | None):
+async def _hf(request: Request, model: str | None, query: dict):
     t0 = time.perf_counter()
     st = request.app.state
     served = _served(st.models, model or next(iter(st.models)))
@@ -72,6 +78,7 @@ async def _hf(request: Request, model: str | None):
     except ClientDisconnect:
         raise APIError(499, "client closed the request") from None
     data, params = _inputs(body, request.headers.get("content-type", ""))
+    params = {**{k: v for k, v in query.items() if v is not None}, **params}  # the JSON's parameters win
     threshold = _threshold(params.get("threshold"))
     labels = params.get("labels")
     if labels is not None and not (isinstance(labels, str) or (isinstance(labels, list)
