@@ -3,7 +3,8 @@
 # with the wheel built from this tree and the extras a user installs, then, from outside the repository:
 # pip check, `python -m attnseg --help`, `attnseg predict` on an example image, `attnseg models --card`, and the
 # HTTP API with the Hugging Face client. One line per step; a summary table at the end; exit 1 if any failed.
-#   scripts/check_pythons.sh [PYTHON ...]        EXTRAS=serve,openvino,video,lseg  KEEP=1 (keep the venvs)
+# TESTS=1 also installs the dev extra and runs the suite's fast subset (make check's) against the installed wheel.
+#   scripts/check_pythons.sh [PYTHON ...]        EXTRAS=serve,openvino,video,lseg  TESTS=1  KEEP=1 (keep the venvs)
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 EXTRAS="${EXTRAS:-serve,openvino,video,lseg}"
@@ -53,6 +54,17 @@ for py in "${pythons[@]}"; do
       "from attnseg.engine.config import load_config; assert load_config('sanet-effnet-lite0_camvid').model.name") || ok=0
     (cd "$run" && step "serve + Hugging Face client" "$env/bin/python" "$ROOT/scripts/check_serve_client.py" \
       "$env/bin/attnseg" "$EXAMPLE") || ok=0
+  fi
+  if [ $ok = 1 ] && [ "${TESTS:-0}" = 1 ]; then
+    step "wheel[dev]" "$env/bin/pip" install -q "$WHEEL[dev]" || ok=0
+    # from the checkout (tests read its docs, configs and examples); `attnseg` is the installed wheel, not src/
+    if [ $ok = 1 ]; then
+      (cd "$ROOT" && "$env/bin/python" -m pytest -q -p no:cacheprovider -o addopts="" \
+        -m "not slow and not data and not e2e" > "$WORK/tests$v.log" 2>&1)
+      rc=$?
+      echo "  $([ $rc = 0 ] && echo 'ok   ' || echo 'FAIL ') fast subset (make check's): $(tail -1 "$WORK/tests$v.log")"
+      [ $rc = 0 ] || ok=0
+    fi
   fi
   result[$v]=$([ $ok = 1 ] && echo ok || echo FAILED)
   [ $ok = 1 ] || status=1
