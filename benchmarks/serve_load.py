@@ -34,6 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 from live_server import live_server  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from timing import machine  # noqa: E402
+
 
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -222,25 +225,6 @@ def main() -> None:
                   f"{e['finished']} answered; {r['dropped_by_server']:.0f} dropped from the queue unrun")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "machine": machine(), "rows": rows}, indent=2))
-
-
-def machine() -> dict:
-    """The CPU these numbers came from: model, the flags that choose kernels, cores; and the library versions."""
-    import os
-    import platform
-
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    line = lambda key: next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith(key)), "")  # noqa: E731
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-    versions = {}
-    for mod in ("torch", "openvino", "onnxruntime"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except ImportError:
-            pass
-    return {"cpu": line("model name") or platform.processor(), "cores": os.cpu_count(),
-            "flags": [f for f in wanted if f in line("flags").split()], "python": platform.python_version(),
-            **versions}
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from serve_load import machine
+    from timing import machine
 
     rows = []
     for backend in args.backends.split(","):
