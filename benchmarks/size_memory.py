@@ -29,7 +29,6 @@ model_name, backend, bounded, sizes = sys.argv[1], sys.argv[2], sys.argv[3] == "
 torch.set_num_threads(2)
 if not bounded:
     memory.release_freed_memory = lambda collect=False: None
-    ovb.RUNTIME_CACHE = 5000  # the plugin's default capacity
 model = attnseg.load_model(model_name)
 if backend == "openvino":
     model = ovb.OpenVinoModel(model, "fp32", threads=2, max_shapes=ovb.MAX_SHAPES if bounded else 10**9)

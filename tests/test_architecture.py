@@ -23,7 +23,7 @@ LAYERS = [
     ("analysis", ("attnseg.analysis",)),
     ("serve", ("attnseg.serve",)),
     ("ray", ("attnseg.ray_engine",)),
-    ("cli", ("attnseg.cli",)),
+    ("cli", ("attnseg.cli", "attnseg.__main__")),
 ]
 
 

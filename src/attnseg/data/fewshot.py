@@ -261,9 +261,9 @@ class FSS1000(FewShotBenchmark):
 
 def read_grey(path) -> np.ndarray:
     """A mask as the references read it: Pillow's `convert('L')` (ITU-R 601 luma of RGB), uint8."""
-    from ..io import ImageReadError, _open
+    from ..io import ImageReadError, open_image
 
-    im = _open(path, str(path), None, what="mask")
+    im = open_image(path, str(path), None, what="mask")
     try:
         with im:
             return np.asarray(im.convert("L"))

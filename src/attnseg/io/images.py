@@ -36,7 +36,7 @@ class ImageTooLarge(ImageReadError):
 class ImageNote(Note):
     """Something the user should know about an image that was still read (e.g. pages beyond the first)."""
 
-def _open(source, name: str, max_pixels: int | None, what: str = "image") -> Image.Image:
+def open_image(source, name: str, max_pixels: int | None, what: str = "image") -> Image.Image:
     """Open (header only) and check the pixel count before any decoding."""
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
     if Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
@@ -129,7 +129,7 @@ def decode_bytes(width: int, height: int, mode: str = "RGB") -> int:
 def peek_image(source, max_pixels: int | None = None, name: str | None = None) -> tuple[int, int, str]:
     """(width, height, Pillow mode) from the header alone, with read_image's checks and errors."""
     name = name or (str(source) if isinstance(source, (str, os.PathLike)) else "upload")
-    with _open(source, name, max_pixels) as im:
+    with open_image(source, name, max_pixels) as im:
         return im.size[0], im.size[1], im.mode
 
 def read_image(source: str | os.PathLike | bytes | BinaryIO, max_pixels: int | None = None,
@@ -142,7 +142,7 @@ def read_image(source: str | os.PathLike | bytes | BinaryIO, max_pixels: int | N
     Raises ImageReadError (one line, naming the file) for a missing, corrupt, truncated or too large file.
     """
     name = name or (str(source) if isinstance(source, (str, os.PathLike)) else "upload")
-    im = _open(source, name, max_pixels)
+    im = open_image(source, name, max_pixels)
     pages = getattr(im, "n_frames", 1)
     if pages > 1:
         kind = "pages" if im.format in ("TIFF", "MPO") else "frames"
@@ -164,7 +164,7 @@ def read_image(source: str | os.PathLike | bytes | BinaryIO, max_pixels: int | N
 
 def read_label(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
     """Label map as int64 (H, W); a palette PNG gives its indices, an RGB file is an error."""
-    im = _open(path, str(path), max_pixels, what="label map")
+    im = open_image(path, str(path), max_pixels, what="label map")
     try:
         with im:
             if im.mode in ("RGB", "RGBA"):

@@ -29,7 +29,6 @@ from ...models.layers import converting_for
 
 PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 MAX_SHAPES = 16  # distinct input shapes a compiled graph serves before it is compiled afresh (bounded memory)
-RUNTIME_CACHE = 32  # the CPU plugin's cache of per-shape kernels (its default, 5,000, grows without bound here)
 
 
 def require_openvino():
@@ -68,7 +67,7 @@ class OpenVinoModel(GraphModel):
         dims = [d.get_length() if d.is_static else None for d in graph.inputs[0].get_partial_shape()]
         out = graph.outputs[0].get_partial_shape()
         self._setup(info, names, dims, out[1].get_length() if out[1].is_static else None)
-        config = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision], "CPU_RUNTIME_CACHE_CAPACITY": RUNTIME_CACHE,
+        config = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision],
                   "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT"}
         if streams > 1:
             config["NUM_STREAMS"] = int(streams)
