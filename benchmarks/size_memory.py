@@ -1,12 +1,12 @@
 """Memory of a model run on a stream of image sizes it has not seen: RSS after each size, per backend, with the
-library's bounds on (freed heap given back when the size changes; a compiled OpenVINO graph serving at most
-16 shapes) and off, each setting in its own process, one run.
+library's bound on (a compiled OpenVINO graph serving at most 16 shapes before it is compiled afresh) and off,
+each setting in its own process, one run. Eager PyTorch has no such bound: its rows show what glibc keeps.
 
     python benchmarks/size_memory.py --sizes 60 --json results/serve/size_memory.json
 
 Each process loads the model, runs one image at its working size (warm-up), then `Segmenter.predict` on
 `--sizes` images whose working sizes all differ (short side 360, the long side 480 + 8k px), and reports RSS
-after the warm-up, every tenth size, and at the end. "off" replaces the two bounds with no-ops in that process.
+after the warm-up, every tenth size, and at the end. "off" lets the graph serve any number of shapes.
 """
 from __future__ import annotations
 
@@ -22,13 +22,10 @@ CHILD = """
 import json, sys
 import numpy as np, torch
 import attnseg
-from attnseg import memory
 from attnseg.deploy.backends import openvino as ovb
 
 model_name, backend, bounded, sizes = sys.argv[1], sys.argv[2], sys.argv[3] == "on", int(sys.argv[4])
 torch.set_num_threads(2)
-if not bounded:
-    memory.release_freed_memory = lambda collect=False: None
 model = attnseg.load_model(model_name)
 if backend == "openvino":
     model = ovb.OpenVinoModel(model, "fp32", threads=2, max_shapes=ovb.MAX_SHAPES if bounded else 10**9)

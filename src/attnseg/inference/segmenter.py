@@ -6,7 +6,6 @@ import torch
 
 from ..data.transforms import resize_pair
 from .modes import InferenceConfig, infer
-from ..memory import SizeWatch
 from ..meta import default_meta
 from ..io import MAX_LABELS, extend_palette, label_palette, to_rgb_array
 from ..models.layers import class_index, interp_matrix, resize
@@ -70,7 +69,6 @@ class Segmenter:
         if hasattr(self.model, "to"):
             self.model.to(self.device)
         self.band_pixels = band_pixels
-        self._sizes = SizeWatch()  # heap pages given back when the input size changes (memory.py)
         n = getattr(model, "num_classes", None)  # None for LSeg: the labels decide
         self.class_names = self.meta.get("class_names") or ([f"class {i}" for i in range(n)] if n else None)
         self.palette = extend_palette(self.meta.get("palette"), max(n or 0, len(self.meta.get("palette") or []),
@@ -118,9 +116,7 @@ class Segmenter:
         x = x.to(self.device)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):  # bf16
             out = self.model(x, **kw) if native else infer(self.model, x, self.inference, **kw)
-        out = out.float().cpu()
-        self._sizes.after_run(x.shape)
-        return out
+        return out.float().cpu()
 
     def raw_scores(self, image, **kw) -> tuple[torch.Tensor, tuple[int, int]]:
         """Per-class scores (K, h, w) at the working size, and the image's (H, W)."""

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from ..inference.modes import infer
-from ..memory import SizeWatch
 from ..inference.segmenter import upsample_argmax
 
 
@@ -58,7 +57,6 @@ class Batcher:
         self.on_batch = on_batch or (lambda n: None)
         self._held: list[Job] = []  # taken from the queue but not part of the batch being formed
         self._stop = threading.Event()
-        self._sizes = SizeWatch()  # freed heap given back when the batch size or image size changes
         self._thread = threading.Thread(target=self._run, name="attnseg-batcher", daemon=True)
         self._thread.start()
 
@@ -118,7 +116,6 @@ class Batcher:
                 scores = infer(served.model, torch.cat([j.x for j in batch]), served.segmenter.inference,
                                **kw).float()
             ms = (time.perf_counter() - t0) * 1000
-            self._sizes.after_run((len(batch), *first.x.shape[1:]))
             self.on_batch(len(batch))
             for j, s in zip(batch, scores):
                 label = upsample_argmax(s.cpu(), j.size)

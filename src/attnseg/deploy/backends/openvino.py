@@ -10,6 +10,7 @@ infer request, so the video pipeline's workers can share one compiled model.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import os
@@ -23,7 +24,6 @@ import torch
 
 from ..export import GraphModel, graph_info
 from ...io import first_line
-from ...memory import release_freed_memory
 from ...notes import Note
 from ...models.layers import converting_for
 
@@ -112,7 +112,7 @@ class OpenVinoModel(GraphModel):
                 self._state.wait()
             self._requests.clear()
             self.compiled = None
-            release_freed_memory(collect=True)
+            gc.collect()  # the old graph's memory goes before the new one is built
             self.compiled = self._core.compile_model(self._graph, "CPU", self._config)
             self.recompiled += 1
             self._shapes.clear()
