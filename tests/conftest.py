@@ -19,6 +19,26 @@ os.environ.setdefault("ATTNSEG_CACHE", __import__("tempfile").mkdtemp(prefix="at
 os.environ.setdefault("ATTNSEG_DATA", str(SHARED_DATA))
 
 
+class _SignalStack(__import__("ctypes").Structure):
+    _fields_ = [("ss_sp", __import__("ctypes").c_void_p), ("ss_flags", __import__("ctypes").c_int),
+                ("ss_size", __import__("ctypes").c_size_t)]
+
+
+@pytest.fixture(autouse=True)
+def _signals_on_the_thread_stack():
+    """Handled signals (the SIGCHLD handler torch's DataLoader installs in this process) are delivered on the main
+    thread's own stack, not on an alternate signal stack: in a full run the suite's process was killed by a
+    SIGSEGV the kernel raised while delivering a signal during a later test (the alternate stack it had been given
+    was no longer usable), always at the same test. Linux only; elsewhere a no-op."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).sigaltstack(ctypes.byref(_SignalStack(None, 2, 0)), None)  # SS_DISABLE
+    except (OSError, AttributeError):
+        pass
+    yield
+
+
 def pytest_collection_modifyitems(config, items):
     """`data` for tests that read ../shared/data (through its fixtures), `e2e` for the browser and live-server
     tests; `slow` is set on each test by hand (measured, see `make check`)."""
