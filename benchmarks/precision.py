@@ -31,7 +31,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import attnseg  # noqa: E402
-from attnseg.deploy.export import OnnxModel, export_onnx  # noqa: E402
+from attnseg.deploy.backends.onnxruntime import OnnxModel  # noqa: E402
+from attnseg.deploy.export import export_onnx  # noqa: E402
 from attnseg.analysis.flops import count_flops  # noqa: E402
 from matmul_peak import peaks  # noqa: E402
 from timing import time_interleaved  # noqa: E402

@@ -90,24 +90,9 @@ def time_interleaved(makers: dict[str, tuple[Callable, tuple]], shape: tuple[int
             proc.join(timeout=30)
 
 
-def machine() -> dict:
-    """The CPU these numbers came from: model, the flags that choose kernels, cores; and the library versions.
-    Every results file records it: CPUs differ (AVX2 only to AVX512-BF16/AMX), so numbers compare only within
-    one machine."""
-    import os
-    import platform
-    from pathlib import Path
+def machine(threads: int | None = None) -> dict:
+    """The CPU these numbers came from (model, the flags that choose kernels, cores) and the library versions:
+    attnseg.deploy.backends.cpu.record. Numbers compare only within one machine."""
+    from attnseg.deploy.backends.cpu import record
 
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    line = lambda key: next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith(key)), "")  # noqa: E731
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-    versions = {}
-    for mod in ("torch", "openvino", "onnxruntime"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except ImportError:
-            pass
-    return {"cpu": line("model name") or platform.processor(), "cores": os.cpu_count(),
-            "flags": [f for f in wanted if f in line("flags").split()], "python": platform.python_version(),
-            **versions}
-
+    return record(threads)

@@ -20,7 +20,8 @@ ATTNSEG = [sys.executable, "-m", "attnseg.cli"]
 @pytest.mark.parametrize("name", ["sanet-tiny", "allmlp-tiny", "nlnet-tiny"])
 def test_dynamic_onnx_export(tmp_path, name):
     pytest.importorskip("onnxruntime")
-    from attnseg.deploy.export import OnnxModel, export_onnx
+    from attnseg.deploy.backends.onnxruntime import OnnxModel
+    from attnseg.deploy.export import export_onnx
 
     torch.manual_seed(0)
     m = attnseg.create_model(name, num_classes=3).eval()

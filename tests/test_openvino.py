@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import attnseg
-from attnseg.deploy import backends
 from attnseg.cli import main
 from tests.conftest import without_modules
 
@@ -141,28 +140,6 @@ def test_many_input_sizes_keep_a_bounded_set_of_compiled_shapes(monkeypatch, tmp
         torch.testing.assert_close(fresh(x), y, rtol=0, atol=0)
 
 
-def test_auto_picks_the_fastest_precision_the_record_allows(monkeypatch):
-    model = attnseg.create_model("segformer-tiny", num_classes=3)
-    monkeypatch.setattr(backends, "cpu_has_bf16", lambda: True)
-    monkeypatch.setattr(backends, "recorded", lambda: {"ok": {"eager-fp32": 68.22, "openvino-bf16": 68.0},
-                                                       "lossy": {"eager-fp32": 66.37, "openvino-bf16": 65.8}})
-    for source, want in (("ok", ("openvino", "bf16")), ("lossy", ("openvino", "fp32")),
-                         ("my_checkpoint.safetensors", ("eager", "fp32"))):  # no record: eager
-        model.source = source
-        assert backends.choose(model) == want, source
-    model.source = "lossy"
-    assert backends.choose(model, "bf16") == ("openvino", "bf16")  # asked for explicitly
-    model.source = "ok"
-    assert backends.choose(model, "fp32") == ("openvino", "fp32")
-    model.source = "my_checkpoint.safetensors"
-    assert backends.choose(model, "bf16") == ("eager", "bf16")  # eager autocast
-    monkeypatch.setattr(backends, "cpu_has_bf16", lambda: False)
-    model.source = "ok"
-    assert backends.choose(model) == ("openvino", "fp32")
-    monkeypatch.setattr(backends, "openvino_available", lambda: False)
-    assert backends.choose(model) == ("eager", "fp32")
-
-
 def test_auto_is_the_default_backend_of_predict_eval_and_serve():
     from attnseg.cli import build_parser
 
@@ -175,7 +152,9 @@ def test_auto_is_the_default_backend_of_predict_eval_and_serve():
 
 
 def test_every_shipped_model_has_its_precisions_recorded():
-    rec = backends.recorded()
+    from attnseg.deploy.tune import recorded
+
+    rec = recorded()
     for name in attnseg.list_pretrained():
         assert {"eager-fp32", "openvino-fp32", "openvino-bf16"} <= set(rec[name]), name
         assert abs(rec[name]["openvino-fp32"] - rec[name]["eager-fp32"]) < 0.05, name  # fp32 graphs are exact

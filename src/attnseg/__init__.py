@@ -8,7 +8,8 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 _LAZY = {"create_model": "models", "list_models": "models", "list_pretrained": "pretrained",
-         "load_model": "checkpoint", "save_model": "checkpoint", "Segmenter": "inference.segmenter"}
+         "load_model": "checkpoint", "save_model": "checkpoint", "Segmenter": "inference.segmenter",
+         "open": "deploy.runtime:open_model"}
 __all__ = [*_LAZY, "__version__"]
 
 
@@ -16,7 +17,8 @@ def __getattr__(name: str):
     if name in _LAZY:
         import importlib
 
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        module, _, attr = _LAZY[name].partition(":")
+        value = getattr(importlib.import_module(f".{module}", __name__), attr or name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'attnseg' has no attribute {name!r}")

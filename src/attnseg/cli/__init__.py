@@ -23,6 +23,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "export": ("export", "export to ONNX or OpenVINO IR (dynamic shapes, ISR baked in; int8 with --quantize)"),
     "flops": ("analyse", "GFLOPs (MACs) and parameters at an input size"),
     "benchmark": ("analyse", "latency, throughput and peak memory"),
+    "tune": ("analyse", "time every backend and precision eligible for a model on this machine; keep the fastest"),
     "explain": ("analyse", "attention maps of one pixel in every attention layer (PNGs)"),
     "robustness": ("analyse", "mIoU under the 16 Cityscapes-C corruptions (table, JSON, CSV, plot)"),
     "erf": ("analyse", "effective receptive field of each encoder stage and the decoder (a PNG)"),

@@ -19,6 +19,7 @@ from ..io import IMAGE_EXTENSIONS, ImageReadError, atomic_write_text, read_image
 from ..meta import meta_from
 from ..analysis import label_study, text_table
 from ..analysis.benchmark import benchmark_model
+from ..deploy.backends.cpu import record as machine_record
 from ..analysis.corruptions import CORRUPTIONS
 from ..analysis.erf import compute_erf, plot_erf, square_sides
 from ..analysis.explain import explain, save_maps
@@ -27,13 +28,13 @@ from ..analysis.isr_sweep import DEFAULT_GRID, markdown, sweep, write_outputs
 from ..analysis.robustness import jobs, run, write
 from ..worksize import WorkLimit, WorkSizeError, parse_short_side
 from . import options
-from .common import (CLIError, apply_isr_arg, check_device, check_file_out, check_out_dir, eval_dataset,
-                     inference_config, is_language_driven, load_model_arg, maybe_onnx, model_from_name_or_source,
-                     read_labels, require_plots, start_ray, to_backend)
+from .common import (CLIError, amp_dtype, apply_isr_arg, check_device, check_file_out, check_out_dir, eval_dataset, first_line,
+                     inference_config, is_language_driven, load_model_arg, model_from_name_or_source,
+                     read_labels, require_plots, start_ray)
 
 
 def add_arguments(verb: str, p):
-    return {"flops": _flops_arguments, "benchmark": _benchmark_arguments, "erf": _erf_arguments,
+    return {"flops": _flops_arguments, "benchmark": _benchmark_arguments, "tune": _tune_arguments, "erf": _erf_arguments,
             "explain": _explain_arguments, "robustness": _robustness_arguments, "isr-sweep": _isr_sweep_arguments,
             "label-study": _label_study_arguments, "text-table": _text_table_arguments}[verb](p)
 
@@ -116,14 +117,27 @@ def _benchmark_arguments(p):
     options.add_size(p, options.pair, (512, 512), "input size HxW (default 512x512)")
     options.add_batch(p, 1024, 1, "images per forward pass (default 1)")
     options.add_threads(p)
-    options.add_dtype(p, ("fp32", "bf16", "fp16"), "fp32", help=None)
-    options.add_backend(p, ("eager", "compile", "onnx", "openvino"))
+    options.add_dtype(p, ("fp32", "bf16", "fp16", "int8", "int8-bf16"), None,
+                      help="the precision (default fp32; with --backend auto: auto's choice)")
+    options.add_backend(p, ("eager", "compile", "onnx", "openvino", "auto"), default="eager",
+                        help="eager (default), compile (torch.compile), onnx, openvino, or auto: what `attnseg open` "
+                             "chooses on this machine (measured once, at --size)")
     options.add_device(p)
     options.add_isr(p)
     p.add_argument("--warmup", type=options.int_range(0, 100000), default=3)
     p.add_argument("--iters", type=options.int_range(1, 100000), default=10)
-    p.add_argument("--json", action="store_true", help="also print the result as one JSON line")
+    options.add_json(p)
     return cmd_benchmark
+
+
+def _tune_arguments(p):
+    p.add_argument("models", nargs="*", metavar="MODEL",
+                   help="shipped names, checkpoints or graphs (default: the models `attnseg serve` loads)")
+    options.add_threads(p)
+    options.add_size(p, options.pair, None, "time at HxW (default: a 4:3 image at the model's working size)")
+    options.add_dtype(p, help="only this precision (default: every precision eligible for the model)")
+    options.add_json(p, "also print each model's result as one JSON line")
+    return cmd_tune
 
 
 def _explain_arguments(p):
@@ -194,25 +208,60 @@ def cmd_flops(args) -> int:
 def cmd_benchmark(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = model_from_name_or_source(args, fixed_labels=True)
-    apply_isr_arg(model, args)
-    backend, dtype = args.backend, args.dtype
-    if backend == "onnx" or str(args.model).endswith(".onnx"):
-        model, backend, args.backend = maybe_onnx(model, args), "eager", "onnx"
-    elif backend == "openvino":  # the precision is OpenVINO's hint, not an autocast
-        model, backend, dtype = to_backend(model, args), "eager", "fp32"
+    graph = str(args.model).endswith((".onnx", ".xml"))
+    model = None if graph else model_from_name_or_source(args, fixed_labels=True)
+    run, dtype = args.backend, args.dtype or "fp32"
+    if run in ("eager", "compile") and not graph:
+        apply_isr_arg(model, args)
+    else:  # a graph runtime, or auto's choice: opened as predict opens it
+        from ..deploy.runtime import open_model
+
+        try:
+            model = open_model(args.model if graph else model, backend="auto" if graph else run,
+                               precision=args.dtype, threads=args.threads, isr=None if graph else args.isr,
+                               size=tuple(args.size), progress=sys.stderr.isatty())
+        except (ValueError, OSError, ImportError, RuntimeError) as e:
+            raise CLIError(first_line(e)) from None
+        print(model.choice, file=sys.stderr)
+        run, dtype = "eager", "bf16" if amp_dtype(model) is not None else "fp32"  # graphs: called as they are
     try:
-        r = benchmark_model(model, args.size, args.batch, dtype, backend, args.device, args.warmup, args.iters)
+        r = benchmark_model(model, args.size, args.batch, dtype, run, args.device, args.warmup, args.iters)
     except ValueError as e:
         raise CLIError(str(e)) from None
-    r.update(model=args.model, size=f"{args.size[0]}x{args.size[1]}", batch=args.batch, dtype=args.dtype,
-             backend=args.backend, device=args.device, threads=torch.get_num_threads(), isr=args.isr)
-    print(f"{'model':<16} {'size':>10} {'batch':>5} {'dtype':>5} {'backend':>8} {'median ms':>10} {'p90 ms':>8} "
+    backend = getattr(model, "backend", args.backend) if args.backend != "compile" else "compile"
+    precision = getattr(model, "precision", None) or dtype
+    r.update(model=args.model, size=f"{args.size[0]}x{args.size[1]}", batch=args.batch, dtype=precision,
+             backend=backend, device=args.device, threads=torch.get_num_threads(), isr=args.isr,
+             machine=machine_record(torch.get_num_threads()))
+    print(f"{'model':<16} {'size':>10} {'batch':>5} {'dtype':>9} {'backend':>8} {'median ms':>10} {'p90 ms':>8} "
           f"{'img/s':>7} {'peak MB':>8}")
-    print(f"{args.model[:16]:<16} {r['size']:>10} {args.batch:>5} {args.dtype:>5} {args.backend:>8} "
+    print(f"{args.model[:16]:<16} {r['size']:>10} {args.batch:>5} {precision:>9} {backend:>8} "
           f"{r['median_ms']:>10.1f} {r['p90_ms']:>8.1f} {r['images_per_s']:>7.2f} {r['peak_mem_mb']:>8.0f}")
     if args.json:
         print(json.dumps(r))
+    return 0
+
+
+def cmd_tune(args) -> int:
+    """Measure every eligible backend x precision now, print the table, keep the winner for --backend auto."""
+    from ..deploy.runtime import tune_model
+    from ..pretrained import default_served
+
+    for name in args.models or default_served():
+        try:
+            r = tune_model(name, args.threads, tuple(args.size) if args.size else None, args.dtype)
+        except (ValueError, OSError, ImportError, RuntimeError) as e:
+            raise CLIError(first_line(e)) from None
+        h, w = r["size"]
+        print(f"{r['model']} at {w}x{h}, {r['threads'] or torch.get_num_threads()} thread(s), on {r['machine']}:")
+        for cand, ips in r["images_per_s"].items():
+            mark = "*" if cand == r["choice"] else " "
+            print(f"  {mark} {cand:<22} " + (f"{ips:8.2f} img/s" if isinstance(ips, float) else f"failed: {ips}"))
+        for cand, why in r["skipped"].items():
+            print(f"    {cand:<22} not eligible: {why}")
+        print(f"  --backend auto runs {r['choice']} here (kept; measured in {r['seconds']:.1f} s)")
+        if args.json:
+            print(json.dumps(r))
     return 0
 
 

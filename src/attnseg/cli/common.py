@@ -24,59 +24,34 @@ def is_language_driven(model) -> bool:
     return f(model)
 
 
-def load_model_arg(args):
-    import attnseg
+def load_model_arg(args, backend: str | None = None):
+    """The model --model names, opened by `attnseg.open` on --backend (or `backend`), --dtype, --isr, --threads
+    and --device; what auto chose is said with -v. First-time work (timing the candidates, an export) is said
+    on a terminal, or with -v. Every failure is one line."""
+    import sys
 
+    from ..deploy.runtime import open_model
+    from ..isr import IsrError
+
+    over = {"text_encoder": args.text_encoder} if getattr(args, "text_encoder", None) else {}
+    over.update(model_options(getattr(args, "model_option", [])))
+    if str(args.model).endswith((".onnx", ".xml")) and not Path(args.model).is_file():
+        raise CLIError(f"--model {args.model}: file not found")
     try:
-        if str(args.model).endswith((".onnx", ".xml")):
-            from ..deploy.export import OnnxModel
-
-            if not Path(args.model).is_file():
-                raise CLIError(f"--model {args.model}: file not found")
-            # an .onnx runs in onnxruntime unless --backend openvino asks (auto: a graph has no recorded choice)
-            if getattr(args, "backend", "eager") == "openvino" or str(args.model).endswith(".xml"):
-                from ..deploy.backends.openvino import OpenVinoModel
-
-                return OpenVinoModel(args.model, getattr(args, "dtype", None) or "fp32", getattr(args, "threads", None))
-            return OnnxModel(args.model, *onnx_session(args))
-        over = {"text_encoder": args.text_encoder} if getattr(args, "text_encoder", None) else {}
-        over.update(model_options(getattr(args, "model_option", [])))
-        model = attnseg.load_model(args.model, model=args.arch, device=getattr(args, "device", "cpu"), **over)
+        model = open_model(args.model, backend=backend or getattr(args, "backend", "eager"),
+                           precision=getattr(args, "dtype", None), threads=getattr(args, "threads", None),
+                           isr=getattr(args, "isr", None), device=getattr(args, "device", "cpu"),
+                           arch=getattr(args, "arch", None), options=over or None,
+                           verbose=bool(getattr(args, "verbose", False)),
+                           progress=bool(getattr(args, "verbose", False)) or sys.stderr.isatty(),
+                           callers=max(getattr(args, "video_workers", 1), 1))
         if is_language_driven(model):
             model.text_encoder  # noqa: B018 - built now: a missing extra is one line here, not a traceback later
-    except (ValueError, OSError, ImportError) as e:
+    except IsrError as e:
+        raise CLIError(f"--isr {args.isr}: {e}") from None
+    except (ValueError, OSError, ImportError, RuntimeError) as e:
         raise CLIError(first_line(e)) from None
-    return to_backend(model, args)
-
-
-def to_backend(model, args):
-    """--backend: eager (the PyTorch model), onnx (exported, run in onnxruntime), openvino (converted, run with
-    --dtype fp32|bf16 as the CPU plugin's precision) or auto (the fastest one whose recorded CamVid mIoU is
-    within 0.3 points of fp32; see attnseg.deploy.backends.choose). Sets args.backend/args.dtype to what runs."""
-    from ..deploy.backends import choose
-
-    backend = getattr(args, "backend", "eager")
-    if backend == "auto":
-        args.backend, args.dtype = choose(model, getattr(args, "dtype", None))
-        backend = args.backend
-    elif hasattr(args, "dtype"):
-        args.dtype = args.dtype or "fp32"
-    if backend == "onnx":
-        return maybe_onnx(model, args)
-    if backend != "openvino" or not isinstance(model, __import__("torch").nn.Module):
-        return model
-    from ..deploy.backends.openvino import OpenVinoModel
-
-    return _as_graph(model, args, "openvino", "converted",
-                     lambda m: OpenVinoModel(m, args.dtype, getattr(args, "threads", None)))
-
-
-def onnx_session(args) -> tuple[int | None, bool]:
-    """onnxruntime (threads, spinning): a video run calls one session from `video_workers` threads, each run
-    on one non-spinning thread (batches overlap each other, decoding and encoding); else --threads."""
-    if getattr(args, "video_workers", 1) > 1:
-        return 1, False
-    return getattr(args, "threads", None), not getattr(args, "video_workers", 0)
+    return model
 
 
 def model_options(items: list[str]) -> dict:
@@ -94,37 +69,6 @@ def model_options(items: list[str]) -> dict:
         except yaml.YAMLError as e:
             raise CLIError(f"--model-option {key.strip()[:64]}: not a YAML value ({first_line(e)})") from None
     return out
-
-
-def maybe_onnx(model, args):
-    """--backend onnx on a PyTorch model: export it (with its ISR settings) to a temp file and run that."""
-    if getattr(args, "backend", "eager") != "onnx" or not isinstance(model, __import__("torch").nn.Module):
-        return model
-    import tempfile
-
-    from ..deploy.export import OnnxModel, export_onnx
-
-    def make(m):
-        with tempfile.TemporaryDirectory(prefix="attnseg_onnx_") as tmp:  # the session keeps the graph in memory
-            path = Path(tmp) / "model.onnx"
-            export_onnx(m, path)
-            return OnnxModel(path, *onnx_session(args))
-
-    return _as_graph(model, args, "onnx", "exported", make)
-
-
-def _as_graph(model, args, backend: str, verb: str, make):
-    """`make(model)` with the --isr setting baked into the graph; a failure is one line naming the backend."""
-    if getattr(args, "isr", None):
-        apply_isr_arg(model, args)
-        args.isr = None  # baked into the graph
-    try:
-        return make(model)
-    except ImportError as e:
-        raise CLIError(str(e)) from None
-    except Exception as e:
-        raise CLIError(f"--backend {backend}: {args.model} could not be {verb} ({type(e).__name__}: "
-                       f"{first_line(e)}); use --backend eager") from None
 
 
 def check_onnx_size(model, args) -> None:
@@ -162,16 +106,12 @@ def check_file_out(path: str, flag: str = "--out") -> Path:
     return p
 
 
-def amp_dtype(args, model):
-    """--dtype: None for fp32, torch.bfloat16 for bf16 (autocast; eager PyTorch models only)."""
+def amp_dtype(model):
+    """torch.bfloat16 for an eager model opened in bf16 (run under autocast), else None."""
     import torch
 
-    if getattr(args, "dtype", None) in (None, "fp32") or getattr(model, "backend", None) == "openvino":
-        return None  # OpenVINO takes the precision itself (its inference precision hint)
-    if not isinstance(model, torch.nn.Module):
-        raise CLIError("--dtype bf16 runs eager PyTorch models and --backend openvino; an ONNX graph runs in its "
-                       "own precision")
-    return torch.bfloat16
+    return torch.bfloat16 if isinstance(model, torch.nn.Module) and getattr(model, "precision", None) == "bf16" \
+        else None
 
 
 def check_device(name: str) -> str:
@@ -264,9 +204,7 @@ def model_from_name_or_source(args, fixed_labels: bool = False):
         model = attnseg.create_model(args.model, **({"num_classes": args.num_classes}
                                                     if has_classifier(args.model) else {}))
     else:
-        backend, args.backend = getattr(args, "backend", "eager"), "eager"
-        model = load_model_arg(args)
-        args.backend = backend
+        model = load_model_arg(args, backend="eager")
     if fixed_labels:
         from ..models.lseg import FixedLabels, LSeg
 
@@ -291,7 +229,8 @@ def connect_ray(args) -> float:
     from ..ray_engine import RayUnavailable, connect
 
     try:
-        return connect(args.address, timeout_s=args.connect_timeout)
+        return connect(args.address, timeout_s=args.connect_timeout,
+                       say=lambda line: print(line, file=__import__("sys").stderr, flush=True))
     except (RayUnavailable, ConnectionError) as e:
         raise CLIError(str(e)) from None
 

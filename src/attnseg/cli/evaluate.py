@@ -17,7 +17,7 @@ from ..engine.fewshot import ZeroShotLSeg, evaluate_episodes
 from ..engine.metrics import format_table
 from ..io import ImageReadError, atomic_write_text
 from . import options
-from .common import (CLIError, amp_dtype, apply_isr_arg, check_device, check_file_out, check_onnx_size, check_out_dir,
+from .common import (CLIError, amp_dtype, check_device, check_file_out, check_onnx_size, check_out_dir,
                      eval_dataset, inference_config, is_language_driven, load_model_arg, read_labels, require_plots,
                      start_ray)
 
@@ -103,6 +103,7 @@ def cmd_eval(args) -> int:
     if args.plot:
         require_plots()
         check_out_dir(Path(args.plot))
+    ran = {"backend": args.backend, "dtype": args.dtype}
     if args.engine == "ray":
         m, ds = _eval_on_ray(args)
     else:
@@ -110,6 +111,7 @@ def cmd_eval(args) -> int:
         try:
             ev, ds = _evaluation(args)
             (model, mean, std, kwargs), = ev.entries.values()
+            ran = {"backend": getattr(model, "backend", "eager"), "dtype": getattr(model, "precision", "fp32")}
             m = evaluate(model, ds, ev.inference, mean, std, args.device, ds.num_classes, rank, world,
                          amp_dtype=ev.amp_dtype, background=args.fb_background, model_kwargs=kwargs)
         except (DatasetError, ImageReadError, ValueError) as e:
@@ -122,7 +124,7 @@ def cmd_eval(args) -> int:
             atomic_write_text(args.out, json.dumps({"model": str(args.model), "dataset": args.dataset,
                                                     "split": args.split, "model_options": args.model_option,
                                                     "resize": args.scale, "isr": args.isr, "mode": args.mode,
-                                                    "scales": args.scales, "flip": args.flip, "dtype": args.dtype,
+                                                    "scales": args.scales, "flip": args.flip, **ran,
                                                     "class_names": ds.class_names, **m},
                                                    indent=2))
             print(f"wrote {args.out}")
@@ -155,10 +157,9 @@ def _evaluation(args):
     elif k is not None and k != ds.num_classes:
         raise CLIError(f"model has {k} classes but dataset {args.dataset} has {ds.num_classes}")
     meta = getattr(model, "meta", {}) or {}
-    apply_isr_arg(model, args)
     entry = (model, meta.get("mean"), meta.get("std"), model_kwargs)
     return Evaluation({str(args.model): entry}, lambda job: ds, inference, args.device, ds.num_classes,
-                      amp_dtype(args, model)), ds
+                      amp_dtype(model)), ds
 
 
 def _eval_on_ray(args):

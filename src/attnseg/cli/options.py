@@ -10,8 +10,24 @@ import math
 from ..worksize import MAX_WORK_PIXELS, MAX_WORK_SIDE, MIN_WORK_SIDE, parse_short_side
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """One --help layout on every supported Python: an option with a short and a long form names its value once
+    (`-o, --out OUT`), as Python 3.13's argparse prints it (earlier versions print `-o OUT, --out OUT`)."""
+
+    def _format_action_invocation(self, action):
+        if not action.option_strings or action.nargs == 0:
+            return super()._format_action_invocation(action)
+        return ", ".join(action.option_strings) + " " + self._format_args(
+            action, self._get_default_metavar_for_optional(action))
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: `attnseg predict: error: argument --alpha: ...` and exit 2."""
+    """argparse with one-line errors: `attnseg predict: error: argument --alpha: ...` and exit 2, and the same
+    --help layout on every Python (`HelpFormatter`)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -116,6 +132,10 @@ def add_device(p) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
 
 
+def add_json(p, help: str = "also print the result as one JSON line") -> None:
+    p.add_argument("--json", action="store_true", help=help)
+
+
 def add_threads(p) -> None:
     p.add_argument("--threads", type=int_range(1, 1024), default=None, help="CPU threads (default: torch's)")
 
@@ -160,20 +180,24 @@ def add_labels(p, labels_help: str = 'LSeg: comma-separated labels, e.g. "sky, r
     p.add_argument("--labels-file", default=None, help=file_help)
 
 
-BACKENDS = ("eager", "onnx", "openvino", "auto")
-BACKEND_HELP = ("eager: PyTorch; onnx: onnxruntime (a .onnx --model, or export the checkpoint first); openvino: "
-                "OpenVINO on the CPU with --dtype fp32|bf16 (pip install 'attnseg[openvino]'); auto (default): for a "
-                "shipped model, the fastest backend and precision whose recorded CamVid mIoU is within 0.3 of fp32 "
-                "(OpenVINO bf16 or fp32); eager for other models or without the openvino extra")
+BACKENDS = ("auto", "eager", "onnx", "openvino")
+BACKEND_HELP = ("auto (default): the fastest backend and precision measured on this CPU among those whose accuracy "
+                "holds (exact fp32 paths; for a shipped model also bf16/int8 paths whose recorded CamVid mIoU is "
+                "within 0.3 of fp32), timed once and kept per machine (attnseg tune shows the table); eager: "
+                "PyTorch; onnx: onnxruntime; openvino: OpenVINO on the CPU (pip install 'attnseg[onnx]' or "
+                "'attnseg[openvino]')")
+PRECISIONS = ("fp32", "bf16", "int8", "int8-bf16")
 
 
-def add_backend(p, choices=BACKENDS, help: str | None = BACKEND_HELP) -> None:
-    p.add_argument("--backend", choices=list(choices), default="auto" if "auto" in choices else "eager", help=help)
+def add_backend(p, choices=BACKENDS, help: str | None = BACKEND_HELP, default: str | None = None) -> None:
+    p.add_argument("--backend", choices=list(choices), default=default or ("auto" if "auto" in choices else "eager"),
+                   help=help)
 
 
-def add_dtype(p, choices=("fp32", "bf16"), default: str | None = None,
-              help: str | None = "bf16: autocast for eager models, the inference precision for openvino "
-                                 "(default: fp32, or what --backend auto chose for the model)") -> None:
+def add_dtype(p, choices=PRECISIONS, default: str | None = None,
+              help: str | None = "the precision: bf16 (autocast for eager models, OpenVINO's inference precision; "
+                                 "needs AVX512-BF16 or AMX), int8 or int8-bf16 (the int8 graphs shipped with the "
+                                 "trained models; onnx, openvino); default: fp32, or what --backend auto chose") -> None:
     p.add_argument("--dtype", choices=list(choices), default=default, help=help)
 
 

@@ -20,7 +20,7 @@ from ..inference.video import VIDEO_EXTENSIONS, VideoReadError, _require_av, is_
 from ..ray_engine.predict import is_uri, list_uri
 from ..worksize import WorkSizeError
 from . import options
-from .common import (CLIError, amp_dtype, apply_isr_arg, check_device, check_onnx_size, check_out_dir, first_line,
+from .common import (CLIError, check_device, check_onnx_size, check_out_dir, first_line,
                      inference_config, is_language_driven, load_model_arg, read_labels, start_ray)
 
 
@@ -214,14 +214,10 @@ def _segmenter(args):
     if args.model is None:
         raise CLIError("no --model given and no default model installed: pass --model NAME_OR_CHECKPOINT "
                        "(attnseg models lists the names)")
-    model = load_model_arg(args)
-    apply_isr_arg(model, args)
+    model = load_model_arg(args)  # -v: says what runs and why
     check_onnx_size(model, args)
-    if args.verbose:
-        print(f"running {args.model} on {getattr(model, 'backend', 'eager')} {getattr(model, 'precision', None) or args.dtype}", file=sys.stderr)
     try:
-        seg = attnseg.Segmenter(model, size=args.size, inference=inference, device=args.device,
-                                dtype=amp_dtype(args, model) or torch.float32)
+        seg = attnseg.Segmenter(model, size=args.size, inference=inference, device=args.device)
     except ValueError as e:
         raise CLIError(str(e)) from None
     kw, palette = {}, seg.palette

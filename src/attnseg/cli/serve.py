@@ -7,7 +7,7 @@ import sys
 
 from ..pretrained import DEFAULT_MODELS, default_served
 from . import options
-from .common import CLIError, connect_ray
+from .common import CLIError, connect_ray, first_line
 
 
 def add_arguments(verb: str, p):
@@ -116,9 +116,9 @@ def _build_app(args, sources, replica: str | None = None):
     from ..serve.app import Settings, create_app, load_models
 
     try:
-        models = load_models(sources, args.backend, args.threads, args.max_work_pixels, args.dtype)
-    except (ValueError, OSError, ImportError) as e:
-        raise CLIError(str(e)) from None
+        models = load_models(sources, args.backend, args.threads, args.max_work_pixels, args.dtype, verbose=True)
+    except (ValueError, OSError, ImportError, RuntimeError) as e:
+        raise CLIError(first_line(e)) from None
     settings = Settings(max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, max_batch=args.max_batch,
                         max_wait_ms=args.max_wait_ms, queue=args.queue, timeout_s=args.timeout, cors=args.cors,
                         memory_mb=args.memory_mb, decode_slots=args.decode_slots, replica=replica)

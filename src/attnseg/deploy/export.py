@@ -1,10 +1,10 @@
-"""ONNX export and an onnxruntime inference backend.
+"""ONNX export (onnxruntime runs the graphs: deploy/backends/onnxruntime.py).
 
 `export_onnx(model, path)` uses torch.export (dynamo) with dynamic batch / height / width, so one
 file serves any input size; ISR settings active on the model are baked into the graph. The
 exported graph takes `images` (B, 3, H, W, normalised float32) and returns `logits` at the model's
 native stride. LSeg graphs take a second input `text_embeddings` (N, C) (L2-normalised label
-embeddings, N dynamic), so one file serves any label set; OnnxModel encodes labels with the
+embeddings, N dynamic), so one file serves any label set; the graph runtimes encode labels with the
 text encoder named in the metadata and feeds them. attnseg's own metadata (class names, palette,
 normalisation) is stored in the ONNX model's metadata_props under "attnseg".
 
@@ -19,10 +19,9 @@ import os
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from ..meta import META_KEYS, meta_from
+from ..meta import META_KEYS
 from ..models.efficientnet import SameConv2d
 
 
@@ -175,103 +174,3 @@ def fold_same_padding(proto) -> int:
     for t in [t for t in g.initializer if t.name not in used]:
         g.initializer.remove(t)
     return len(folded)
-
-
-class GraphModel:
-    """The model interface (`images` tensor in, logits tensor out; `meta`, `num_classes`, LSeg's labels) over a
-    compiled graph. A runtime subclass opens the graph and implements `_run(feeds) -> logits array`."""
-
-    backend = "graph"
-    precision = "fp32"
-
-    def _setup(self, info: dict, input_names: list[str], image_dims: list, out_channels) -> None:
-        """info: the attnseg metadata the graph carries; image_dims: the images input's 4 dims (int = fixed)."""
-        self.meta = meta_from(info, fill_none=True)
-        self.variant = info.get("model")
-        self.fixed_size = tuple(image_dims[2:4]) if all(isinstance(d, int) for d in image_dims[2:4]) else None
-        self.fixed_batch = image_dims[0] if isinstance(image_dims[0], int) else None
-        self.num_classes = out_channels if isinstance(out_channels, int) else None
-        self.training = False
-        self.lseg = "text_embeddings" in input_names
-        if self.lseg:
-            self.num_classes = None
-            self._text_spec = (info.get("text_encoder") or "minilm", info.get("template"))
-            self._text = None
-            self.default_labels = info.get("default_labels")
-
-    def __getattr__(self, name):
-        if name == "text_encoder" and self.__dict__.get("lseg"):  # LSeg graphs: encode labels outside the graph
-            if self._text is None:
-                from ..models.text import get_text_encoder
-
-                self._text = get_text_encoder(*self._text_spec)
-            return self._text
-        raise AttributeError(name)
-
-    def _run(self, feeds: dict) -> np.ndarray:
-        raise NotImplementedError
-
-    def __call__(self, images: torch.Tensor, labels: list[str] | None = None,
-                 text_embeddings: torch.Tensor | None = None, **kw) -> torch.Tensor:
-        if self.fixed_size and tuple(images.shape[-2:]) != self.fixed_size:
-            raise ValueError(f"this graph was exported for {self.fixed_size[0]}x{self.fixed_size[1]} inputs, got "
-                             f"{images.shape[-2]}x{images.shape[-1]}; export with --dynamic for any size")
-        if self.fixed_batch and images.shape[0] != self.fixed_batch:  # e.g. slide windows through a batch-1 graph
-            b = self.fixed_batch
-            return torch.cat([self(images[i:i + b], labels, text_embeddings) for i in range(0, images.shape[0], b)])
-        feeds = {"images": np.ascontiguousarray(images.detach().float().cpu().numpy())}
-        if self.lseg:
-            if text_embeddings is None:
-                from ..models.text import check_labels
-
-                labels = labels if labels is not None else self.default_labels
-                if labels is None:
-                    raise ValueError("this LSeg graph needs labels: model(images, labels=['sky', 'road', 'other'])")
-                text_embeddings = self.text_encoder.encode(check_labels(labels))
-            feeds["text_embeddings"] = np.ascontiguousarray(text_embeddings.detach().float().cpu().numpy())
-        elif labels is not None or text_embeddings is not None:
-            raise ValueError("labels were given, but this graph has fixed classes")
-        return torch.from_numpy(self._run(feeds))
-
-    def eval(self):
-        return self
-
-    def train(self, mode: bool = True):
-        return self
-
-    def to(self, *a, **k):
-        return self
-
-    def parameters(self):
-        return iter([torch.zeros(1)])
-
-
-class OnnxModel(GraphModel):
-    """A graph `attnseg export` wrote, run in onnxruntime."""
-
-    backend = "onnx"
-
-    def __init__(self, path: str | os.PathLike, threads: int | None = None, spinning: bool = True):
-        """threads: onnxruntime's intra-op threads (default: its own choice). spinning=False makes idle pool
-        threads sleep instead of spin after each run: slower for back-to-back runs, faster when other
-        threads need the cores between runs (the video pipeline's decoder and encoder)."""
-        try:
-            import onnxruntime as ort
-        except ImportError as e:
-            raise ImportError("the onnx backend needs onnxruntime: pip install 'attnseg[onnx]'") from e
-        so = ort.SessionOptions()
-        if threads:
-            so.intra_op_num_threads = threads
-            so.inter_op_num_threads = 1
-        if not spinning:
-            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        meta = self.session.get_modelmeta().custom_metadata_map.get("attnseg")
-        inputs = self.session.get_inputs()
-        self._setup(json.loads(meta) if meta else {}, [i.name for i in inputs], list(inputs[0].shape),
-                    self.session.get_outputs()[0].shape[1])
-        if "attnseg_quantization" in self.session.get_modelmeta().custom_metadata_map:
-            self.precision = "int8"  # a QDQ graph from deploy.quantize
-
-    def _run(self, feeds: dict) -> np.ndarray:
-        return self.session.run(None, feeds)[0]

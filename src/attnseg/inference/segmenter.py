@@ -51,20 +51,24 @@ class Segmenter:
     input is shrunk, a smaller one grown, an aspect ratio beyond 256:1 refused (WorkSizeError). The result always comes back at the
     image's size: the scores are upsampled and arg-maxed in row bands, so a 6000x8000 photo never holds
     a full-size score tensor. `inference` chooses whole/slide/multi-scale. `dtype=torch.bfloat16` runs the
-    model under autocast (weights stay fp32).
+    model under autocast (weights stay fp32); None: bf16 for an eager model `attnseg.open` opened in bf16,
+    else fp32.
     Normalisation, class names and palette come from the model's metadata (`model.meta`).
     """
 
     def __init__(self, model, size: int | str | None = "auto", inference: InferenceConfig | None = None,
-                 device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
+                 device: str | torch.device | None = None, dtype: torch.dtype | None = None,
                  band_pixels: int = 4_000_000):
         self.model = model.eval()
         self.meta = dict(default_meta(), **(getattr(model, "meta", None) or {}))
         self.size = resolve_short_side(model, size)
         self.inference = inference or InferenceConfig()
-        params = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+        params = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
         self.device = torch.device(device) if device is not None else (params.device if params is not None
                                                                        else torch.device("cpu"))
+        if dtype is None:  # an eager model opened in bf16 runs under autocast; graphs run their own precision
+            bf16 = isinstance(model, torch.nn.Module) and getattr(model, "precision", None) == "bf16"
+            dtype = torch.bfloat16 if bf16 else torch.float32
         self.dtype = dtype
         if hasattr(self.model, "to"):
             self.model.to(self.device)

@@ -37,16 +37,18 @@ def require_ray():
     return ray
 
 
-def connect(address: str | None = None, num_cpus: int | None = None, timeout_s: float = 30.0) -> float:
+def connect(address: str | None = None, num_cpus: int | None = None, timeout_s: float = 30.0, say=None) -> float:
     """Join the cluster at `address` ('auto': the one `ray start` began on this machine; 'ray://HOST:10001' or
     'HOST:PORT': a remote one), or start a local instance (with `num_cpus`, default all) when None. Returns the
     seconds it took. An address where nothing answers within `timeout_s` is a ConnectionError (Ray itself
     retries for ever). Ray's own progress bars and INFO logs are turned off: the job prints its own progress and
-    summary."""
+    summary. say: a callable given one line when the wait for `address` begins."""
     ray = require_ray()
     t0 = time.perf_counter()
     _record_sigint()  # a Ctrl-C while Ray starts is swallowed by ray.init otherwise
     if address and address != "auto" and not ray.is_initialized():
+        if say:
+            say(f"Ray: waiting up to {timeout_s:g} s for a cluster at {address}")
         _wait_for_answer(address, timeout_s)
     if not ray.is_initialized():
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")

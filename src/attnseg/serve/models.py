@@ -5,7 +5,6 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..deploy.backends import choose
 from ..inference.modes import InferenceConfig
 from ..isr import accepted as isr_accepted, apply as apply_isr
 from ..worksize import MAX_WORK_PIXELS, WorkLimit
@@ -50,9 +49,11 @@ def _card(name: str) -> dict | None:
 
 
 def load_models(sources: list[str], backend: str = "eager", threads: int | None = None,
-                max_work_pixels: int = MAX_WORK_PIXELS, dtype: str | None = None) -> dict[str, ServedModel]:
-    """Load every model the server will serve (name -> ServedModel); raises ValueError naming a bad source.
-    backend: eager, onnx, openvino (with dtype fp32|bf16) or auto (attnseg.deploy.backends.choose, per model)."""
+                max_work_pixels: int = MAX_WORK_PIXELS, dtype: str | None = None,
+                verbose: bool = False) -> dict[str, ServedModel]:
+    """Load every model the server will serve (name -> ServedModel), each opened by `attnseg.open` on `backend`
+    (auto: measured on this machine, per model, except that a model with ISR settings runs eagerly, so that each
+    request can choose its setting; a graph has one baked in); raises ValueError naming a bad source."""
     import torch
 
     import attnseg
@@ -62,31 +63,16 @@ def load_models(sources: list[str], backend: str = "eager", threads: int | None 
         torch.set_num_threads(threads)
     out: dict[str, ServedModel] = {}
     for src in sources:
-        model = attnseg.load_model(src)
         name = Path(src).stem if (Path(src).exists() and src not in attnseg.list_pretrained()) else src
         if name in out:
             raise ValueError(f"two models would be served as {name!r}; rename one of the files")
-        run, precision = choose(model, dtype) if backend == "auto" else (backend, dtype or "fp32")
-        settings = isr_accepted(model) if run == "eager" else []  # the grid's settings it takes
-        if run == "onnx":
-            model = _to_onnx(model, threads)
-        elif run == "openvino":
-            from ..deploy.backends.openvino import OpenVinoModel
-
-            model = OpenVinoModel(model, precision, threads)
+        module = src if str(src).endswith((".onnx", ".xml")) else attnseg.load_model(src)
+        run = "eager" if backend == "auto" and not isinstance(module, str) and isr_accepted(module) else backend
+        model = attnseg.open(module, backend=run, precision=dtype, threads=threads, verbose=verbose)
+        settings = isr_accepted(model) if model.backend == "eager" else []  # the grid's settings it takes
         lang = is_language_driven(model)
         if lang:
             model.text_encoder.encode(["warm-up"])  # load the text encoder now, not on the first request
         work = InferenceConfig(work=WorkLimit(max_pixels=max_work_pixels))  # the working-size bound (413 past it)
         out[name] = ServedModel(name, model, attnseg.Segmenter(model, inference=work), lang, settings)
     return out
-
-
-def _to_onnx(model, threads):
-    import tempfile
-
-    from ..deploy.export import OnnxModel, export_onnx
-
-    with tempfile.TemporaryDirectory(prefix="attnseg_serve_") as tmp:
-        path = export_onnx(model, Path(tmp) / "model.onnx")
-        return OnnxModel(path, threads)

@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..export import GraphModel, graph_info
+from ..export import graph_info
+from ..graphs import cache_root, weights_key
+from .base import Backend, BackendError, GraphModel, Source
 from ...io import first_line
 from ...notes import Note
 from ...models.layers import converting_for
@@ -121,23 +123,7 @@ class OpenVinoModel(GraphModel):
 
 def cache_dir() -> Path:
     """Where converted graphs are kept: $ATTNSEG_CACHE/openvino (default ~/.cache/attnseg/openvino)."""
-    root = os.environ.get("ATTNSEG_CACHE") or Path.home() / ".cache" / "attnseg"
-    return Path(root) / "openvino"
-
-
-def _weights_key(model: torch.nn.Module) -> str:
-    """The weights, architecture and attnseg/OpenVINO versions a converted graph depends on."""
-    import openvino
-
-    from ... import __version__
-
-    h = hashlib.sha256(repr((getattr(model, "variant", type(model).__name__), getattr(model, "config", None),
-                             __version__, openvino.__version__)).encode())
-    for k, t in model.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(k.encode() + str(t.dtype).encode() + repr(tuple(t.shape)).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:32]
+    return cache_root() / "openvino"
 
 
 class CacheNote(Note):
@@ -151,7 +137,7 @@ def _cached_graph(ov, core, model: torch.nn.Module):
     An entry is NAME.xml, NAME.bin and NAME.sha256 (the SHA-256 of both, written last): it is used only when the
     digests match, so a damaged or half-written entry is converted again (said in one note), never run. A cache
     that cannot be written (a full disk, a read-only folder) is said in one note; the converted graph still runs."""
-    xml = cache_dir() / f"{_weights_key(model)}.xml"
+    xml = cache_dir() / f"{weights_key(model, __import__('openvino').__version__)}.xml"
     if xml.is_file():
         problem = _check_entry(xml)
         if problem is None:
@@ -266,3 +252,60 @@ def _graph_info(path: Path, graph=None) -> dict:
     proto = onnx.load(str(onnx_path), load_external_data=False)
     meta = {p.key: p.value for p in proto.metadata_props}.get("attnseg")
     return json.loads(meta) if meta else {}
+
+
+class OpenVinoBackend(Backend):
+    """fp32 and bf16 (the CPU plugin's inference precision) from the shipped fp32 ONNX graph or a converted model;
+    int8 and int8-bf16 from an NNCF int8 IR (shipped, or a file given), the rest of the graph in fp32 or bf16."""
+
+    name = "openvino"
+    precisions = ("fp32", "bf16", "int8", "int8-bf16")
+    library = "openvino"
+    install_hint = "the openvino backend needs OpenVINO: pip install 'attnseg[openvino]'"
+
+    def unsupported(self, precision, machine, source):
+        why = super().unsupported(precision, machine, source)
+        if why is None and precision.startswith("int8") and _int8_ir(source) is None:
+            why = ("no int8 IR: one is shipped with the trained models, or made with `attnseg export --format "
+                   "openvino --quantize int8`")
+        return why
+
+    def prepare(self, source: Source, precision: str, threads=None, fixed=None, callers=1):
+        hint = "bf16" if precision.endswith("bf16") else "fp32"
+        if precision.startswith("int8"):
+            graph = _int8_ir(source)
+            if graph is None:
+                raise BackendError(self.unsupported(precision, None, source) or "no int8 IR")
+        elif source.module is None:
+            graph = source.path
+        elif not source.isr and "fp32.onnx" in source.graphs and not _language_driven(source.module):
+            graph = source.graphs["fp32.onnx"]  # reading the shipped graph takes well under a second
+        else:
+            graph = source.module
+            if not _is_cached(graph):
+                source.say(f"converting {source.name} for OpenVINO (once, 30-60 s on 2 cores; kept in "
+                           f"{cache_dir()})")
+        model = OpenVinoModel(graph, hint, threads, streams=callers)
+        if precision.startswith("int8"):
+            model.precision = precision
+        return model
+
+
+def _language_driven(model) -> bool:
+    """LSeg converts with its label product as a matmul (`converting_for("openvino")`): the ONNX graph made for
+    onnxruntime holds it as a convolution whose weights are an input, which the CPU plugin cannot compile."""
+    from ...models.lseg import is_language_driven
+
+    return is_language_driven(model)
+
+
+def _int8_ir(source: Source):
+    if source.module is None and source.path is not None and source.path.suffix == ".xml":
+        return source.path
+    return source.graphs.get("int8.xml") if not source.isr else None
+
+
+def _is_cached(model) -> bool:
+    import openvino
+
+    return (cache_dir() / f"{weights_key(model, openvino.__version__)}.sha256").is_file()

@@ -1,0 +1,115 @@
+"""onnxruntime: graphs `attnseg export` writes (fp32, or int8 QDQ from `deploy.quantize`), run on the CPU.
+
+`OnnxModel` runs a file; `OnnxBackend` prepares one from a `Source`: the fp32 graph shipped with trained weights,
+else one exported once into the cache (`deploy.graphs`); int8 needs an int8 graph (shipped, or a file given),
+because its calibration needs images the model was trained on. `fixed=(h, w)` pins the graph's named
+height and width (`add_free_dimension_override_by_name`), so onnxruntime plans every shape once at load
+instead of at each run; images are then resized to that size (`Segmenter.working_size`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import numpy as np
+
+from .base import Backend, BackendError, GraphModel, Source
+
+
+class OnnxModel(GraphModel):
+    """A graph `attnseg export` wrote, run in onnxruntime."""
+
+    backend = "onnx"
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, spinning: bool = True,
+                 fixed: tuple[int, int] | None = None):
+        """threads: onnxruntime's intra-op threads (default: its own choice). spinning=False makes idle pool
+        threads sleep instead of spin after each run: slower for back-to-back runs, faster when other
+        threads need the cores between runs (the video pipeline's decoder and encoder). fixed: (height, width)
+        the session pins the graph's dynamic batch, height and width to (1, height, width) and runs the
+        images of that size (one at a time); images of other sizes run in a dynamic session made when first
+        needed."""
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise ImportError("the onnx backend needs onnxruntime: pip install 'attnseg[onnx]'") from e
+        self._fixed, self._fixed_session = fixed, None
+        so = _options(ort, threads, spinning)
+        if fixed:
+            for dim, value in (("batch", 1), ("height", fixed[0]), ("width", fixed[1])):
+                so.add_free_dimension_override_by_name(dim, int(value))
+        session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        meta = session.get_modelmeta().custom_metadata_map.get("attnseg")
+        inputs = session.get_inputs()
+        self._setup(json.loads(meta) if meta else {}, [i.name for i in inputs], list(inputs[0].shape),
+                    session.get_outputs()[0].shape[1])
+        if "attnseg_quantization" in session.get_modelmeta().custom_metadata_map:
+            self.precision = "int8"  # a QDQ graph from deploy.quantize
+        if fixed:  # a pinned dynamic graph still takes any size: the others run in the dynamic session
+            self.fixed_size = self.fixed_batch = None
+            self._fixed_session, self.session = session, None
+            self._dynamic = lambda: ort.InferenceSession(str(path), _options(ort, threads, spinning),
+                                                         providers=["CPUExecutionProvider"])
+            self._lock = threading.Lock()
+        else:
+            self.session = session
+
+    def _run(self, feeds: dict) -> np.ndarray:
+        x = feeds["images"]
+        if self._fixed_session is not None and tuple(x.shape[2:]) == tuple(self._fixed):
+            return np.concatenate([self._fixed_session.run(None, {**feeds, "images": x[i:i + 1]})[0]
+                                   for i in range(x.shape[0])])
+        if self.session is None:  # pinned at one size: images of another size need the dynamic session
+            with self._lock:
+                if self.session is None:
+                    self.session = self._dynamic()
+        return self.session.run(None, feeds)[0]
+
+
+def _options(ort, threads, spinning):
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return so
+
+
+class OnnxBackend(Backend):
+    name = "onnx"
+    precisions = ("fp32", "int8")
+    library = "onnxruntime"
+    install_hint = "the onnx backend needs onnxruntime: pip install 'attnseg[onnx]'"
+
+    def unsupported(self, precision, machine, source):
+        why = super().unsupported(precision, machine, source)
+        if why is None and precision == "int8" and not _int8_graph(source):
+            why = "no int8 graph: one is shipped with the trained models, or made with `attnseg export --quantize int8`"
+        return why
+
+    def prepare(self, source: Source, precision: str, threads=None, fixed=None, callers=1):
+        from ..graphs import fp32_onnx
+
+        path = _int8_graph(source) if precision == "int8" else fp32_onnx(source)
+        if path is None:
+            raise BackendError(self.unsupported(precision, None, source) or "no graph")
+        # several callers: one non-spinning thread per call, so calls overlap each other and the decoding
+        model = OnnxModel(path, 1 if callers > 1 else threads, spinning=callers <= 1, fixed=fixed)
+        if precision == "int8" and model.precision != "int8":
+            raise BackendError(f"{path} is not an int8 graph")
+        return model
+
+
+def _int8_graph(source: Source):
+    if source.path is not None and source.path.suffix == ".onnx" and source.module is None:
+        return source.path if _is_int8(source.path) else None
+    return source.graphs.get("int8.onnx") if not source.isr else None
+
+
+def _is_int8(path) -> bool:
+    import onnx
+
+    meta = {p.key for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return "attnseg_quantization" in meta

@@ -1,0 +1,140 @@
+"""The graph files backends run: those shipped beside the trained weights, and fp32 ONNX graphs exported once
+into the cache for any other model.
+
+Shipped graphs lie in `pretrained/graphs/` as NAME.fp32.onnx (dynamic shapes), NAME.int8.onnx (onnxruntime QDQ)
+and NAME.int8.xml/.bin (NNCF), written by scripts/build_graphs.py with the calibration settings the CamVid records
+in pretrained/precision.json were measured with. `graphs/manifest.json` holds, per model, the SHA-256 of the
+weights file the graphs were made from and of every graph file: a graph is used only when both still match, so
+new weights never run with old graphs, and a damaged file is never run.
+
+Exported graphs are $ATTNSEG_CACHE/onnx/KEY.onnx (KEY: the weights, the ISR setting baked in, attnseg's and
+torch's versions) with KEY.sha256 beside it, written last and checked on every read. The export takes 30-60 s
+on 2 cores; it is said in one line before and after, never silent.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
+from ..notes import Note
+from ..pretrained import PRETRAINED, PRETRAINED_DIR
+
+GRAPHS_DIR = PRETRAINED_DIR / "graphs"
+MANIFEST = GRAPHS_DIR / "manifest.json"
+KINDS = ("fp32.onnx", "int8.onnx", "int8.xml")
+
+
+class GraphNote(Note):
+    """A shipped or cached graph was not used (damaged, made from other weights, cache not writable)."""
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def manifest() -> dict:
+    try:
+        return json.loads(MANIFEST.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+@lru_cache(maxsize=None)
+def shipped_graphs(name: str) -> dict[str, Path]:
+    """kind -> file of the graphs shipped for the trained model `name` that match its weights and their digests
+    (checked once per process; a mismatch is one note and the graph is not used)."""
+    entry = manifest().get(name)
+    weights = PRETRAINED_DIR / PRETRAINED.get(name, "")
+    if not entry or name not in PRETRAINED or not weights.is_file():
+        return {}
+    if file_sha256(weights) != entry.get("weights_sha256"):
+        warnings.warn(f"the graphs shipped for {name} were made from other weights; they are not used",
+                      GraphNote, stacklevel=2)
+        return {}
+    out = {}
+    for kind, files in entry.get("files", {}).items():
+        paths = {f: GRAPHS_DIR / f for f in files}
+        try:
+            ok = all(file_sha256(p) == digest for p, digest in zip(paths.values(), files.values()))
+        except OSError:
+            ok = False
+        if ok:
+            out[kind] = GRAPHS_DIR / next(iter(files))
+        else:
+            warnings.warn(f"the shipped {kind} graph of {name} is damaged or missing (digest mismatch); not used",
+                          GraphNote, stacklevel=2)
+    return out
+
+
+def cache_root() -> Path:
+    """$ATTNSEG_CACHE (default ~/.cache/attnseg)."""
+    return Path(os.environ.get("ATTNSEG_CACHE") or Path.home() / ".cache" / "attnseg")
+
+
+def weights_key(model, *extra) -> str:
+    """What a graph made from `model` depends on: its architecture, config, weights, attnseg's version and
+    `extra` (the converter's version, an ISR setting)."""
+    import torch
+
+    from .. import __version__
+
+    h = hashlib.sha256(repr((getattr(model, "variant", type(model).__name__), getattr(model, "config", None),
+                             __version__, *extra)).encode())
+    for k, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(k.encode() + str(t.dtype).encode() + repr(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:32]
+
+
+def fp32_onnx(source) -> Path:
+    """The fp32 ONNX graph of a `Source`: the file given, the shipped one (no ISR), else exported once into the
+    cache (one line before and one after: the export takes 30-60 s)."""
+    if source.module is None:
+        return source.path
+    if not source.isr and "fp32.onnx" in source.graphs:
+        return source.graphs["fp32.onnx"]
+    import torch
+
+    from .export import export_onnx
+
+    path = cache_root() / "onnx" / f"{weights_key(source.module, source.isr, torch.__version__)}.onnx"
+    digest = path.with_suffix(".sha256")
+    if path.is_file():
+        try:
+            if digest.read_text().strip() == file_sha256(path):
+                return path
+        except OSError:
+            pass
+        warnings.warn(f"cached graph {path} is damaged or incomplete; exporting again", GraphNote, stacklevel=2)
+    source.say(f"exporting {source.name} to ONNX for the graph runtimes (once, 30-60 s on 2 cores; kept in "
+               f"{path.parent})")
+    t0 = time.perf_counter()
+    try:
+        digest.unlink(missing_ok=True)
+        export_onnx(source.module, path)
+        _write_digest(path, digest)
+    except OSError as e:
+        import tempfile
+
+        warnings.warn(f"could not write the graph cache in {path.parent} ({e.strerror or e}); the graph is "
+                      "exported for this run only (set ATTNSEG_CACHE to a writable folder)", GraphNote, stacklevel=2)
+        path = Path(tempfile.mkdtemp(prefix="attnseg_onnx_")) / "model.onnx"
+        export_onnx(source.module, path)
+    source.say(f"exported {source.name} in {time.perf_counter() - t0:.0f} s")
+    return path
+
+
+def _write_digest(path: Path, digest: Path) -> None:
+    from ..io import atomic_write_text
+
+    atomic_write_text(digest, file_sha256(path) + "\n")

@@ -1,0 +1,203 @@
+"""`--backend auto` by measurement: which backend and precision runs a model fastest on this machine.
+
+The candidates are the backend x precision pairs whose runtime is installed, whose kernels this CPU has
+(`Backend.unsupported`) and whose accuracy is known to hold: exact fp32 paths always; for a shipped model, any
+pair whose recorded CamVid test mIoU (pretrained/precision.json) is within `TOLERANCE` points of fp32. onnxruntime
+fp32 also runs as a graph pinned at the working size. Each candidate is prepared and timed briefly at the
+model's working size (`measure`), and the winner is kept in $ATTNSEG_CACHE/choices.json under a key made of the
+model's weights, the CPU's model and kernel flags, the thread count, the size and the libraries' versions: the
+next run on this machine reads it and prepares only the winner.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+
+from .backends import BACKENDS, Source
+from .backends.cpu import Machine, this_machine, versions
+from .graphs import cache_root
+
+TOLERANCE = 0.3  # CamVid mIoU points a candidate may lose against fp32 and still be chosen
+EXACT = {"eager-fp32", "onnx-fp32", "openvino-fp32"}  # the same function as the model, to float rounding
+BUDGET_S = 0.3  # timing per candidate, after one warm-up run
+EARLY_STOP = 1.5  # a warm-up run this many times the best median so far ends a candidate's timing
+
+
+@lru_cache(maxsize=1)
+def recorded() -> dict:
+    """{shipped model: {"eager-fp32": mIoU, "onnx-int8": ..., "openvino-bf16": ..., ...}} (CamVid test; written
+    by scripts/precision_record.py from results/precision/)."""
+    from ..pretrained import PRETRAINED_DIR
+
+    try:
+        return json.loads((PRETRAINED_DIR / "precision.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    backend: str
+    precision: str
+    fixed: bool = False  # pinned at the working size (onnxruntime)
+
+    @property
+    def record_key(self) -> str:
+        return f"{self.backend}-{self.precision}"
+
+    def __str__(self) -> str:
+        return self.record_key + ("-fixed" if self.fixed else "")
+
+    @classmethod
+    def parse(cls, text: str) -> Candidate:
+        fixed = text.endswith("-fixed")
+        backend, _, precision = text.removesuffix("-fixed").partition("-")
+        return cls(backend, precision, fixed)
+
+
+def record_allows(record: dict | None, key: str) -> str | None:
+    """None when the record lets candidate `key` (e.g. "onnx-int8") stand in for fp32, else why not."""
+    if key in EXACT:
+        return None
+    fp32, value = (record or {}).get("eager-fp32"), (record or {}).get(key)
+    if fp32 is None or value is None:
+        return "no accuracy record for this model (pass calibration images to measure agreement)"
+    if fp32 - value > TOLERANCE:
+        return f"CamVid mIoU {value:.2f} vs fp32 {fp32:.2f}: more than {TOLERANCE} points lost"
+    return None
+
+
+def candidates(source: Source, machine: Machine, precision: str | None = None,
+               agreement: dict | None = None) -> tuple[list[Candidate], dict[str, str]]:
+    """(eligible candidates, {candidate: why not} for the others). precision: only that precision (a user's
+    --dtype). agreement: {record key: pixel agreement with fp32 on the user's calibration images} (makes those
+    eligible at >= 0.99 for a model without a record)."""
+    out, skipped = [], {}
+    for backend in BACKENDS.values():
+        missing = backend.missing()
+        for p in backend.precisions:
+            c = Candidate(backend.name, p)
+            if precision and p != precision:
+                continue
+            why = missing or backend.unsupported(p, machine, source)
+            if why is None and c.record_key not in EXACT and not precision:
+                if c.record_key in (agreement or {}):
+                    if agreement[c.record_key] < 0.99:
+                        why = f"agrees with fp32 on {100 * agreement[c.record_key]:.2f}% of the calibration pixels (< 99%)"
+                else:
+                    why = record_allows(source.record, c.record_key)
+            if why:
+                skipped[str(c)] = why
+                continue
+            out.append(c)
+            if c.backend == "onnx" and p == "fp32":
+                out.append(Candidate("onnx", "fp32", fixed=True))
+    return out, skipped
+
+
+def measure(model, size: tuple[int, int], budget_s: float = BUDGET_S, best_s: float | None = None, **kw) -> float:
+    """Images per second of `model` at `size` (h, w), batch 1: one warm-up run, then runs for `budget_s` (at
+    least 2); the median run. With `best_s` (the fastest median so far), a warm-up run slower than
+    `EARLY_STOP` x best_s ends the timing there: the candidate cannot win, and its warm-up speed is returned."""
+    import torch
+
+    x = torch.randn(1, 3, *size)
+    with torch.inference_mode():
+        autocast = getattr(model, "precision", "fp32") == "bf16" and isinstance(model, torch.nn.Module)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            t0 = time.perf_counter()
+            model(x, **kw)
+            warm = time.perf_counter() - t0
+            if best_s is not None and warm > EARLY_STOP * best_s:
+                return 1.0 / warm
+            times, start = [], time.perf_counter()
+            while len(times) < 2 or time.perf_counter() - start < budget_s:
+                t0 = time.perf_counter()
+                model(x, **kw)
+                times.append(time.perf_counter() - t0)
+    times.sort()
+    return 1.0 / times[len(times) // 2]
+
+
+def choice_key(source: Source, machine: Machine, threads: int | None, size, precision: str | None) -> str:
+    """The key a choice is kept under (threads None: torch's thread count, which the runtimes default to)."""
+    import torch
+
+    threads = threads or torch.get_num_threads()
+    what = json.dumps([source.key, source.isr, machine.cpu, machine.flags, machine.cores, threads, list(size),
+                       precision, versions()], sort_keys=True)
+    return hashlib.sha256(what.encode()).hexdigest()[:24]
+
+
+def choices_file():
+    return cache_root() / "choices.json"
+
+
+def read_choice(key: str) -> dict | None:
+    """The kept choice for `key`, if the file parses and holds one (anything else: measured again)."""
+    try:
+        entry = json.loads(choices_file().read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(entry, dict) or not isinstance(entry.get("choice"), str):
+        return None
+    return entry
+
+
+def keep_choice(key: str, entry: dict) -> None:
+    """Add `entry` under `key` (written whole to a temp file, then renamed: never half-written). A cache that
+    cannot be written is skipped: the next run measures again."""
+    from ..io import atomic_write_text
+
+    path = choices_file()
+    try:
+        data = json.loads(path.read_text())
+        data = data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        data = {}
+    data[key] = entry
+    if len(data) > 256:  # oldest first out
+        data = dict(sorted(data.items(), key=lambda kv: kv[1].get("when", 0))[-256:])
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(data, indent=1))
+    except OSError:
+        pass
+
+
+def tune(source: Source, cands: list[Candidate], threads, size, kw: dict) -> list[tuple[Candidate, float | str]]:
+    """Prepare and time every candidate; [(candidate, images/s or why it failed)], fastest first."""
+    from .backends.base import BackendError
+
+    rows, best = [], None
+    for c in sorted(cands, key=_likely_fastest_first):  # so that slow ones stop after their warm-up run
+        try:
+            model = BACKENDS[c.backend].prepare(source, c.precision, threads, size if c.fixed else None)
+            ips = measure(model, size, best_s=best, **kw)
+            best = min(best or 1 / ips, 1 / ips)
+            rows.append((c, ips))
+        except (BackendError, ImportError, RuntimeError, ValueError, OSError) as e:
+            rows.append((c, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"))
+        finally:
+            model = None
+    return sorted(rows, key=lambda r: -r[1] if isinstance(r[1], float) else 0)
+
+
+def _likely_fastest_first(c: Candidate) -> int:
+    """Graph runtimes before eager, int8 and bf16 before fp32 (an order only: every candidate is timed)."""
+    return (c.backend == "eager") * 10 + (c.precision == "fp32") * 2 + c.fixed
+
+
+def now() -> float:
+    return time.time()
+
+
+def machine_line(machine: Machine, threads) -> str:
+    return f"{machine.describe()}, {threads or os.cpu_count()} thread(s)"
+
+
+__all__ = ["Candidate", "TOLERANCE", "candidates", "measure", "tune", "this_machine"]
