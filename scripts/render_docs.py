@@ -150,16 +150,22 @@ def table_ray_predict() -> str:
 
 
 def table_video_fps() -> str:
-    """benchmarks/video_fps.py: frames/s of `attnseg predict clip.mp4` per model and backend, with the CamVid
-    test mIoU recorded for that model, backend and precision."""
+    """benchmarks/video_fps.py: frames/s of `attnseg predict clip.mp4` on `--backend auto` against the model's
+    images/s alone on the same backend and precision, with the CamVid test mIoU recorded for them."""
+    import statistics
+
     run = _json(RESULTS / "speed" / "video_fps.json")
-    rows = ["| model | backend (precision) | CamVid test mIoU | frames/s, each round |", "| --- | --- | --- | --- |"]
+    rows = ["| model | auto chose | CamVid test mIoU | video frames/s, each round | images/s alone (working size) | "
+            "video / alone (medians) |", "| --- | --- | --- | --- | --- | --- |"]
     for r in run["rows"]:
         miou = _json(RESULTS / "precision" / f"{r['model']}_{r['precision']}.json")["mIoU"]
-        how = {"auto": "`--backend auto` (OpenVINO bf16)", "openvino": "`--backend openvino --dtype fp32`",
-               "onnx": "`--backend onnx` (onnxruntime fp32)", "eager": "`--backend eager` (PyTorch fp32)"}[r["backend"]]
-        rows.append(f"| `{r['model']}` | {how} | {100 * miou:.2f}% | " + ", ".join(f"{v:.1f}" for v in r["fps"]) + " |")
-    return "\n".join(rows)
+        ratio = statistics.median(r["fps"]) / statistics.median(r["images_per_s"])
+        rows.append(f"| `{r['model']}` | {r['auto']} | {100 * miou:.2f}% | " + ", ".join(f"{v:.1f}" for v in r["fps"])
+                    + f" | {', '.join(f'{v:.1f}' for v in r['images_per_s'])} at {r['size'][0]}x{r['size'][1]} | "
+                    f"{100 * ratio:.0f}% |")
+    m = run["machine"]
+    return "\n".join(rows) + (f"\n\nMeasured on {m['cpu']} ({m['cores']} cores; {', '.join(m['flags'])}), "
+                              f"{run['rounds']} rounds.")
 
 
 def table_slide_memory() -> str:
@@ -186,7 +192,30 @@ def table_backends() -> str:
     return "\n".join(rows)
 
 
-TABLES = {"shipped": table_shipped, "slide_memory": table_slide_memory, "backends": table_backends, "video_fps": table_video_fps, "ray_predict": table_ray_predict, "precision": table_precision, "speed": table_speed, "zoo": table_zoo,
+def table_auto_backend() -> str:
+    """benchmarks/auto_backend.py per CPU class: each candidate's interleaved images/s, auto's choices from an empty
+    cache (and their share of the fastest), and the first `attnseg predict` against the second."""
+    out = []
+    for f in sorted((RESULTS / "runtime").glob("auto_backend_*.json")):
+        run = _json(f)
+        m = run["machine"]
+        rows = ["| model | size | fastest (img/s) | other candidates (img/s) | auto from an empty cache: choice, "
+                "share of the fastest |", "| --- | --- | --- | --- | --- |"]
+        for name, r in run["models"].items():
+            ips, best = r["images_per_s"], r["fastest"]
+            others = ", ".join(f"{k} {v:.1f}" for k, v in sorted(ips.items(), key=lambda kv: -kv[1]) if k != best)
+            autos = "; ".join(f"{a['choice']} {a['of_fastest']:.2f}" for a in r["auto"])
+            rows.append(f"| {name} | {r['size'][0]}x{r['size'][1]} | {best} {ips[best]:.1f} | {others} | {autos} |")
+        fr = run["first_run"]
+        out.append("\n".join(rows) + f"\n\nFirst `attnseg predict` of a photo with an empty cache {fr['first_s']:.2f} s, "
+                   f"the second {fr['second_s']:.2f} s ({fr['ratio']:.2f}x). Measured on {m['cpu']} ({m['cores']} "
+                   f"cores; {', '.join(m['flags'])}; class {m['cpu_class']}), {m.get('threads')} threads, "
+                   f"onnxruntime {m.get('onnxruntime', '-')}, OpenVINO {m.get('openvino', '-')}, torch "
+                   f"{m.get('torch', '-')} (`{f.relative_to(ROOT)}`).")
+    return "\n\n".join(out) or "(not measured yet)"
+
+
+TABLES = {"auto_backend": table_auto_backend, "shipped": table_shipped, "slide_memory": table_slide_memory, "backends": table_backends, "video_fps": table_video_fps, "ray_predict": table_ray_predict, "precision": table_precision, "speed": table_speed, "zoo": table_zoo,
           "serve_load": lambda: table_serve_load("serve_load"), "serve_load_lseg": lambda: table_serve_load("serve_load_lseg"),
           "serve_load_varied": table_serve_load_varied, "size_memory": table_size_memory}
 MARK = re.compile(r"(<!-- table:([\w:/.\-]+) -->\n)(.*?)(<!-- /table -->)", re.S)

@@ -34,8 +34,8 @@ def test_a_shipped_model_may_run_any_candidate_its_record_allows():
     src = Source("m", module=torch.nn.Identity(), record=RECORD,
                  graphs={"fp32.onnx": Path("a.onnx"), "int8.onnx": Path("b.onnx"), "int8.xml": Path("c.xml")})
     cands, skipped = tune.candidates(src, BF16)
-    assert _names(cands) == {"eager-fp32", "eager-bf16", "onnx-fp32", "onnx-fp32-fixed", "onnx-int8",
-                             "openvino-fp32", "openvino-bf16"}
+    assert _names(cands) == {"onnx-fp32", "onnx-fp32-fixed", "onnx-int8", "openvino-fp32", "openvino-bf16"}
+    assert "no graph runtime is eligible" in skipped["eager-fp32"] and "0.15-0.5x" in skipped["eager-bf16"]
     assert "more than 0.3 points lost" in skipped["openvino-int8"]  # 67.75 vs 68.22
     assert "more than 0.3 points lost" in skipped["openvino-int8-bf16"]
 
@@ -44,7 +44,7 @@ def test_bf16_is_not_a_candidate_without_bf16_kernels():
     _installed("onnxruntime", "openvino")
     src = Source("m", module=torch.nn.Identity(), record=RECORD, graphs={"int8.onnx": Path("b.onnx")})
     cands, skipped = tune.candidates(src, AVX2)
-    assert _names(cands) == {"eager-fp32", "onnx-fp32", "onnx-fp32-fixed", "onnx-int8", "openvino-fp32"}
+    assert _names(cands) == {"onnx-fp32", "onnx-fp32-fixed", "onnx-int8", "openvino-fp32"}
     assert "no bf16 kernels" in skipped["eager-bf16"] and "no bf16 kernels" in skipped["openvino-bf16"]
     assert "no int8 IR" in skipped["openvino-int8"]  # none shipped, none given
 
@@ -53,7 +53,7 @@ def test_a_model_without_a_record_runs_exact_fp32_paths_only():
     _installed("onnxruntime", "openvino")
     src = Source("my.safetensors", module=torch.nn.Identity())
     cands, skipped = tune.candidates(src, BF16)
-    assert _names(cands) == {"eager-fp32", "onnx-fp32", "onnx-fp32-fixed", "openvino-fp32"}
+    assert _names(cands) == {"onnx-fp32", "onnx-fp32-fixed", "openvino-fp32"}
     assert "no accuracy record" in skipped["eager-bf16"]
     # pixel agreement on the user's calibration images makes a precision eligible at 99% and above
     cands, skipped = tune.candidates(src, BF16, agreement={"openvino-bf16": 0.995, "eager-bf16": 0.98})
@@ -64,7 +64,7 @@ def test_an_asked_precision_limits_the_candidates():
     _installed("onnxruntime", "openvino")
     src = Source("m", module=torch.nn.Identity(), record={**RECORD, "openvino-bf16": 60.0})
     cands, _ = tune.candidates(src, BF16, precision="bf16")
-    assert _names(cands) == {"eager-bf16", "openvino-bf16"}  # asked for: the record does not veto it
+    assert _names(cands) == {"openvino-bf16"}  # asked for: the record does not veto it
 
 
 def test_a_missing_runtime_is_skipped_with_its_install_line(monkeypatch):
@@ -73,6 +73,9 @@ def test_a_missing_runtime_is_skipped_with_its_install_line(monkeypatch):
     cands, skipped = tune.candidates(src, BF16)
     assert not any(c.backend == "openvino" for c in cands)
     assert skipped["openvino-fp32"] == "pip install 'attnseg[openvino]'"
+    monkeypatch.setattr(BACKENDS["onnx"], "missing", lambda: "pip install 'attnseg[onnx]'")
+    cands, _ = tune.candidates(src, BF16)  # no graph runtime at all: eager PyTorch is timed
+    assert _names(cands) == {"eager-fp32", "eager-bf16"}
 
 
 def test_the_choice_key_names_the_machine_threads_size_and_weights():
@@ -109,7 +112,7 @@ def _fake_tuning(monkeypatch, speeds: dict):
 
     def fake(src, cands, threads, size, kw):
         calls.append([str(c) for c in cands])
-        return sorted(((c, speeds.get(str(c), 1.0)) for c in cands), key=lambda r: -r[1])
+        return sorted(((c, speeds.get(str(c), 1.0)) for c in cands), key=lambda r: -r[1]), None
 
     monkeypatch.setattr(runtime, "tune", fake)
     return calls
@@ -126,7 +129,7 @@ def test_auto_measures_once_keeps_the_winner_and_says_why(tmp_path, monkeypatch)
     assert chosen.backend == "openvino" and chosen.precision == "fp32" and len(calls) == 1
     assert "fastest of the eligible candidates at 96x64" in chosen.choice and "9.0 img/s" in chosen.choice
     assert "measured now" in chosen.choice and "onnx-fp32 7.0" in chosen.choice
-    assert any(ln.startswith("timing 4 backend/precision candidates") for ln in lines) and chosen.choice in lines
+    assert any(ln.startswith("timing 3 backend/precision candidates") for ln in lines) and chosen.choice in lines
     again = attnseg.open(model, threads=1, size=(64, 96), progress=lines.append)
     assert again.backend == "openvino" and len(calls) == 1  # read from the kept choice, not measured
     assert "(measured;" in again.choice
@@ -141,11 +144,12 @@ def test_a_kept_choice_that_is_no_longer_eligible_is_measured_again(tmp_path, mo
     _installed("onnxruntime", "openvino")
     monkeypatch.setenv("ATTNSEG_CACHE", str(tmp_path))
     monkeypatch.setattr(runtime, "this_machine", lambda: AVX2)
-    calls = _fake_tuning(monkeypatch, {"onnx-fp32-fixed": 9.0})
+    calls = _fake_tuning(monkeypatch, {"openvino-fp32": 9.0, "onnx-fp32-fixed": 8.0})
     model = attnseg.create_model("segformer-tiny", num_classes=3).eval()
-    assert attnseg.open(model, size=(64, 96), progress=None).backend == "onnx"
-    monkeypatch.setattr(BACKENDS["onnx"], "missing", lambda: "pip install 'attnseg[onnx]'")
-    assert attnseg.open(model, size=(64, 96), progress=None).backend != "onnx" and len(calls) == 2
+    assert attnseg.open(model, size=(64, 96), progress=None).backend == "openvino"
+    monkeypatch.setattr(BACKENDS["openvino"], "missing", lambda: "pip install 'attnseg[openvino]'")
+    chosen = attnseg.open(model, size=(64, 96), progress=None)
+    assert chosen.backend == "onnx" and len(calls) == 2 and calls[1] == ["onnx-fp32", "onnx-fp32-fixed"]
 
 
 def test_explicit_backends_and_their_one_line_errors():

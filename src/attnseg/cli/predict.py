@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +11,13 @@ from tqdm import tqdm
 
 import attnseg
 
-from ..io import IMAGE_EXTENSIONS, MAX_LABELS, ImageNote, ImageReadError, WriteFailed, read_image
-from ..inference.outputs import output_files, write_prediction
+from ..io import MAX_LABELS, ImageReadError, WriteFailed
+from ..inference import pipeline
+from ..inference.outputs import output_files
+from ..inference.pipeline import PlanError, is_uri
 from ..pretrained import default_model
-from ..inference.segmenter import BATCH_PIXELS, scaled_size
-from ..inference.video import VIDEO_EXTENSIONS, VideoReadError, _require_av, is_video, segment_video, video_outputs
-from ..ray_engine.predict import is_uri, list_uri
+from ..inference.segmenter import scaled_size
+from ..inference.video import VideoReadError, _require_av, is_video, segment_video, video_outputs
 from ..worksize import WorkSizeError
 from . import options
 from .common import (CLIError, check_device, check_onnx_size, check_out_dir, first_line,
@@ -25,84 +25,11 @@ from .common import (CLIError, check_device, check_onnx_size, check_out_dir, fir
 
 
 def plan_outputs(inputs: list[str], out: Path) -> list[tuple[Path, Path]]:
-    """(input image, output base path without extension) for every image the inputs name.
-
-    Outputs mirror each image's path under the folder argument it was found in (`OUT/SUB/NAME.png`, a
-    file argument gives `OUT/NAME.png`). Images whose names differ only by extension keep it
-    (`OUT/NAME.jpg.png`); the same relative path from two arguments goes under each argument's folder
-    name (`OUT/a/NAME.png`, `OUT/b/NAME.png`). The output folder is never walked as input, an output
-    never replaces an input, and two inputs never share an output (refused if no rule separates them).
-    """
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"--out {out} is a file; name a folder for the label maps and overlays")
-    out_r = out.resolve()
-    entries: list[tuple[Path, Path, str]] = []  # (file, path relative to its argument, the argument's name)
-    under_out: list[Path] = []  # found under --out: taken for outputs, skipped
-    for s in inputs:
-        p = Path(s)
-        if is_uri(s):
-            try:
-                found = list_uri(s, IMAGE_EXTENSIONS)
-            except (OSError, ValueError, ImportError) as e:
-                raise CLIError(f"input {s}: {first_line(e)}") from None
-            entries += [(f, rel, Path(s.rstrip("/")).name or "input") for f, rel in found]
-        elif p.is_dir():
-            if p.resolve() == out_r:
-                raise CLIError(f"--out {out} is the input folder {s}: the outputs would be mixed with (and could "
-                               "replace) the images; choose another --out")
-            for f in sorted(p.rglob("*")):
-                if f.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS and f.is_file():
-                    if out_r in f.resolve().parents:
-                        under_out.append(f)
-                    else:
-                        entries.append((f, f.relative_to(p), p.resolve().name or "input"))
-        elif p.is_file():
-            entries.append((p, Path(p.name), p.resolve().parent.name or "input"))
-        elif p.exists():
-            raise CLIError(f"input {s} is neither a file nor a folder")
-        else:
-            raise CLIError(f"input not found: {s}")
-    if not entries and under_out:
-        raise CLIError(f"the {len(under_out)} image(s) or video(s) in {', '.join(inputs)} lie inside --out {out}, "
-                       "whose files are taken for outputs and skipped; choose an --out outside the inputs")
-    if not entries:
-        raise CLIError(f"no images or videos found in {', '.join(inputs)} (looked for "
-                       f"{', '.join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)}"
-                       + (f"; {out} itself is skipped" if any(Path(i).resolve() in out_r.parents for i in inputs)
-                          else "") + ")")
-
-    def key(b: Path) -> str:
-        return str(b).lower()  # case-insensitive file systems
-
-    bases = [rel.with_suffix("") for _, rel, _ in entries]
-    for rule in ("extension", "argument"):
-        groups: dict[str, list[int]] = {}
-        for i, b in enumerate(bases):
-            groups.setdefault(key(b), []).append(i)
-        for idx in (g for g in groups.values() if len(g) > 1):
-            for i in idx:
-                _, rel, arg = entries[i]
-                if rule == "extension" and len({entries[j][2] for j in idx}) == 1:
-                    bases[i] = rel
-                elif rule == "argument":
-                    bases[i] = Path(arg) / bases[i]
-    seen: dict[str, Path] = {}
-    for (f, _, _), b in zip(entries, bases):
-        if key(b) in seen:
-            raise CLIError(f"{seen[key(b)]} and {f} would write the same output {out / b}.png; "
-                           "predict them in separate runs (or with separate --out folders)")
-        seen[key(b)] = f
-    plan = [(f, out / b) for (f, _, _), b in zip(entries, bases)]
-    inputs_r = {Path(f).resolve() for f, _ in plan if not is_uri(f)}
-    for _, b in plan:
-        for o in _all_outputs(b):
-            if o.resolve() in inputs_r:
-                raise CLIError(f"output {o} would replace an input image; choose another --out")
-    return plan
-
-
-def _all_outputs(base: Path) -> tuple[Path, ...]:
-    return output_files(base) + video_outputs(base)
+    """inference.pipeline.plan_outputs, its refusals as one-line CLI errors."""
+    try:
+        return pipeline.plan_outputs(inputs, out)
+    except PlanError as e:
+        raise CLIError(str(e)) from None
 
 
 def add_arguments(verb: str, p):
@@ -233,25 +160,20 @@ def _segmenter(args):
 
 
 class _Run:
-    """One predict run: images of one size are batched (--batch images, at most BATCH_PIXELS pixels: a batch of
-    huge photos needs no more memory than the largest alone), every failure is one line and the others go on;
-    a write that no later write can escape (a full disk) stops the run (`stopped`)."""
+    """One local predict run over inference.pipeline: images are read in turn and run in batches of --batch
+    images (images of one size share a forward pass of at most BATCH_PIXELS pixels); every failure is one line
+    and the others go on; a write that no later write can escape (a full disk) stops the run (`stopped`)."""
 
     def __init__(self, seg, palette, kw, args, quiet: bool):
         self.seg, self.palette, self.kw, self.args, self.quiet = seg, palette, kw, args, quiet
         self.failed: list = []
         self.replaced = 0
-        self.stopped: WriteFailed | None = None
-        self.pending: list = []  # (file, output base, rgb) of one size
+        self.stopped: str | None = None
+        self.pending: list[pipeline.Item] = []
 
-    def report(self, f, e) -> None:
+    def report(self, f, reason: str) -> None:
         self.failed.append(f)
-        if isinstance(e, WriteFailed) and e.stop:
-            self.stopped = self.stopped or e  # said once, at the end
-            return
-        msg = first_line(e)
-        tqdm.write(f"error: {msg if isinstance(e, (ImageReadError, WriteFailed)) else f'{f}: {msg}'}; skipped",
-                   file=sys.stderr)
+        tqdm.write(f"error: {reason}; skipped", file=sys.stderr)
 
     def video(self, f, base) -> None:
         if self.pending:
@@ -259,59 +181,55 @@ class _Run:
         try:
             self.replaced += _predict_video(self.seg, f, base, self.args, self.palette, self.kw)
         except (VideoReadError, ImageReadError, WriteFailed, WorkSizeError, MemoryError, RuntimeError) as e:
-            self.report(f, e)
+            if isinstance(e, WriteFailed) and e.stop:
+                self.failed.append(f)
+                self.stopped = self.stopped or str(e)
+                return
+            msg = first_line(e)
+            self.report(f, msg if isinstance(e, (ImageReadError, WriteFailed)) else f"{f}: {msg}")
 
     def image(self, f, base) -> None:
-        try:
-            with warnings.catch_warnings(record=True) as notes:
-                warnings.simplefilter("always", ImageNote)
-                rgb = read_image(f, self.args.max_pixels)
-            work = self.seg.working_size(*rgb.shape[:2])
-        except (ImageReadError, WorkSizeError) as e:
-            return self.report(f, e)
-        for n in notes:
-            tqdm.write(f"note: {n.message}", file=sys.stderr)
-        asked = scaled_size(*rgb.shape[:2], self.seg.size)
-        if work != asked:
-            tqdm.write(f"note: {f} runs at {work[1]}x{work[0]}, not {asked[1]}x{asked[0]}, to stay within the "
-                       f"working-size limits (--max-work-pixels {self.seg.inference.work.max_pixels})", file=sys.stderr)
-        pixels = sum(r.shape[0] * r.shape[1] for _, _, r in self.pending) + rgb.shape[0] * rgb.shape[1]
-        if self.pending and (self.pending[0][2].shape != rgb.shape or len(self.pending) >= self.args.batch
-                             or pixels > BATCH_PIXELS):
+        item = pipeline.read_item(str(f), str(base), self.args.max_pixels)
+        for note in item.notes:
+            tqdm.write(f"note: {note}", file=sys.stderr)
+        if item.rgb is not None:
+            try:
+                work = self.seg.working_size(*item.rgb.shape[:2])
+            except WorkSizeError:
+                work = None  # said as the image's failure when its batch runs
+            asked = scaled_size(*item.rgb.shape[:2], self.seg.size)
+            if work is not None and work != asked:
+                tqdm.write(f"note: {f} runs at {work[1]}x{work[0]}, not {asked[1]}x{asked[0]}, to stay within the "
+                           f"working-size limits (--max-work-pixels {self.seg.inference.work.max_pixels})",
+                           file=sys.stderr)
+        self.pending.append(item)
+        if len(self.pending) >= self.args.batch:
             self.flush()
-        self.pending.append((f, base, rgb))
 
     def flush(self) -> None:
         batch, self.pending = self.pending, []
-        try:
-            maps = self.seg.predict_images([rgb for _, _, rgb in batch], **self.kw)
-        except (MemoryError, RuntimeError, WorkSizeError) as e:
-            for f, _, _ in batch:
-                self.report(f, e if isinstance(e, WorkSizeError) else RuntimeError(f"{type(e).__name__}: "
-                                                                                    f"{first_line(e)}"))
-            return
-        for (f, base, rgb), label in zip(batch, maps):
-            if self.stopped is None:
-                self.replaced += _write_prediction(f, base, rgb, label, self.seg, self.palette, self.args.alpha,
-                                                   self.quiet, self.report)
+        for item, r in zip(batch, pipeline.run_batch(self.seg, batch, self.kw, self.palette, self.args.alpha)):
+            if r.status == "ok":
+                self.replaced += r.replaced
+                if not self.quiet:  # no progress bar: a line per image
+                    _say_classes(item, r.label, self.seg)
+            elif r.stop:
+                self.failed.append(r.src)
+                self.stopped = self.stopped or r.reason  # said once, at the end
+            elif self.stopped is None:
+                self.report(r.src, r.reason)
+            else:
+                self.failed.append(r.src)
 
 
-def _write_prediction(f, base, rgb, label, seg, palette, alpha, print_each, report) -> int:
-    """Write one image's label map and overlay (outputs.write_prediction); returns the number of files
-    replaced. A write that fails is reported (one line) and the image counted as failed."""
-    try:
-        replaced = write_prediction(base, rgb, label, palette, seg.class_names, alpha)
-    except WriteFailed as e:
-        report(f, e)
-        return 0
-    if print_each:  # no progress bar: a line per image
-        counts = np.bincount(label.ravel(), minlength=1)
-        top = counts.argsort()[::-1][:3]
-        names = seg.class_names or []
-        desc = ", ".join(f"{names[i] if i < len(names) else i} {100 * counts[i] / label.size:.0f}%" for i in top
-                         if counts[i])
-        print(f"{f} -> {output_files(base)[0]} ({desc})")
-    return replaced
+def _say_classes(item, label, seg) -> None:
+    """One line for an image written: its label map and the three largest classes."""
+    counts = np.bincount(label.ravel(), minlength=1)
+    top = counts.argsort()[::-1][:3]
+    names = seg.class_names or []
+    desc = ", ".join(f"{names[i] if i < len(names) else i} {100 * counts[i] / label.size:.0f}%" for i in top
+                     if counts[i])
+    print(f"{item.src} -> {output_files(Path(item.base))[0]} ({desc})")
 
 
 def _predict_video(seg, f: Path, base: Path, args, palette, kw) -> int:

@@ -44,17 +44,18 @@ def open_model(source, backend: str = "auto", precision: str | None = None, thre
 
         torch.set_num_threads(threads)
     if device != "cpu" and backend in ("auto", "eager"):
-        cand, why = Candidate("eager", precision or "fp32"), f"eager PyTorch on {device} (graphs run on the CPU)"
+        cand, why, timed = Candidate("eager", precision or "fp32"), f"eager PyTorch on {device} (graphs run on the CPU)", None
     elif backend == "auto":
-        cand, why = choose(src, precision, threads, size, say, retune)
+        cand, why, timed = choose(src, precision, threads, size, say, retune)
     else:
-        cand, why = Candidate(backend, precision or "fp32"), "asked for"
+        cand, why, timed = Candidate(backend, precision or "fp32"), "asked for", None
     b = BACKENDS[cand.backend]
     problem = b.missing() or b.unsupported(cand.precision, this_machine(), src)
     if problem and not (backend != "auto" and cand.precision == "bf16" and "bf16 kernels" in problem):
         raise OpenError(f"--backend {cand.backend} --dtype {cand.precision}: {problem}")
-    try:
-        model = b.prepare(src, cand.precision, threads, _size(src, size) if cand.fixed else None, callers)
+    try:  # the model auto just timed is the one to run, unless several threads will call it
+        model = timed if timed is not None and callers == 1 else \
+            b.prepare(src, cand.precision, threads, _size(src, size) if cand.fixed else None, callers)
     except BackendError as e:
         raise OpenError(f"{src.name} on {cand}: {e}") from None
     model.choice = f"{src.name}: {cand.backend} {cand.precision}{' (fixed size)' if cand.fixed else ''} - {why}"
@@ -155,24 +156,25 @@ def _timing_kwargs(src: Source) -> dict:
     return {"text_embeddings": torch.nn.functional.normalize(torch.randn(n, dim), dim=1)}
 
 
-def choose(src: Source, precision, threads, size, say, retune=False) -> tuple[Candidate, str]:
-    """auto: the kept choice for this model on this machine, else measure every eligible candidate now."""
+def choose(src: Source, precision, threads, size, say, retune=False) -> tuple[Candidate, str, object]:
+    """auto: the kept choice for this model on this machine, else measure every eligible candidate now;
+    (candidate, why, its prepared model when it was just timed)."""
     machine = this_machine()
     if src.module is None:  # a graph file runs in its own runtime
         return Candidate("openvino" if src.path.suffix == ".xml" else "onnx", precision or "fp32"), \
-            f"the runtime of a {src.path.suffix} graph"
+            f"the runtime of a {src.path.suffix} graph", None
     cands, skipped = candidates(src, machine, precision)
     if not cands:
         raise OpenError(f"{src.name}: no backend can run it here ({'; '.join(f'{k}: {v}' for k, v in skipped.items())})")
     if len(cands) == 1:
-        return cands[0], "the only eligible backend here"
+        return cands[0], "the only eligible backend here", None
     size = _size(src, size)
     key = choice_key(src, machine, threads, size, precision)
     kept = None if retune else read_choice(key)
     if kept and any(str(c) == kept["choice"] for c in cands):
-        return Candidate.parse(kept["choice"]), _reason(kept, machine, threads, "measured")
+        return Candidate.parse(kept["choice"]), _reason(kept, machine, threads, "measured"), None
     entry = measure_candidates(src, cands, skipped, threads, size, precision, say)
-    return Candidate.parse(entry["choice"]), _reason(entry, machine, threads, "measured now")
+    return Candidate.parse(entry["choice"]), _reason(entry, machine, threads, "measured now"), entry.pop("model")
 
 
 def measure_candidates(src: Source, cands, skipped, threads, size, precision, say=None) -> dict:
@@ -183,7 +185,7 @@ def measure_candidates(src: Source, cands, skipped, threads, size, precision, sa
         say(f"timing {len(cands)} backend/precision candidates for {src.name} at {size[1]}x{size[0]} on this CPU "
             f"(once; the choice is kept in {choices_file()})")
     t0 = now()
-    rows = tune(src, cands, threads, size, _timing_kwargs(src))
+    rows, winner = tune(src, cands, threads, size, _timing_kwargs(src))
     ok = [(c, ips) for c, ips in rows if isinstance(ips, float)]
     if not ok:
         raise OpenError(f"{src.name}: every candidate failed ({'; '.join(f'{c}: {r}' for c, r in rows)})")
@@ -194,7 +196,7 @@ def measure_candidates(src: Source, cands, skipped, threads, size, precision, sa
     keep_choice(choice_key(src, machine, threads, size, precision), entry)
     if say:
         say(f"chose {entry['choice']} for {src.name} in {entry['seconds']:.1f} s")
-    return entry
+    return {**entry, "model": winner}
 
 
 def tune_model(source, threads: int | None = None, size: tuple[int, int] | None = None,
@@ -210,7 +212,9 @@ def tune_model(source, threads: int | None = None, size: tuple[int, int] | None 
     cands, skipped = candidates(src, this_machine(), precision)
     if not cands:
         raise OpenError(f"{src.name}: no backend can run it here")
-    return {"model": src.name, **measure_candidates(src, cands, skipped, threads, _size(src, size), precision, say)}
+    entry = measure_candidates(src, cands, skipped, threads, _size(src, size), precision, say)
+    entry.pop("model")
+    return {"model": src.name, **entry}
 
 
 def _reason(entry: dict, machine, threads, how: str) -> str:

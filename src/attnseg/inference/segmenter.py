@@ -1,6 +1,8 @@
 """`Segmenter`: a model with its pre- and post-processing, for images in, label maps out."""
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import torch
 
@@ -132,7 +134,8 @@ class Segmenter:
         xs, sizes = zip(*(self.preprocess(im) for im in images))
         if len(set(sizes)) > 1:
             raise ValueError(f"predict_batch needs images of one size, got {sorted(set(sizes))}")
-        return [self.labels(s, sizes[0]) for s in self.batch_scores(torch.cat(xs), sizes[0], **kw)]
+        x = torch.cat(xs)
+        return [self.labels(s, sizes[0], via=x.shape[-2:]) for s in self.batch_scores(x, sizes[0], **kw)]
 
     def predict_images(self, images, **kw) -> list[np.ndarray]:
         """Label maps for images of one size: one image through `predict`, several in batched passes of at most
@@ -146,19 +149,22 @@ class Segmenter:
                  else [self.predict(images[i], **kw)])]
 
     def batch_scores(self, x: torch.Tensor, size: tuple[int, int], **kw) -> torch.Tensor:
-        """Scores (B, K, h', w') for a preprocessed batch of images of `size`; `labels` turns each into a map.
+        """Scores (B, K, h', w') for a preprocessed batch of images of `size`; `labels(s, size, via=x's size)`
+        turns each into a map.
 
-        With plain whole-image inference at the image's own size these are the model's low-resolution
-        logits, upsampled and arg-maxed in one separable step by `labels` instead of first being resized to
-        full size: the same bilinear function, so labels equal `predict`'s up to float rounding at ties.
+        With plain whole-image inference (one scale, no flip) these are the model's low-resolution logits:
+        `predict` resizes them to the working size and then to the image's, and `labels` does both resizes as one
+        separable product (A_h2 A_h1) S (A_w2 A_w1)^T, never holding K x working-size scores: the same bilinear
+        function, so labels equal `predict`'s up to float rounding at ties.
         """
         cfg = self.inference
-        native = cfg.mode == "whole" and list(cfg.scales) == [1.0] and not cfg.flip and tuple(x.shape[-2:]) == size
+        native = cfg.mode == "whole" and list(cfg.scales) == [1.0] and not cfg.flip
         return self._forward(x, native=native, **kw)
 
-    def labels(self, scores: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-        """(H, W) label map from one image's (K, h', w') scores."""
-        return upsample_argmax(scores, size, self.band_pixels)
+    def labels(self, scores: torch.Tensor, size: tuple[int, int], via: tuple[int, int] | None = None) -> np.ndarray:
+        """(H, W) label map from one image's (K, h', w') scores; `via`: the working size they are resized to
+        first (the batch's input size, for `batch_scores`' native logits)."""
+        return upsample_argmax(scores, size, self.band_pixels, via=via)
 
     def scores(self, image, **kw) -> torch.Tensor:
         """Per-class scores (K, H, W) at the image's size (logits, or mean probabilities with TTA).
@@ -212,18 +218,38 @@ def label_scores(label: np.ndarray, scores: torch.Tensor, n: int) -> list[tuple[
     return out
 
 
-def upsample_argmax(scores: torch.Tensor, size: tuple[int, int], band_pixels: int = 4_000_000) -> np.ndarray:
-    """argmax over K of the bilinear (align_corners=False) resize of `scores` (K, h, w) to `size`, computed
-    in bands of rows as A_h[band] S A_w^T (the resize is separable), so memory is K x band x W floats."""
+def upsample_argmax(scores: torch.Tensor, size: tuple[int, int], band_pixels: int = 4_000_000,
+                    via: tuple[int, int] | None = None) -> np.ndarray:
+    """argmax over K of the bilinear (align_corners=False) resize of `scores` (K, h, w) to `size` (first to
+    `via`, then to `size`, when `via` is given), computed in bands of rows as A_h[band] S A_w^T (the resize is
+    separable, and two resizes are one with A = A_2 A_1), so memory is K x band x W floats."""
     k, h, w = scores.shape
     H, W = size
-    if (h, w) == (H, W):
+    via = tuple(via) if via is not None and tuple(via) != (h, w) else None
+    if (h, w) == (H, W) and via is None:
         return class_index(scores).to(torch.int32).numpy()
-    a_h = interp_matrix(h, H)  # (H, h)
-    a_w_t = interp_matrix(w, W).t().contiguous()  # (w, W)
+    a_h = resize_matrix(h, H, via[0] if via else None)  # (H, h)
+    a_w_t = resize_matrix(w, W, via[1] if via else None).t()  # (w, W)
     out = np.empty((H, W), np.int32)
     band = max(1, band_pixels // max(W * k, 1))
     for y0 in range(0, H, band):
         rows = torch.matmul(a_h[y0:y0 + band], scores)  # (K, b, w)
         out[y0:y0 + band] = class_index(torch.matmul(rows, a_w_t)).to(torch.int32).numpy()
     return out
+
+
+def resize_matrix(n_in: int, n_out: int, via: int | None = None) -> torch.Tensor:
+    """The (n_out, n_in) matrix of the 1-d bilinear resize n_in -> n_out (through `via` first). Matrices of up to
+    a million entries (4 MB) are kept, 32 at most: a video or a folder of photos resizes between the same sizes
+    again and again, and building one costs more than using it."""
+    if n_in * n_out <= 1 << 20:
+        return _kept_resize_matrix(n_in, n_out, via)
+    return _resize_matrix(n_in, n_out, via)
+
+
+def _resize_matrix(n_in: int, n_out: int, via: int | None) -> torch.Tensor:
+    a = interp_matrix(n_in, n_out) if via is None else interp_matrix(via, n_out) @ interp_matrix(n_in, via)
+    return a.contiguous()
+
+
+_kept_resize_matrix = lru_cache(maxsize=32)(_resize_matrix)

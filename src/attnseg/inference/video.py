@@ -233,8 +233,8 @@ class _Pipeline:
         try:
             vstream = None
             while (item := self.get(self.q_out)) is not _END:
-                rgb, fut, j, size = item
-                label = self.seg.labels(fut.result()[j], size)
+                rgb, fut, j, size, via = item
+                label = self.seg.labels(fut.result()[j], size, via=via)
                 if vstream is None:
                     vstream = self._open_stream(out, rgb)
                 frame = self.av.VideoFrame.from_ndarray(_even(self.overlay(rgb, label)), format="rgb24")
@@ -285,7 +285,7 @@ class _Pipeline:
                     fut = Future()
                     fut.set_result(self.seg.batch_scores(x, size, **self.kw))
                 for j, i in enumerate(idx):
-                    self.put(self.q_out, (items[i][0], fut, j, size))
+                    self.put(self.q_out, (items[i][0], fut, j, size, tuple(x.shape[-2:])))
 
     def __call__(self, tmp: str) -> None:
         if self.masks_dir is not None:

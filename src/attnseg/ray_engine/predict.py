@@ -1,16 +1,15 @@
 """`attnseg predict --engine ray`: label maps and overlays for many images on a Ray cluster.
 
-Rows are (image, output base) pairs planned exactly as on one machine, so the outputs land in the same
-layout. A Ray task reads each row: it skips the image when an earlier run left both outputs complete at the
-image's size (`outputs.outputs_complete`), else decodes it with the one image reader (`io.read_image`). Actors, each
-holding the model once, segment the decoded images in batches of one size and write them with the same
-atomic writer. A failed image is one row with its reason; it never stops the job.
+The steps are inference.pipeline's, as `attnseg predict` runs them on one machine: rows are (image, output
+base) pairs planned by `plan_outputs`, so the outputs land in the same layout; a Ray task reads each row
+(`read_item`: skipped when an earlier run left both outputs complete at the image's size, unless --overwrite);
+actors, each holding the model once, run and write the rows of a batch (`run_batch`). A failed image is one
+row with its reason, the same reason a local run gives; it never stops the job.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
-import io
 import os
 import time
 from dataclasses import dataclass, field
@@ -18,130 +17,28 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import ImageReadError, WriteFailed, first_line, read_image
-from ..inference.outputs import clear_stale_temps, oriented_size, output_files, outputs_complete, write_prediction
+from ..inference.outputs import output_files
+from ..inference.pipeline import Item, read_item, run_batch
 from . import run_pool
-
-MAX_FILE_BYTES = 1 << 30  # a remote file is read into memory whole: bigger ones are refused, not fetched
-
-
-def is_uri(s) -> bool:
-    """A URL pyarrow's filesystem layer reads (s3://BUCKET/KEY, gs://, hdfs://, file:///PATH)."""
-    return "://" in str(s)
-
-
-def list_uri(uri: str, extensions: tuple[str, ...]) -> list[tuple[str, Path]]:
-    """(file URI, path relative to `uri`) of every image below `uri` (a file or a folder) on any filesystem
-    pyarrow reads (s3://, gs://, hdfs://, ...), sorted; credentials come from the environment as pyarrow's."""
-    pafs = _pyarrow_fs(uri)
-
-    filesystem, root = pafs.FileSystem.from_uri(uri)
-    scheme = uri.split("://", 1)[0]
-    info = filesystem.get_file_info(root)
-    if info.type == pafs.FileType.NotFound:
-        raise FileNotFoundError(f"input not found: {uri}")
-    if info.type == pafs.FileType.File:
-        return [(uri, Path(Path(root).name))]
-    found = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
-    return sorted((f"{scheme}://{f.path}", Path(f.path).relative_to(root)) for f in found
-                  if f.type == pafs.FileType.File and Path(f.path).suffix.lower() in extensions)
-
-
-def _pyarrow_fs(uri: str):
-    """pyarrow's filesystem layer, or ImportError naming the extra that brings it."""
-    try:
-        from pyarrow import fs
-    except ImportError:
-        raise ImportError(f"{uri}: reading URLs needs pyarrow, part of the ray extra: pip install 'attnseg[ray]'") \
-            from None
-    return fs
-
-
-def _source(src: str):
-    """What read_image takes for `src`: the path itself, or a remote file's bytes (size-checked first)."""
-    if not is_uri(src):
-        return src
-    pafs = _pyarrow_fs(src)
-
-    filesystem, path = pafs.FileSystem.from_uri(src)
-    size = filesystem.get_file_info(path).size
-    if size is None or size > MAX_FILE_BYTES:
-        raise ImageReadError(f"{src}: {size} bytes; at most {MAX_FILE_BYTES} are fetched")
-    with filesystem.open_input_stream(path) as f:
-        return io.BytesIO(f.read())
 
 
 def read_row(row: dict, max_pixels: int | None, overwrite: bool, since: float = 0.0) -> dict:
-    """Ray task: {src, base} -> {src, base, rgb, skip, error}: the decoded image, or why there is none. skip is
-    "earlier" for outputs an earlier run finished, "now" for ones this job finished before the worker that
-    wrote them died (written after `since`, the job's start: its batch is being run again)."""
-    from PIL import Image
-
-    out = {"src": row["src"], "base": row["base"], "rgb": np.zeros((0, 0, 3), np.uint8), "skip": "", "error": ""}
-    try:
-        source = _source(row["src"])
-        if not overwrite and _finished(source, Path(row["base"])):
-            return dict(out, skip="now" if _written_since(Path(row["base"]), since) else "earlier")
-        out["rgb"] = read_image(source, max_pixels, name=row["src"])
-    except (ImageReadError, OSError, ValueError, Image.DecompressionBombError) as e:
-        msg = first_line(e)
-        out["error"] = msg if row["src"] in msg else f"{row['src']}: {msg}"
-    return out
-
-
-def _finished(source, base: Path) -> bool:
-    """Whether an earlier run left complete outputs for this image (its header gives the size they must have;
-    an image PIL cannot open is not finished: read_image then says what is wrong with it)."""
-    from PIL import Image
-
-    try:
-        with Image.open(source) as header:
-            size = oriented_size(header)
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return False
-    finally:
-        if hasattr(source, "seek"):
-            source.seek(0)
-    clear_stale_temps(base)
-    return outputs_complete(base, size)
-
-
-def _written_since(base: Path, since: float) -> bool:
-    try:
-        return since > 0 and min(p.stat().st_mtime for p in output_files(base)) >= since
-    except OSError:
-        return False
+    """Ray task: {src, base} -> {src, base, rgb, skip, error}: pipeline.read_item as a row (an empty image when
+    there is none)."""
+    it = read_item(row["src"], row["base"], max_pixels, resume=not overwrite, since=since)
+    return {"src": it.src, "base": it.base, "rgb": it.rgb if it.rgb is not None else np.zeros((0, 0, 3), np.uint8),
+            "skip": it.skip, "error": it.error}
 
 
 def _setup(build, alpha: float):
-    """In each actor, once: the Segmenter, palette and model keywords (`build()`), and the batch function."""
+    """In each actor, once: the Segmenter, palette and model keywords (`build()`), and the batch function
+    (pipeline.run_batch over the rows of a batch)."""
     seg, palette, kw = build()
 
     def work(rows: list[dict]) -> list[dict]:
-        done = {}
-        for r in rows:
-            if r["skip"]:
-                done[r["src"]] = ("ok", "") if r["skip"] == "now" else ("skipped", "")
-            elif r["error"]:
-                done[r["src"]] = "failed", r["error"]
-        by_shape: dict = {}
-        for r in rows:
-            if r["src"] not in done:
-                by_shape.setdefault(r["rgb"].shape, []).append(r)
-        for group in by_shape.values():
-            try:
-                maps = seg.predict_images([r["rgb"] for r in group], **kw)
-            except (MemoryError, RuntimeError, ValueError) as e:
-                for r in group:
-                    done[r["src"]] = "failed", f"{r['src']}: {type(e).__name__}: {first_line(e)}"
-                continue
-            for r, label in zip(group, maps):
-                try:
-                    write_prediction(Path(r["base"]), r["rgb"], label, palette, seg.class_names, alpha)
-                    done[r["src"]] = "ok", ""
-                except WriteFailed as e:
-                    done[r["src"]] = "failed", str(e)
-        return [{"src": r["src"], "status": done[r["src"]][0], "reason": done[r["src"]][1]} for r in rows]
+        items = [Item(r["src"], r["base"], r["rgb"] if r["rgb"].size else None, r["skip"], r["error"]) for r in rows]
+        return [{"src": r.src, "status": r.status, "reason": r.reason}
+                for r in run_batch(seg, items, kw, palette, alpha)]
 
     return work
 
