@@ -27,7 +27,7 @@ EXACT = {"eager-fp32", "onnx-fp32", "openvino-fp32"}  # the same function as the
 EAGER_LAST = ("timed only where no graph runtime is eligible: on the CPUs measured (AVX2 only, AVX512-BF16) eager "
               "PyTorch ran at 0.15-0.5x the fastest graph path for every shipped model")
 EARLY_STOP = 1.5  # a first timed run this many times the fastest run so far ends a candidate's timing
-DUEL = 4  # runs more for each of the three fastest, taken in turn
+DUEL = 2  # blocks of 3 runs more for each of the three fastest, taken in turn
 FINALISTS = 3
 
 
@@ -190,8 +190,9 @@ def keep_choice(key: str, entry: dict) -> None:
 
 
 def tune(source: Source, cands: list[Candidate], threads, size, kw: dict):
-    """Prepare and time every candidate, then the `FINALISTS` fastest in turn `DUEL` more times each (a short
-    screen can mistake one for another when they are close). Returns ([(candidate, images/s or why it failed)],
+    """Prepare and time every candidate, then the `FINALISTS` fastest in turn, `DUEL` blocks of runs each (a
+    short screen can mistake one for another when they are close; a runtime's pool threads spin for a while after
+    its runs, so each block starts with a run that is not counted). Returns ([(candidate, images/s or why it failed)],
     fastest first; the winner's prepared model)."""
     from .backends.base import BackendError
 
@@ -209,9 +210,11 @@ def tune(source: Source, cands: list[Candidate], threads, size, kw: dict):
             slowest = min(timers, key=lambda k: timers[k].images_per_s())
             speed = timers.pop(slowest).images_per_s()
             rows = [(slowest, speed) if r == slowest else r for r in rows]
-    for _ in range(DUEL):
+    for _ in range(DUEL):  # in blocks: one untimed run first, while the last finalist's idle threads settle
         for t in timers.values():
             t.run()
+            t.times.pop()
+            t.run(3)
     rows = [(r, timers[r].images_per_s()) if isinstance(r, Candidate) else r for r in rows]
     rows.sort(key=lambda r: -r[1] if isinstance(r[1], float) else 0)
     winner = timers.get(rows[0][0]) if rows and isinstance(rows[0][1], float) else None
