@@ -29,7 +29,7 @@ SUFFIX = {"eager fp32": "fp32", "eager bf16": "bf16", "onnx fp32": "onnx_fp32", 
           "openvino fp32": "ov_fp32", "openvino bf16": "ov_bf16", "openvino int8": "ov_int8",
           "openvino int8-bf16": "ov_int8_bf16"}
 LINE = re.compile(r"\((\d+) frames of (\d+)x(\d+) in ([\d.]+) s: ([\d.]+) frames/s end to end\)")
-CHOICE = re.compile(r": (eager|onnx|openvino) ([\w-]+)( \(fixed size\))? - ")
+CHOICE = re.compile(r" runs on (eager|onnx|openvino) ([\w-]+)( \(fixed size\))?: ")
 
 
 def call(cmd: list[str], env: dict) -> subprocess.CompletedProcess:

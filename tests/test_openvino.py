@@ -113,8 +113,11 @@ def test_a_cache_on_a_full_disk_is_one_note_and_the_model_runs(tmp_path):
     from helpers import on_small_disk
 
     out = tmp_path / "out"
-    r = on_small_disk(tmp_path, 256, ["env", f"ATTNSEG_CACHE={tmp_path / 'disk'}", sys.executable, "-m", "attnseg.cli",
-                                      "predict", str(EXAMPLES[0]), "--model", "sanet-effnet-lite0-camvid",
+    from attnseg.pretrained import PRETRAINED_DIR
+
+    weights = PRETRAINED_DIR / "sanet-effnet-lite0-camvid.safetensors"  # by path: no
+    r = on_small_disk(tmp_path, 256, ["env", f"ATTNSEG_CACHE={tmp_path / 'disk'}", sys.executable, "-m",  # shipped
+                                      "attnseg.cli", "predict", str(EXAMPLES[0]), "--model", str(weights),  # graph
                                       "--backend", "openvino", "--out", str(out)])
     assert r.returncode == 0, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]

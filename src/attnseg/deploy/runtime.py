@@ -58,7 +58,8 @@ def open_model(source, backend: str = "auto", precision: str | None = None, thre
             b.prepare(src, cand.precision, threads, _size(src, size) if cand.fixed else None, callers)
     except BackendError as e:
         raise OpenError(f"{src.name} on {cand}: {e}") from None
-    model.choice = f"{src.name}: {cand.backend} {cand.precision}{' (fixed size)' if cand.fixed else ''} - {why}"
+    model.choice = (f"{src.name} runs on {model.backend} {getattr(model, 'precision', cand.precision)}"
+                    f"{' (fixed size)' if cand.fixed else ''}: {why}")
     if verbose:
         say(model.choice)
     return model
