@@ -226,11 +226,13 @@ def apply_isr_arg(model, args) -> None:
 
 def connect_ray(args) -> float:
     """--engine ray: join (or start) the cluster --address names; returns the seconds it took."""
+    import sys
+
     from ..ray_engine import RayUnavailable, connect
 
     try:
         return connect(args.address, timeout_s=args.connect_timeout,
-                       say=lambda line: print(line, file=__import__("sys").stderr, flush=True))
+                       say=lambda line: print(line, file=sys.stderr, flush=True))
     except (RayUnavailable, ConnectionError) as e:
         raise CLIError(str(e)) from None
 

@@ -26,7 +26,6 @@ from ..pretrained import PRETRAINED, PRETRAINED_DIR
 
 GRAPHS_DIR = PRETRAINED_DIR / "graphs"
 MANIFEST = GRAPHS_DIR / "manifest.json"
-KINDS = ("fp32.onnx", "int8.onnx", "int8.xml")
 
 
 class GraphNote(Note):

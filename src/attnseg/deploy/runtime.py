@@ -4,13 +4,14 @@ on the backend and precision asked for, or, with `auto`, the fastest eligible on
 from __future__ import annotations
 
 import sys
+import time
 from functools import lru_cache
 from pathlib import Path
 
 from .backends import BACKENDS, BackendError, Source
 from .backends.cpu import this_machine
-from .tune import (Candidate, candidates, choice_key, choices_file, keep_choice, machine_line, now,
-                   read_choice, recorded, tune)
+from .tune import (Candidate, candidates, choice_key, choices_file, keep_choice, machine_line, read_choice,
+                   recorded, tune)
 
 BACKEND_NAMES = ("auto", *BACKENDS)
 
@@ -51,7 +52,7 @@ def open_model(source, backend: str = "auto", precision: str | None = None, thre
         cand, why, timed = Candidate(backend, precision or "fp32"), "asked for", None
     b = BACKENDS[cand.backend]
     problem = b.missing() or b.unsupported(cand.precision, this_machine(), src)
-    if problem and not (backend != "auto" and cand.precision == "bf16" and "bf16 kernels" in problem):
+    if problem:
         raise OpenError(f"--backend {cand.backend} --dtype {cand.precision}: {problem}")
     try:  # the model auto just timed is the one to run, unless several threads will call it
         model = timed if timed is not None and callers == 1 else \
@@ -185,15 +186,15 @@ def measure_candidates(src: Source, cands, skipped, threads, size, precision, sa
     if say:
         say(f"timing {len(cands)} backend/precision candidates for {src.name} at {size[1]}x{size[0]} on this CPU "
             f"(once; the choice is kept in {choices_file()})")
-    t0 = now()
+    t0 = time.time()
     rows, winner = tune(src, cands, threads, size, _timing_kwargs(src))
     ok = [(c, ips) for c, ips in rows if isinstance(ips, float)]
     if not ok:
         raise OpenError(f"{src.name}: every candidate failed ({'; '.join(f'{c}: {r}' for c, r in rows)})")
     entry = {"choice": str(ok[0][0]), "images_per_s": {str(c): (round(r, 2) if isinstance(r, float) else r)
                                                        for c, r in rows},
-             "size": list(size), "threads": threads, "machine": machine.describe(), "when": now(),
-             "seconds": round(now() - t0, 1), "skipped": skipped}
+             "size": list(size), "threads": threads, "machine": machine.describe(), "when": time.time(),
+             "seconds": round(time.time() - t0, 1), "skipped": skipped}
     keep_choice(choice_key(src, machine, threads, size, precision), entry)
     if say:
         say(f"chose {entry['choice']} for {src.name} in {entry['seconds']:.1f} s")

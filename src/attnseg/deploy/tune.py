@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from .backends import BACKENDS, Source
-from .backends.cpu import Machine, this_machine, versions
+from .backends.cpu import Machine, versions
 from .graphs import cache_root
 
 TOLERANCE = 0.3  # CamVid mIoU points a candidate may lose against fp32 and still be chosen
 EXACT = {"eager-fp32", "onnx-fp32", "openvino-fp32"}  # the same function as the model, to float rounding
 EAGER_LAST = ("timed only where no graph runtime is eligible: on the CPUs measured (AVX2 only, AVX512-BF16) eager "
               "PyTorch ran at 0.15-0.5x the fastest graph path for every shipped model")
+NO_BF16 = "this CPU has no bf16 kernels (AVX512-BF16 or AMX): bf16 would run emulated, slower than fp32"
 EARLY_STOP = 1.5  # a first timed run this many times the fastest run so far ends a candidate's timing
 DUEL = 2  # blocks of 3 runs more for each of the three fastest, taken in turn
 FINALISTS = 3
@@ -88,6 +89,8 @@ def candidates(source: Source, machine: Machine, precision: str | None = None,
             if precision and p != precision:
                 continue
             why = missing or backend.unsupported(p, machine, source)
+            if why is None and "bf16" in p and not machine.bf16:
+                why = NO_BF16
             if why is None and c.record_key not in EXACT and not precision:
                 if c.record_key in (agreement or {}):
                     if agreement[c.record_key] < 0.99:
@@ -226,12 +229,6 @@ def _likely_fastest_first(c: Candidate) -> int:
     return (c.backend == "eager") * 10 + (c.precision == "fp32") * 2 + c.fixed
 
 
-def now() -> float:
-    return time.time()
-
-
 def machine_line(machine: Machine, threads) -> str:
     return f"{machine.describe()}, {threads or os.cpu_count()} thread(s)"
 
-
-__all__ = ["Candidate", "TOLERANCE", "candidates", "measure", "tune", "this_machine"]

@@ -62,11 +62,10 @@ class Backend:
         return None
 
     def unsupported(self, precision: str, machine: Machine, source: Source) -> str | None:
-        """None when this machine runs `source` at `precision` here with the kernels it has; else why not."""
+        """None when this backend can run `source` at `precision` here, else why not (whether it runs fast on
+        this CPU's kernels is `deploy.tune`'s question)."""
         if precision not in self.precisions:
             return f"{self.name} runs {', '.join(self.precisions)}, not {precision}"
-        if "bf16" in precision and not machine.bf16:
-            return "this CPU has no bf16 kernels (AVX512-BF16 or AMX): bf16 would run emulated, slower than fp32"
         return None
 
     def prepare(self, source: Source, precision: str, threads: int | None = None,
@@ -76,9 +75,6 @@ class Backend:
         threads, or in streams."""
         raise NotImplementedError
 
-    def version(self) -> str:
-        mod = __import__(self.library or "torch")
-        return f"{self.name} {getattr(mod, '__version__', '?')}"
 
 
 class GraphModel:

@@ -27,11 +27,6 @@ class Machine:
         return "avx512_bf16" in self.flags or "amx_bf16" in self.flags
 
     @property
-    def int8_dot(self) -> bool:
-        """int8 dot-product instructions (AVX512-VNNI or AMX-INT8); AVX2 runs int8 through 16-bit products."""
-        return "avx512_vnni" in self.flags or "amx_int8" in self.flags
-
-    @property
     def kernel_class(self) -> str:
         """A short name for the CPU class speeds are grouped by: amx, avx512-bf16, avx512-vnni, avx512, avx2."""
         for flag, name in (("amx_bf16", "amx"), ("avx512_bf16", "avx512-bf16"), ("avx512_vnni", "avx512-vnni"),

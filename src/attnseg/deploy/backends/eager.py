@@ -12,8 +12,6 @@ class EagerBackend(Backend):
     def unsupported(self, precision, machine, source):
         if source.module is None:
             return "a graph file runs in its graph runtime, not eagerly"
-        if precision == "bf16" and _device(source.module) != "cpu":
-            return None  # GPUs run bf16 natively
         return super().unsupported(precision, machine, source)
 
     def prepare(self, source: Source, precision: str, threads=None, fixed=None, callers=1):
@@ -23,7 +21,3 @@ class EagerBackend(Backend):
         model.backend, model.precision = "eager", precision
         return model
 
-
-def _device(model) -> str:
-    p = next(iter(model.parameters()), None)
-    return p.device.type if p is not None else "cpu"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
 import json
 import os
 import shutil
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 from ..export import graph_info
-from ..graphs import cache_root, weights_key
+from ..graphs import cache_root, file_sha256, weights_key
 from .base import Backend, BackendError, GraphModel, Source
 from ...io import first_line
 from ...notes import Note
@@ -45,12 +44,13 @@ class OpenVinoModel(GraphModel):
     backend = "openvino"
 
     def __init__(self, source, precision: str = "fp32", threads: int | None = None, streams: int = 1,
-                 profile: bool = False, max_shapes: int = MAX_SHAPES):
+                 profile: bool = False, max_shapes: int = MAX_SHAPES, on_convert=None):
         """source: a PyTorch model from attnseg (converted here), or the path of an .onnx graph or OpenVINO IR
         (.xml). precision: fp32 or bf16 (the CPU plugin's inference precision hint). streams > 1 splits the
         threads into that many streams, for callers that run several requests at once (the video pipeline).
         profile: the plugin's per-operation performance counters on (benchmarks/ov_profile.py). max_shapes: distinct
-        input shapes served before the graph is compiled afresh (see `_count_shape`). An int8 IR
+        input shapes served before the graph is compiled afresh (see `_count_shape`). on_convert(folder): called
+        before a PyTorch model is converted (not found in the conversion cache). An int8 IR
         (`attnseg export --format openvino --quantize int8`) reports precision int8; `precision` then rules
         the operations NNCF left in floating point."""
         ov = require_openvino()
@@ -59,7 +59,7 @@ class OpenVinoModel(GraphModel):
         self.precision = precision
         core = ov.Core()
         if isinstance(source, torch.nn.Module):
-            graph, info = _cached_graph(ov, core, source), graph_info(source)
+            graph, info = _cached_graph(ov, core, source, on_convert), graph_info(source)
         else:
             graph = core.read_model(str(source))
             info = _graph_info(Path(source), graph)
@@ -130,7 +130,7 @@ class CacheNote(Note):
     """The conversion cache could not be used (damaged entry, unwritable folder); the run goes on without it."""
 
 
-def _cached_graph(ov, core, model: torch.nn.Module):
+def _cached_graph(ov, core, model: torch.nn.Module, on_convert=None):
     """The converted graph of `model`, from the cache when this model was converted before (the LSeg export
     takes ~30 s, a direct conversion ~4 s; reading the cached IR takes well under a second).
 
@@ -147,20 +147,15 @@ def _cached_graph(ov, core, model: torch.nn.Module):
                 problem = f"OpenVINO cannot read it ({first_line(e)})"
         warnings.warn(f"conversion cache entry {xml} is {problem}; converting the model again", CacheNote,
                       stacklevel=3)
+    if on_convert:
+        on_convert(xml.parent)
     graph = convert(ov, model)
     _store(ov, graph, xml)
     return graph
 
 
 def _digests(xml: Path) -> dict:
-    out = {}
-    for part in (xml, xml.with_suffix(".bin")):
-        h = hashlib.sha256()
-        with open(part, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        out[part.suffix[1:]] = h.hexdigest()
-    return out
+    return {part.suffix[1:]: file_sha256(part) for part in (xml, xml.with_suffix(".bin"))}
 
 
 def _check_entry(xml: Path) -> str | None:
@@ -282,10 +277,8 @@ class OpenVinoBackend(Backend):
             graph = source.graphs["fp32.onnx"]  # reading the shipped graph takes well under a second
         else:
             graph = source.module
-            if not _is_cached(graph):
-                source.say(f"converting {source.name} for OpenVINO (once, 30-60 s on 2 cores; kept in "
-                           f"{cache_dir()})")
-        model = OpenVinoModel(graph, hint, threads, streams=callers)
+        model = OpenVinoModel(graph, hint, threads, streams=callers, on_convert=lambda folder: source.say(
+            f"converting {source.name} for OpenVINO (once, 30-60 s on 2 cores; kept in {folder})"))
         if precision.startswith("int8"):
             model.precision = precision
         return model
@@ -303,9 +296,3 @@ def _int8_ir(source: Source):
     if source.module is None and source.path is not None and source.path.suffix == ".xml":
         return source.path
     return source.graphs.get("int8.xml") if not source.isr else None
-
-
-def _is_cached(model) -> bool:
-    import openvino
-
-    return (cache_dir() / f"{weights_key(model, openvino.__version__)}.sha256").is_file()
