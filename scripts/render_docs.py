@@ -117,17 +117,19 @@ def table_serve_load_varied() -> str:
 def table_size_memory() -> str:
     """benchmarks/size_memory.py: RSS over a stream of new image sizes, per backend, bounds off and on."""
     run = _json(RESULTS / "serve" / "size_memory.json")
-    counts = [n for n, _ in run["rows"][0]["after"]]
-    rows = ["| backend | bounds | RSS after warm-up | " + " | ".join(f"after {n} sizes" for n in counts) + " | growth |",
-            "| --- " * (4 + len(counts)) + "|"]
+    step = max(10, len(run["rows"][0]["after"]) // 5 * 10)  # at most about five columns of samples
+    counts = [n for n, _ in run["rows"][0]["after"] if n % step == 0]
+    rows = ["| backend | bounds | RSS after warm-up | " + " | ".join(f"after {n} sizes" for n in counts)
+            + " | most above warm-up (any sample) | seconds | heap given back |", "| --- " * (6 + len(counts)) + "|"]
     for r in run["rows"]:
-        if r["backend"] == "eager" and r["bounds"] == "on":
-            continue  # eager has no bound: its one row is what glibc keeps
-        rows.append(f"| {r['backend']} | {r['bounds'] if r['backend'] != 'eager' else 'none'} | {r['warm']:.0f} MB | "
-                    + " | ".join(f"{v:.0f} MB" for _, v in r["after"]) + f" | +{r['after'][-1][1] - r['warm']:.0f} MB |")
+        top = max(v for _, v in r["after"]) - r["warm"]
+        rows.append(f"| {r['backend']} | {r['bounds']} | {r['warm']:.0f} MB | "
+                    + " | ".join(f"{v:.0f} MB" for n, v in r["after"] if n in counts)
+                    + f" | +{top:.0f} MB | {r['seconds']:.1f} | {r['trims']} times |")
     m = run["machine"]
-    return "\n".join(rows) + (f"\n\nModel `{run['args']['model']}`, 2 threads; measured on {m['cpu']} ({m['cores']} "
-                              f"cores; {', '.join(m['flags'])}), torch {m.get('torch', '-')}, OpenVINO "
+    return "\n".join(rows) + (f"\n\nModel `{run['args']['model']}`, 2 threads, {run['args']['sizes']} sizes; "
+                              f"measured on {m['cpu']} ({m['cores']} cores; {', '.join(m['flags'])}), torch "
+                              f"{m.get('torch', '-')}, onnxruntime {m.get('onnxruntime', '-')}, OpenVINO "
                               f"{m.get('openvino', '-')}.")
 
 

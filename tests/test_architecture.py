@@ -16,7 +16,7 @@ SRC = Path(attnseg.__file__).parent
 # lowest first: a module may import modules of its own layer or a lower one
 LAYERS = [
     ("base", ("attnseg.worksize", "attnseg.meta", "attnseg.io", "attnseg.pretrained", "attnseg.param_table",
-              "attnseg.notes", "attnseg.yamltext")),
+              "attnseg.notes", "attnseg.yamltext", "attnseg.memory")),
     ("models", ("attnseg.models", "attnseg.families")),
     ("library", ("attnseg.data", "attnseg.engine", "attnseg.inference", "attnseg.checkpoint", "attnseg.deploy",
                  "attnseg.isr", "attnseg.plots", "attnseg")),

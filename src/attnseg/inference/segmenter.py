@@ -9,6 +9,7 @@ import torch
 from ..data.transforms import resize_pair
 from .modes import InferenceConfig, infer
 from ..meta import default_meta
+from .. import memory
 from ..io import MAX_LABELS, extend_palette, label_palette, to_rgb_array
 from ..models.layers import class_index, interp_matrix, resize
 
@@ -122,7 +123,9 @@ class Segmenter:
         x = x.to(self.device)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):  # bf16
             out = self.model(x, **kw) if native else infer(self.model, x, self.inference, **kw)
-        return out.float().cpu()
+        out = out.float().cpu()
+        memory.after_run()  # freed heap given back above the process's ceiling (memory.py)
+        return out
 
     def raw_scores(self, image, **kw) -> tuple[torch.Tensor, tuple[int, int]]:
         """Per-class scores (K, h, w) at the working size, and the image's (H, W)."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .. import memory
 from ..inference.modes import infer
 from ..inference.segmenter import upsample_argmax
 
@@ -116,6 +117,7 @@ class Batcher:
                 scores = infer(served.model, torch.cat([j.x for j in batch]), served.segmenter.inference,
                                **kw).float()
             ms = (time.perf_counter() - t0) * 1000
+            memory.after_run()
             self.on_batch(len(batch))
             for j, s in zip(batch, scores):
                 label = upsample_argmax(s.cpu(), j.size)
