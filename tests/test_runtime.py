@@ -60,6 +60,44 @@ def test_a_model_without_a_record_runs_exact_fp32_paths_only():
     assert "openvino-bf16" in _names(cands) and "98.00%" in skipped["eager-bf16"]
 
 
+def test_calibration_images_make_precisions_eligible_by_their_agreement_and_are_kept(tmp_path, monkeypatch,
+                                                                                     tiny_ckpt):
+    _installed("onnxruntime")
+    monkeypatch.setenv("ATTNSEG_CACHE", str(tmp_path / "cache"))
+    images = sorted((ROOT / "examples").glob("camvid_test_*.png"))[:2]
+    lines = []
+    src = runtime.resolve(tiny_ckpt, say=lines.append)
+    assert src.agreement is None and "int8.onnx" not in src.graphs
+    runtime._calibrate(src, images, threads=2)
+    # every reduced precision this machine runs was compared with eager fp32's label maps, pixel by pixel
+    assert "onnx-int8" in src.agreement and all(0.0 <= v <= 1.0 for v in src.agreement.values())
+    assert src.graphs["int8.onnx"].is_file()  # quantized on these images, kept in the cache
+    cands, skipped = tune.candidates(src, runtime.this_machine())
+    for key, share in src.agreement.items():
+        if share >= tune.AGREEMENT:
+            assert key in _names(cands) or "no graph runtime is eligible" in skipped[key]
+        else:
+            assert f"{100 * share:.2f}% of the calibration pixels" in skipped[key]
+    assert any(ln.startswith("calibrating ") for ln in lines) and any(ln.startswith("calibrated ") for ln in lines)
+    # the same weights opened later see the same agreement and int8 graph, without the images
+    again = runtime.resolve(tiny_ckpt)
+    assert again.agreement == src.agreement and again.graphs["int8.onnx"] == src.graphs["int8.onnx"]
+    # ... unless the int8 graph was damaged: then int8 is not eligible
+    src.graphs["int8.onnx"].write_bytes(b"damaged")
+    assert "onnx-int8" not in runtime.resolve(tiny_ckpt).agreement
+
+
+def test_calibration_input_errors_are_one_line(tmp_path, monkeypatch, tiny_ckpt):
+    monkeypatch.setenv("ATTNSEG_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(runtime.OpenError, match="neither an image file nor a folder"):
+        attnseg.open(tiny_ckpt, calibration=[tmp_path / "nothing.png"], progress=None)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(runtime.OpenError, match="none found in"):
+        attnseg.open(tiny_ckpt, calibration=tmp_path / "empty", progress=None)
+    with pytest.raises(runtime.OpenError, match="has an accuracy record"):
+        attnseg.open("sanet-effnet-lite0-camvid", calibration=ROOT / "examples", progress=None)
+
+
 def test_an_asked_precision_limits_the_candidates():
     _installed("onnxruntime", "openvino")
     src = Source("m", module=torch.nn.Identity(), record={**RECORD, "openvino-bf16": 60.0})

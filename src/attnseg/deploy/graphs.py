@@ -133,6 +133,27 @@ def fp32_onnx(source) -> Path:
     return path
 
 
+def keep_entry(path: Path, key: str, entry: dict, limit: int = 256) -> None:
+    """Add `entry` under `key` to the JSON object in `path` (a cache file: choices, agreement), written whole to
+    a temp file and renamed, never half-written; past `limit` entries the oldest ("when") go. A file that does
+    not parse is started afresh; one that cannot be written is skipped (the next run measures again)."""
+    from ..io import atomic_write_text
+
+    try:
+        data = json.loads(path.read_text())
+        data = data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        data = {}
+    data[key] = entry
+    if len(data) > limit:
+        data = dict(sorted(data.items(), key=lambda kv: kv[1].get("when", 0) if isinstance(kv[1], dict) else 0)[-limit:])
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(data, indent=1))
+    except OSError:
+        pass
+
+
 def _write_digest(path: Path, digest: Path) -> None:
     from ..io import atomic_write_text
 

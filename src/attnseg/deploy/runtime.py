@@ -23,7 +23,7 @@ class OpenError(ValueError):
 def open_model(source, backend: str = "auto", precision: str | None = None, threads: int | None = None,
                isr: str | None = None, device: str = "cpu", *, arch: str | None = None,
                options: dict | None = None, size: tuple[int, int] | None = None, verbose: bool = False,
-               progress=True, retune: bool = False, callers: int = 1):
+               progress=True, retune: bool = False, callers: int = 1, calibration=None):
     """A runnable model (`attnseg.Segmenter` takes it) with `backend`, `precision` and `choice` (one line: what
     runs and why).
 
@@ -35,11 +35,15 @@ def open_model(source, backend: str = "auto", precision: str | None = None, thre
     4:3 image at the model's working size). verbose: say what auto chose and why on stderr. progress: True
     (stderr), False, or a callable taking one line, for slow first-time work (exports, conversions, timing).
     retune: measure again even if a choice is kept for this machine. callers: threads that will call the model
-    at once (the video pipeline's workers)."""
+    at once (the video pipeline's workers). calibration: image files or folders; for a model without an
+    accuracy record, makes int8 and bf16 eligible for auto where they label these images as fp32 does on at
+    least 99% of the pixels (deploy.calibrate; measured once, kept for these weights)."""
     say = _printer(progress)
     if backend not in BACKEND_NAMES:
         raise OpenError(f"backend {backend!r}: expected one of {', '.join(BACKEND_NAMES)}")
     src = resolve(source, arch, options, device, isr, say)
+    if calibration is not None:
+        _calibrate(src, calibration, threads)
     if threads:
         import torch
 
@@ -108,8 +112,24 @@ def resolve(source, arch=None, options=None, device="cpu", isr=None, say=None) -
     key = weights_key(module)
     if shipped and not isinstance(source, (str, Path)):  # a model passed in: shipped only with the same weights
         shipped = key == _shipped_key(name)
-    return Source(name=name, module=module, graphs=shipped_graphs(name) if shipped else {},
-                  key=key, record=recorded().get(name) if shipped else None, isr=isr, progress=say)
+    src = Source(name=name, module=module, graphs=shipped_graphs(name) if shipped else {},
+                 key=key, record=recorded().get(name) if shipped else None, isr=isr, progress=say)
+    if src.record is None:
+        from .calibrate import kept
+
+        kept(src)  # agreement measured on calibration images for these weights earlier
+    return src
+
+
+def _calibrate(src: Source, images, threads) -> None:
+    from .calibrate import CalibrationError, calibrate
+
+    if src.record is not None:
+        raise OpenError(f"{src.name} has an accuracy record (CamVid): calibration images are for models without one")
+    try:
+        calibrate(src, images, threads)
+    except CalibrationError as e:
+        raise OpenError(str(e)) from None
 
 
 @lru_cache(maxsize=None)
@@ -202,11 +222,13 @@ def measure_candidates(src: Source, cands, skipped, threads, size, precision, sa
 
 
 def tune_model(source, threads: int | None = None, size: tuple[int, int] | None = None,
-               precision: str | None = None, progress=True) -> dict:
+               precision: str | None = None, progress=True, calibration=None) -> dict:
     """`attnseg tune`: measure every eligible candidate for `source` now (whatever is kept) and keep the winner;
-    returns the entry `measure_candidates` keeps, with the model's name."""
+    returns the entry `measure_candidates` keeps, with the model's name. calibration: as `open_model`'s."""
     say = _printer(progress)
     src = resolve(source, say=say)
+    if calibration is not None:
+        _calibrate(src, calibration, threads)
     if threads:
         import torch
 

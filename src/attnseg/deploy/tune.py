@@ -20,10 +20,11 @@ from functools import lru_cache
 
 from .backends import BACKENDS, Source
 from .backends.cpu import Machine, versions
-from .graphs import cache_root
+from .graphs import cache_root, keep_entry
 
 TOLERANCE = 0.3  # CamVid mIoU points a candidate may lose against fp32 and still be chosen
 EXACT = {"eager-fp32", "onnx-fp32", "openvino-fp32"}  # the same function as the model, to float rounding
+AGREEMENT = 0.99  # for a model without a record: pixel agreement with fp32 on calibration images (calibrate.py)
 EAGER_LAST = ("timed only where no graph runtime is eligible: on the CPUs measured (AVX2 only, AVX512-BF16) eager "
               "PyTorch ran at 0.15-0.5x the fastest graph path for every shipped model")
 NO_BF16 = "this CPU has no bf16 kernels (AVX512-BF16 or AMX): bf16 would run emulated, slower than fp32"
@@ -70,7 +71,8 @@ def record_allows(record: dict | None, key: str) -> str | None:
         return None
     fp32, value = (record or {}).get("eager-fp32"), (record or {}).get(key)
     if fp32 is None or value is None:
-        return "no accuracy record for this model (pass calibration images to measure agreement)"
+        return ("no accuracy record for this model (calibration images measure one: attnseg tune MODEL "
+                "--calibration IMAGES)")
     if fp32 - value > TOLERANCE:
         return f"CamVid mIoU {value:.2f} vs fp32 {fp32:.2f}: more than {TOLERANCE} points lost"
     return None
@@ -79,9 +81,10 @@ def record_allows(record: dict | None, key: str) -> str | None:
 def candidates(source: Source, machine: Machine, precision: str | None = None,
                agreement: dict | None = None) -> tuple[list[Candidate], dict[str, str]]:
     """(eligible candidates, {candidate: why not} for the others). precision: only that precision (a user's
-    --dtype). agreement: {record key: pixel agreement with fp32 on the user's calibration images} (makes those
-    eligible at >= 0.99 for a model without a record)."""
+    --dtype). agreement: {record key: pixel agreement with fp32 on the user's calibration images} (default: the
+    source's, deploy.calibrate; makes those eligible at >= AGREEMENT for a model without a record)."""
     out, skipped = [], {}
+    agreement = source.agreement if agreement is None else agreement
     for backend in BACKENDS.values():
         missing = backend.missing()
         for p in backend.precisions:
@@ -93,8 +96,9 @@ def candidates(source: Source, machine: Machine, precision: str | None = None,
                 why = NO_BF16
             if why is None and c.record_key not in EXACT and not precision:
                 if c.record_key in (agreement or {}):
-                    if agreement[c.record_key] < 0.99:
-                        why = f"agrees with fp32 on {100 * agreement[c.record_key]:.2f}% of the calibration pixels (< 99%)"
+                    if agreement[c.record_key] < AGREEMENT:
+                        why = (f"agrees with fp32 on {100 * agreement[c.record_key]:.2f}% of the calibration pixels "
+                               f"(< {100 * AGREEMENT:.0f}%)")
                 else:
                     why = record_allows(source.record, c.record_key)
             if why:
@@ -152,7 +156,7 @@ def choice_key(source: Source, machine: Machine, threads: int | None, size, prec
 
     threads = threads or torch.get_num_threads()
     what = json.dumps([source.key, source.isr, machine.cpu, machine.flags, machine.cores, threads, list(size),
-                       precision, versions()], sort_keys=True)
+                       precision, versions(), sorted((source.agreement or {}).items())], sort_keys=True)
     return hashlib.sha256(what.encode()).hexdigest()[:24]
 
 
@@ -174,22 +178,7 @@ def read_choice(key: str) -> dict | None:
 def keep_choice(key: str, entry: dict) -> None:
     """Add `entry` under `key` (written whole to a temp file, then renamed: never half-written). A cache that
     cannot be written is skipped: the next run measures again."""
-    from ..io import atomic_write_text
-
-    path = choices_file()
-    try:
-        data = json.loads(path.read_text())
-        data = data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        data = {}
-    data[key] = entry
-    if len(data) > 256:  # oldest first out
-        data = dict(sorted(data.items(), key=lambda kv: kv[1].get("when", 0))[-256:])
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(data, indent=1))
-    except OSError:
-        pass
+    keep_entry(choices_file(), key, entry)
 
 
 def tune(source: Source, cands: list[Candidate], threads, size, kw: dict):

@@ -23,7 +23,8 @@ class Source:
     """What `attnseg.open` was given, resolved: `module` (a PyTorch model, None for a graph file), `path` (the
     graph file given), `graphs` (kind -> file shipped with the weights: "fp32.onnx", "int8.onnx", "int8.xml"),
     `key` (what identifies the weights in caches), `record` (CamVid test mIoU per backend-precision, shipped
-    models only) and `isr` (the ISR setting to run with; graphs bake it in)."""
+    models only), `agreement` (pixel agreement with fp32 on the user's calibration images, deploy.calibrate)
+    and `isr` (the ISR setting to run with; graphs bake it in)."""
 
     name: str
     module: torch.nn.Module | None = None
@@ -32,6 +33,7 @@ class Source:
     key: str = ""
     record: dict | None = None
     isr: str | None = None
+    agreement: dict | None = None  # pixel agreement with fp32 per backend-precision on calibration images
     progress: object = None  # callable(str): one line about slow work in progress (export, conversion)
 
     def say(self, line: str) -> None:
