@@ -250,7 +250,8 @@ def _graph_info(path: Path, graph=None) -> dict:
 
 
 class OpenVinoBackend(Backend):
-    """fp32 and bf16 (the CPU plugin's inference precision) from the shipped fp32 ONNX graph or a converted model;
+    """fp32 and bf16 (the CPU plugin's inference precision) from the shipped fp32 IR or ONNX graph, or a converted
+    model;
     int8 and int8-bf16 from an NNCF int8 IR (shipped, or a file given), the rest of the graph in fp32 or bf16."""
 
     name = "openvino"
@@ -273,6 +274,8 @@ class OpenVinoBackend(Backend):
                 raise BackendError(self.unsupported(precision, None, source) or "no int8 IR")
         elif source.module is None:
             graph = source.path
+        elif not source.isr and "fp32.xml" in source.graphs:
+            graph = source.graphs["fp32.xml"]  # shipped for LSeg, whose conversion takes ~35 s
         elif not source.isr and "fp32.onnx" in source.graphs and not _language_driven(source.module):
             graph = source.graphs["fp32.onnx"]  # reading the shipped graph takes well under a second
         else:
