@@ -27,10 +27,16 @@ EXACT = {"eager-fp32", "onnx-fp32", "openvino-fp32"}  # the same function as the
 AGREEMENT = 0.99  # for a model without a record: pixel agreement with fp32 on calibration images (calibrate.py)
 EAGER_LAST = ("timed only where no graph runtime is eligible: on the CPUs measured (AVX2 only, AVX512-BF16) eager "
               "PyTorch ran at 0.15-0.5x the fastest graph path for every shipped model")
+PINNED_FIRST = ("the pinned graph (onnx-fp32-fixed) runs this same graph: the working size in a session pinned to "
+                "it, every other size in this dynamic one")
+BF16_FIRST = ("OpenVINO bf16 is eligible on this CPU's bf16 kernels: on the AVX512-BF16 CPU measured it ran at "
+              "1.45-2.0x OpenVINO fp32 for every shipped model, so fp32 is timed only where bf16 is not eligible")
+BEATEN = (EAGER_LAST, PINNED_FIRST, BF16_FIRST)  # reasons a runnable candidate is not timed
 NO_BF16 = "this CPU has no bf16 kernels (AVX512-BF16 or AMX): bf16 would run emulated, slower than fp32"
 EARLY_STOP = 1.5  # a first timed run this many times the fastest run so far ends a candidate's timing
-DUEL = 2  # blocks of 3 runs more for each of the three fastest, taken in turn
-FINALISTS = 3
+DUEL = 3  # blocks of 2 runs more for each finalist, taken in turn
+FINALISTS = 3  # at most this many go on to the run-off: the fastest, and those within FINAL_RANGE of it
+FINAL_RANGE = 1.15  # a candidate this many times slower than the fastest in the screen is not a close call
 
 
 @lru_cache(maxsize=1)
@@ -107,11 +113,16 @@ def candidates(source: Source, machine: Machine, precision: str | None = None,
             out.append(c)
             if c.backend == "onnx" and p == "fp32":
                 out.append(Candidate("onnx", "fp32", fixed=True))
-    if any(c.backend != "eager" for c in out):  # see EAGER_LAST
-        for c in [c for c in out if c.backend == "eager"]:
-            out.remove(c)
-            skipped[str(c)] = EAGER_LAST
-    return out, skipped
+    names = {str(c) for c in out}
+    dominated = {}  # candidates another one eligible here is known to beat: not timed, said why
+    if any(c.backend != "eager" for c in out):
+        dominated.update({str(c): EAGER_LAST for c in out if c.backend == "eager"})
+    if "onnx-fp32-fixed" in names:
+        dominated["onnx-fp32"] = PINNED_FIRST
+    if "openvino-bf16" in names and not precision:
+        dominated["openvino-fp32"] = BF16_FIRST
+    skipped.update({k: v for k, v in dominated.items() if k in names})
+    return [c for c in out if str(c) not in dominated], skipped
 
 
 class Timer:
@@ -138,11 +149,12 @@ class Timer:
 
 
 def measure(model, size: tuple[int, int], best_s: float | None = None, **kw) -> Timer:
-    """Time a candidate: a warm-up run (kernels are compiled and buffers made for the shape: not counted), one
-    run, and when that run is within `EARLY_STOP` x `best_s` (the fastest so far) one more; a candidate slower
-    than that cannot win and stops after one timed run."""
+    """Time a candidate: two warm-up runs (kernels are compiled and buffers made for the shape; onnxruntime plans
+    its memory on the first run and uses the plan from the second: not counted), one run, and when that run is
+    within `EARLY_STOP` x `best_s` (the fastest so far) one more; a candidate slower than that cannot win and
+    stops after one timed run."""
     timer = Timer(model, size, kw)
-    timer.run()
+    timer.run(2)
     timer.times.clear()
     timer.run()
     if best_s is None or timer.times[0] <= EARLY_STOP * best_s:
@@ -182,10 +194,11 @@ def keep_choice(key: str, entry: dict) -> None:
 
 
 def tune(source: Source, cands: list[Candidate], threads, size, kw: dict):
-    """Prepare and time every candidate, then the `FINALISTS` fastest in turn, `DUEL` blocks of runs each (a
-    short screen can mistake one for another when they are close; a runtime's pool threads spin for a while after
-    its runs, so each block starts with a run that is not counted). Returns ([(candidate, images/s or why it failed)],
-    fastest first; the winner's prepared model)."""
+    """Prepare and time every candidate, then the close calls again: the fastest and those within `FINAL_RANGE`
+    of it (at most `FINALISTS`) in turn, `DUEL` blocks of runs each (a short screen can mistake one for another
+    when they are close; a runtime's pool threads spin for a while after its runs, so each block starts with a
+    run that is not counted). Returns ([(candidate, images/s or why it failed)], fastest first; the winner's
+    prepared model)."""
     from .backends.base import BackendError
 
     rows, timers = [], {}
@@ -202,11 +215,18 @@ def tune(source: Source, cands: list[Candidate], threads, size, kw: dict):
             slowest = min(timers, key=lambda k: timers[k].images_per_s())
             speed = timers.pop(slowest).images_per_s()
             rows = [(slowest, speed) if r == slowest else r for r in rows]
-    for _ in range(DUEL):  # in blocks: one untimed run first, while the last finalist's idle threads settle
+    fastest = min((min(t.times) for t in timers.values()), default=0.0)  # best runs: one slow run is noise
+    for c in [c for c, t in timers.items() if min(t.times) > FINAL_RANGE * fastest]:
+        speed = timers.pop(c).images_per_s()
+        rows = [(c, speed) if r == c else r for r in rows]
+    if len(timers) > 1:  # the finalists are compared on the run-off's runs alone: the same minutes for each
         for t in timers.values():
-            t.run()
-            t.times.pop()
-            t.run(3)
+            t.times.clear()
+        for _ in range(DUEL):  # in blocks: one untimed run first, while the last finalist's idle threads settle
+            for t in timers.values():
+                t.run()
+                t.times.pop()
+                t.run(2)
     rows = [(r, timers[r].images_per_s()) if isinstance(r, Candidate) else r for r in rows]
     rows.sort(key=lambda r: -r[1] if isinstance(r[1], float) else 0)
     winner = timers.get(rows[0][0]) if rows and isinstance(rows[0][1], float) else None
