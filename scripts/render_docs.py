@@ -32,14 +32,15 @@ def table_shipped() -> str:
     from attnseg.deploy.tune import record_allows
     from attnseg.pretrained import cards
 
-    rows = ["| model | task | CamVid test mIoU (fp32 / as `auto` runs it) | images/s (2 CPU threads, `auto`) | size |",
-            "| --- | --- | --- | --- | --- |"]
+    rows = ["| model | task | CamVid test mIoU (fp32 / as `auto` runs it) | images/s (2 CPU threads, `auto`, CPU "
+            "class) | size |", "| --- | --- | --- | --- | --- |"]
     for name in cards.names():
         c = cards.card(name)
-        m, ips = c["miou"], c["speed"].get("images_per_s", {})
+        cls, s = next(iter(c["speed"].items()), ("-", {}))
+        m, ips = c["miou"], s.get("images_per_s", {})
         # what --backend auto would choose on the CPU the speeds were measured on: the fastest the record allows
         auto = max((k for k in ips if record_allows(m, k) is None), key=ips.get, default="eager-fp32")
-        speed = f"{ips[auto]:.1f} at {c['speed']['size']}" if auto in ips else "-"
+        speed = f"{ips[auto]:.1f} at {s['size']} ({cls})" if auto in ips else "-"
         rows.append(f"| [{name}](docs/cards/{name}.md) | {c['task']} | {m['eager-fp32']:.2f} / "
                     f"{m[auto]:.2f} ({auto.replace('-', ' ')}) | {speed} | {c['size_mb']} MB |")
     return "\n".join(rows)
@@ -62,12 +63,15 @@ def table_speed() -> str:
     from attnseg.pretrained.cards import COLUMNS
 
     speed = _json(ROOT / "src/attnseg/pretrained/speed.json")
-    cols = [k for k in COLUMNS if any(k in s["images_per_s"] for s in speed.values())]
-    rows = ["| model | size | " + " | ".join(COLUMNS[k] for k in cols) + " |", "| --- | --- |" + " --- |" * len(cols)]
-    for name, s in sorted(speed.items()):
+    runs = [(name, cls, s) for name, by_class in sorted(speed.items()) for cls, s in by_class.items()]
+    cols = [k for k in COLUMNS if any(k in s["images_per_s"] for _, _, s in runs)]
+    rows = ["| model | CPU class | size | " + " | ".join(COLUMNS[k] for k in cols) + " |",
+            "| --- | --- | --- |" + " --- |" * len(cols)]
+    for name, cls, s in runs:
         ips = s["images_per_s"]
-        rows.append(f"| {name} | {s['size']} | " + " | ".join(f"{ips[k]:.1f}" if k in ips else "-" for k in cols) + " |")
-    where = sorted({f"{s['machine']}, {s['threads']} threads" for s in speed.values()})
+        rows.append(f"| {name} | {cls} | {s['size']} | "
+                    + " | ".join(f"{ips[k]:.1f}" if k in ips else "-" for k in cols) + " |")
+    where = sorted({f"{cls}: {s['machine']}, {s['threads']} threads" for _, cls, s in runs})
     return "\n".join(rows) + f"\n\nMeasured on: {'; '.join(where)} (OpenVINO bf16 ran 1.45-2.0x its fp32 there: a CPU with bf16 kernels)."
 
 
@@ -205,12 +209,19 @@ def table_auto_backend() -> str:
                 "share of the fastest |", "| --- | --- | --- | --- | --- |"]
         for name, r in run["models"].items():
             ips, best = r["images_per_s"], r["fastest"]
-            others = ", ".join(f"{k} {v:.1f}" for k, v in sorted(ips.items(), key=lambda kv: -kv[1]) if k != best)
+            untimed = set(r.get("untimed_by_auto", []))
+            others = ", ".join(f"{k}{'*' if k in untimed else ''} {v:.1f}"
+                               for k, v in sorted(ips.items(), key=lambda kv: -kv[1]) if k != best)
             autos = "; ".join(f"{a['choice']} {a['of_fastest']:.2f}" for a in r["auto"])
             rows.append(f"| {name} | {r['size'][0]}x{r['size'][1]} | {best} {ips[best]:.1f} | {others} | {autos} |")
-        fr = run["first_run"]
-        out.append("\n".join(rows) + f"\n\nFirst `attnseg predict` of a photo with an empty cache {fr['first_s']:.2f} s, "
-                   f"the second {fr['second_s']:.2f} s ({fr['ratio']:.2f}x). Measured on {m['cpu']} ({m['cores']} "
+        fr, ss = run["first_run"], run.get("serve_start")
+        serve = (f" `attnseg serve` (its default models) answered /readyz after {ss['eager_s']:.1f} s with "
+                 f"`--backend eager`, {ss['auto_first_s']:.1f} s with `auto` from an empty cache "
+                 f"({ss['auto_first_over_eager']:.2f}x eager) and {ss['auto_second_s']:.1f} s with the cache that "
+                 "left.") if ss else ""
+        out.append("\n".join(rows) + "\n\n\\* not timed by `auto`: another eligible candidate is known to beat it "
+                   "(`attnseg tune` says which and why)." + f"\n\nFirst `attnseg predict` of a photo with an empty cache {fr['first_s']:.2f} s, "
+                   f"the second {fr['second_s']:.2f} s ({fr['ratio']:.2f}x).{serve} Measured on {m['cpu']} ({m['cores']} "
                    f"cores; {', '.join(m['flags'])}; class {m['cpu_class']}), {m.get('threads')} threads, "
                    f"onnxruntime {m.get('onnxruntime', '-')}, OpenVINO {m.get('openvino', '-')}, torch "
                    f"{m.get('torch', '-')} (`{f.relative_to(ROOT)}`).")

@@ -3,7 +3,8 @@ precision, how fast it runs, what it is for and where it fails. Read without tor
 `attnseg models --card NAME`, the server's model list and the docs all show the same card).
 
 Facts written by hand live in cards.json; the numbers come from the records `scripts/precision_record.py`
-writes from results/ (precision.json: CamVid test mIoU per backend and precision; speed.json: images/s),
+writes from results/ (precision.json: CamVid test mIoU per backend and precision; speed.json: images/s per
+CPU class measured: avx512-bf16, avx2, ... as `deploy.backends.cpu` names them),
 so a card's numbers change only when the measurements do.
 """
 from __future__ import annotations
@@ -55,12 +56,18 @@ def names() -> list[str]:
     return sorted(_read("cards.json"))
 
 
-def _rows(c: dict) -> list[tuple[str, str, str]]:
-    """(backend and precision, CamVid test mIoU, images/s) for every column measured."""
-    ips = c["speed"].get("images_per_s", {})
-    keys = [k for k in COLUMNS if k in c["miou"] or k in ips]
+def _rows(c: dict) -> list[tuple[str, ...]]:
+    """(backend and precision, CamVid test mIoU, images/s on each CPU class measured) for every column measured."""
+    per_class = [s.get("images_per_s", {}) for s in c["speed"].values()]
+    keys = [k for k in COLUMNS if k in c["miou"] or any(k in ips for ips in per_class)]
     return [(COLUMNS[k], f"{c['miou'][k]:.2f}" if k in c["miou"] else "-",
-             f"{ips[k]:.1f}" if k in ips else "-") for k in keys]
+             *(f"{ips[k]:.1f}" if k in ips else "-" for ips in per_class)) for k in keys]
+
+
+def _where(c: dict) -> list[str]:
+    """One line per CPU class the speeds were measured on."""
+    return [f"{cls}: images/s at {s.get('size', '-')} on {s.get('threads', '-')} threads of {s.get('machine', '-')}"
+            for cls, s in c["speed"].items()]
 
 
 def markdown(name: str) -> str:
@@ -72,11 +79,14 @@ def markdown(name: str) -> str:
             out.append(f"- **{label}**: {c[key]}")
     out += [f"- **Classes** ({len(c['classes'])}): {', '.join(c['classes'])}" if c["classes"] else "",
             f"- **File**: {c['size_mb']} MB", "", "## CamVid test mIoU and speed", "",
-            f"233 test images at the working size; images/s at {c['speed'].get('size', '-')} on "
-            f"{c['speed'].get('threads', '-')} threads of {c['speed'].get('machine', 'an unrecorded CPU')}.", "",
-            "| backend and precision | mIoU (%) | images/s |", "| --- | --- | --- |"]
-    out += [f"| {b} | {m} | {s} |" for b, m, s in _rows(c)]
-    src = c["speed"].get("sources")
+            "mIoU: 233 test images at the working size. Speed per CPU class measured (CPUs with other kernels, "
+            "such as AVX2 only, differ: `attnseg tune` measures yours):", ""]
+    out += [f"- {line}" for line in _where(c)] + [""]
+    classes = list(c["speed"])
+    out += ["| backend and precision | mIoU (%) | " + " | ".join(f"images/s ({k})" for k in classes) + " |",
+            "| --- | --- |" + " --- |" * len(classes)]
+    out += ["| " + " | ".join(row) + " |" for row in _rows(c)]
+    src = sorted({f for s in c["speed"].values() for f in s.get("sources", [])})
     if src:
         out += ["", f"Measured by: {', '.join(f'`{s}`' for s in src)}."]
     return "\n".join(line for i, line in enumerate(out) if line or (i and out[i - 1])) + "\n"
@@ -94,6 +104,6 @@ def text(name: str) -> str:
     lines.append(f"  File: {c['size_mb']} MB")
     rows = _rows(c)
     if rows:
-        lines.append(f"  CamVid test mIoU / images/s at {c['speed'].get('size', '-')}:")
-        lines += [f"    {b:<24} {m:>6}  {s:>6}" for b, m, s in rows]
+        lines.append("  CamVid test mIoU / images/s (" + "; ".join(_where(c)) + "):")
+        lines += [f"    {row[0]:<24} {row[1]:>6}  " + "  ".join(f"{s:>6}" for s in row[2:]) for row in rows]
     return "\n".join(lines)
