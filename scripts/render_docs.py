@@ -161,12 +161,13 @@ def table_video_fps() -> str:
     import statistics
 
     run = _json(RESULTS / "speed" / "video_fps.json")
-    rows = ["| model | auto chose | CamVid test mIoU | video frames/s, each round | images/s alone (working size) | "
-            "video / alone (medians) |", "| --- | --- | --- | --- | --- | --- |"]
+    m = run["machine"]
+    rows = ["| model | model threads | auto chose | CamVid test mIoU | video frames/s, each round | images/s alone "
+            "(working size) | video / alone (medians) |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in run["rows"]:
         miou = _json(RESULTS / "precision" / f"{r['model']}_{r['precision']}.json")["mIoU"]
         ratio = statistics.median(r["fps"]) / statistics.median(r["images_per_s"])
-        rows.append(f"| `{r['model']}` | {r['auto']} | {100 * miou:.2f}% | " + ", ".join(f"{v:.1f}" for v in r["fps"])
+        rows.append(f"| `{r['model']}` | {r.get('threads', m['cores'])} | {r['auto']} | {100 * miou:.2f}% | " + ", ".join(f"{v:.1f}" for v in r["fps"])
                     + f" | {', '.join(f'{v:.1f}' for v in r['images_per_s'])} at {r['size'][0]}x{r['size'][1]} | "
                     f"{100 * ratio:.0f}% |")
     m = run["machine"]
