@@ -62,15 +62,39 @@ def ort_int8_peak(n: int = 2048, reps: int = 5, threads: int = 2) -> float | Non
     return 2 * n ** 3 / _best(lambda: s.run(None, feeds), reps) / 1e9
 
 
-def peaks(threads: int = 2) -> dict:
-    """{"fp32", "bf16", "int8_torch", "int8_ort"}: the best over a few sizes, in G(FL)OP/s."""
+def kernels_missing(machine=None) -> dict:
+    """{peak: why it is not measured} for the peaks this CPU has no kernels for: emulated bf16 or int8 matmuls run
+    orders of magnitude below the others (on an AVX2-only CPU the bf16 and torch int8 peaks did not finish in 17
+    minutes), and a peak is what the CPU's kernels reach."""
+    from attnseg.deploy.backends.cpu import this_machine
+
+    m = machine or this_machine()
+    out = {}
+    if not m.bf16:
+        out["bf16"] = "no bf16 kernels (AVX512-BF16 or AMX)"
+    if not {"avx512_vnni", "amx_int8"} & set(m.flags):
+        out["int8_torch"] = "no int8 kernels for torch._int_mm (AVX512-VNNI or AMX)"
+    return out
+
+
+def peaks(threads: int = 2, machine=None) -> dict:
+    """{"fp32", "bf16", "int8_torch", "int8_ort"}: the best over a few sizes, in G(FL)OP/s; None for a peak this
+    CPU has no kernels for (`kernels_missing`, said in one line) or without onnxruntime."""
     torch.set_num_threads(threads)
+    missing = kernels_missing(machine)
+    for key, why in missing.items():
+        print(f"{key} peak not measured: {why}", flush=True)
     out = {"fp32": max(matmul_peak(n) for n in (1024, 2048, 3072)),
-           "bf16": max(matmul_peak(n, dtype=torch.bfloat16) for n in (1024, 2048, 3072)),
-           "int8_torch": max(matmul_peak(n, dtype=torch.int8) for n in (1024, 2048, 3072))}
+           "bf16": None if "bf16" in missing else max(matmul_peak(n, dtype=torch.bfloat16) for n in (1024, 2048, 3072)),
+           "int8_torch": None if "int8_torch" in missing else
+           max(matmul_peak(n, dtype=torch.int8) for n in (1024, 2048, 3072))}
     ort_peak = [ort_int8_peak(n, threads=threads) for n in (1024, 2048)]
     out["int8_ort"] = max(ort_peak) if None not in ort_peak else None
     return out
+
+
+def _num(v) -> str:
+    return "-" if v is None else f"{v:.1f}"
 
 
 def main():
@@ -83,9 +107,9 @@ def main():
     torch.set_num_threads(args.threads)
     pk = peaks(args.threads)
     peak = pk["fp32"]
-    print(f"matmul peaks ({args.threads} threads): fp32 {pk['fp32']:.1f} GFLOP/s, bf16 {pk['bf16']:.1f} GFLOP/s, "
-          f"int8 {pk['int8_torch']:.1f} GOP/s (torch._int_mm)"
-          + (f", {pk['int8_ort']:.1f} GOP/s (onnxruntime MatMulInteger)" if pk["int8_ort"] else ""))
+    print(f"matmul peaks ({args.threads} threads): fp32 {pk['fp32']:.1f} GFLOP/s, bf16 {_num(pk['bf16'])} GFLOP/s, "
+          f"int8 {_num(pk['int8_torch'])} GOP/s (torch._int_mm), {_num(pk['int8_ort'])} GOP/s (onnxruntime "
+          "MatMulInteger)")
     print(f"{'model':<14} {'GMACs run':>9} {'median ms':>10} {'GFLOP/s':>8} {'of peak':>8}")
     for name in args.models.split(","):
         m = attnseg.create_model(name, num_classes=150).eval()
