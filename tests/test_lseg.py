@@ -165,12 +165,12 @@ def test_save_load_and_cli_predict_with_labels(tmp_path, tiny, capsys):
     img = tmp_path / "street.png"
     Image.fromarray((np.random.default_rng(0).random((40, 60, 3)) * 255).astype(np.uint8)).save(img)
     assert main(["predict", str(img), "--model", str(p), "--labels", "sky, road, Straße, other",
-                 "--out", str(tmp_path / "o")]) == 0
+                 "--out", str(tmp_path / "o"), "--backend", "eager"]) == 0
     lab = np.asarray(Image.open(tmp_path / "o" / "street.png"))
     assert lab.shape == (40, 60) and lab.max() < 4
     (tmp_path / "labels.txt").write_text("sky\nroad\n\ncar\n", encoding="utf-8")
     assert main(["predict", str(img), "--model", str(p), "--labels-file", str(tmp_path / "labels.txt"),
-                 "--out", str(tmp_path / "o2")]) == 0
+                 "--out", str(tmp_path / "o2"), "--backend", "eager"]) == 0
     capsys.readouterr()
     assert main(["predict", str(img), "--model", str(p), "--labels", "sky, sky", "--out", str(tmp_path / "o3")]) == 2
     assert "duplicate" in capsys.readouterr().err

@@ -101,6 +101,24 @@ def test_calibration_input_errors_are_one_line(tmp_path, monkeypatch, tiny_ckpt)
         attnseg.open("sanet-effnet-lite0-camvid", calibration=ROOT / "examples", progress=None)
 
 
+def test_a_first_run_leaves_out_candidates_that_need_a_conversion_when_ready_ones_are_eligible(tmp_path,
+                                                                                              monkeypatch):
+    _installed("onnxruntime", "openvino")
+    monkeypatch.setenv("ATTNSEG_CACHE", str(tmp_path))
+    # a shipped model with only an int8 IR: fp32 ONNX and OpenVINO bf16 would need the model exported first
+    src = Source("m", module=attnseg.create_model("segformer-tiny", num_classes=3).eval(),
+                 record={**RECORD, "openvino-int8": 68.1}, graphs={"int8.xml": Path("c.xml")})
+    cands, skipped = tune.candidates(src, BF16, convert=False)
+    assert _names(cands) == {"openvino-int8"}  # int8-bf16 is more than 0.3 points off in RECORD
+    assert skipped["onnx-fp32-fixed"] == tune.NOT_READY and skipped["openvino-bf16"] == tune.NOT_READY
+    assert "attnseg tune MODEL" in tune.NOT_READY
+    # `attnseg tune` (convert=True) converts and times them too
+    assert {"onnx-fp32-fixed", "openvino-bf16"} <= _names(tune.candidates(src, BF16)[0])
+    # a model with no ready graph at all (a user's checkpoint) converts on its first run, said in a line
+    user = Source("my.safetensors", module=src.module)
+    assert _names(tune.candidates(user, BF16, convert=False)[0]) == {"onnx-fp32-fixed", "openvino-fp32"}
+
+
 def test_an_asked_precision_limits_the_candidates():
     _installed("onnxruntime", "openvino")
     src = Source("m", module=torch.nn.Identity(), record={**RECORD, "openvino-bf16": 60.0})

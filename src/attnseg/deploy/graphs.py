@@ -102,11 +102,9 @@ def fp32_onnx(source) -> Path:
         return source.path
     if not source.isr and "fp32.onnx" in source.graphs:
         return source.graphs["fp32.onnx"]
-    import torch
-
     from .export import export_onnx
 
-    path = cache_root() / "onnx" / f"{weights_key(source.module, source.isr, torch.__version__)}.onnx"
+    path = _export_path(source)
     digest = path.with_suffix(".sha256")
     if path.is_file():
         try:
@@ -152,6 +150,20 @@ def keep_entry(path: Path, key: str, entry: dict, limit: int = 256) -> None:
         atomic_write_text(path, json.dumps(data, indent=1))
     except OSError:
         pass
+
+
+def _export_path(source) -> Path:
+    import torch
+
+    return cache_root() / "onnx" / f"{weights_key(source.module, source.isr, torch.__version__)}.onnx"
+
+
+def fp32_onnx_ready(source) -> bool:
+    """Whether `fp32_onnx` has the graph without exporting (a file given, shipped, or kept in the cache)."""
+    if source.module is None or (not source.isr and "fp32.onnx" in source.graphs):
+        return True
+    path = _export_path(source)
+    return path.is_file() and path.with_suffix(".sha256").is_file()
 
 
 def _write_digest(path: Path, digest: Path) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from .backends import BACKENDS, BackendError, Source
 from .backends.cpu import this_machine
-from .tune import (Candidate, candidates, choice_key, choices_file, keep_choice, machine_line, read_choice,
-                   recorded, tune)
+from .tune import (NOT_READY, Candidate, candidates, choice_key, choices_file, keep_choice, machine_line,
+                   read_choice, recorded, tune)
 
 BACKEND_NAMES = ("auto", *BACKENDS)
 
@@ -185,11 +185,14 @@ def choose(src: Source, precision, threads, size, say, retune=False) -> tuple[Ca
     if src.module is None:  # a graph file runs in its own runtime
         return Candidate("openvino" if src.path.suffix == ".xml" else "onnx", precision or "fp32"), \
             f"the runtime of a {src.path.suffix} graph", None
-    cands, skipped = candidates(src, machine, precision)
+    cands, skipped = candidates(src, machine, precision, convert=False)
     if not cands:
         raise OpenError(f"{src.name}: no backend can run it here ({'; '.join(f'{k}: {v}' for k, v in skipped.items())})")
     if len(cands) == 1:
-        return cands[0], "the only eligible backend here", None
+        later = [k for k, why in skipped.items() if why == NOT_READY]
+        return cands[0], ("the only eligible backend here" if not later else
+                          f"the only eligible backend ready here ({', '.join(later)} need a one-time conversion: "
+                          f"attnseg tune {src.name} makes and times them)"), None
     size = _size(src, size)
     key = choice_key(src, machine, threads, size, precision)
     kept = None if retune else read_choice(key)

@@ -31,6 +31,8 @@ PINNED_FIRST = ("the pinned graph (onnx-fp32-fixed) runs this same graph: the wo
                 "it, every other size in this dynamic one")
 BF16_FIRST = ("OpenVINO bf16 is eligible on this CPU's bf16 kernels: on the AVX512-BF16 CPU measured it ran at "
               "1.45-2.0x OpenVINO fp32 for every shipped model, so fp32 is timed only where bf16 is not eligible")
+NOT_READY = ("needs a one-time export or conversion (30-60 s on 2 cores) and ready graphs are eligible: "
+             "`attnseg tune MODEL` makes it and times it")
 BEATEN = (EAGER_LAST, PINNED_FIRST, BF16_FIRST)  # reasons a runnable candidate is not timed
 NO_BF16 = "this CPU has no bf16 kernels (AVX512-BF16 or AMX): bf16 would run emulated, slower than fp32"
 EARLY_STOP = 1.5  # a first timed run this many times the fastest run so far ends a candidate's timing
@@ -85,10 +87,12 @@ def record_allows(record: dict | None, key: str) -> str | None:
 
 
 def candidates(source: Source, machine: Machine, precision: str | None = None,
-               agreement: dict | None = None) -> tuple[list[Candidate], dict[str, str]]:
+               agreement: dict | None = None, convert: bool = True) -> tuple[list[Candidate], dict[str, str]]:
     """(eligible candidates, {candidate: why not} for the others). precision: only that precision (a user's
     --dtype). agreement: {record key: pixel agreement with fp32 on the user's calibration images} (default: the
-    source's, deploy.calibrate; makes those eligible at >= AGREEMENT for a model without a record)."""
+    source's, deploy.calibrate; makes those eligible at >= AGREEMENT for a model without a record).
+    convert=False: where a graph candidate is ready (`Backend.ready`), those that need an export or conversion
+    first are left out (a first run), as `NOT_READY` says."""
     out, skipped = [], {}
     agreement = source.agreement if agreement is None else agreement
     for backend in BACKENDS.values():
@@ -122,7 +126,12 @@ def candidates(source: Source, machine: Machine, precision: str | None = None,
     if "openvino-bf16" in names and not precision:
         dominated["openvino-fp32"] = BF16_FIRST
     skipped.update({k: v for k, v in dominated.items() if k in names})
-    return [c for c in out if str(c) not in dominated], skipped
+    out = [c for c in out if str(c) not in dominated]
+    ready = {str(c): BACKENDS[c.backend].ready(source, c.precision) for c in out}
+    if not convert and any(ready[str(c)] for c in out if c.backend != "eager"):
+        skipped.update({k: NOT_READY for k, r in ready.items() if not r})
+        out = [c for c in out if ready[str(c)]]
+    return out, skipped
 
 
 class Timer:

@@ -70,6 +70,11 @@ class Backend:
             return f"{self.name} runs {', '.join(self.precisions)}, not {precision}"
         return None
 
+    def ready(self, source: Source, precision: str) -> bool:
+        """Whether `prepare` can start at once: False when it must first export or convert the model (30-60 s on
+        2 cores), which `auto` leaves to `attnseg tune` where a ready candidate exists."""
+        return True
+
     def prepare(self, source: Source, precision: str, threads: int | None = None,
                 fixed: tuple[int, int] | None = None, callers: int = 1):
         """A runnable model. fixed: (height, width) the graph is specialised to (None: any size). callers: how

@@ -89,6 +89,11 @@ class OnnxBackend(Backend):
             why = "no int8 graph: one is shipped with the trained models, or made with `attnseg export --quantize int8`"
         return why
 
+    def ready(self, source, precision):
+        from ..graphs import fp32_onnx_ready
+
+        return precision == "int8" or fp32_onnx_ready(source)
+
     def prepare(self, source: Source, precision: str, threads=None, fixed=None, callers=1):
         from ..graphs import fp32_onnx
 

@@ -266,6 +266,15 @@ class OpenVinoBackend(Backend):
                    "openvino --quantize int8`")
         return why
 
+    def ready(self, source, precision):
+        if precision.startswith("int8") or source.module is None or (not source.isr and "fp32.xml" in source.graphs):
+            return True
+        if not source.isr and "fp32.onnx" in source.graphs and not _language_driven(source.module):
+            return True
+        import openvino
+
+        return (cache_dir() / f"{weights_key(source.module, openvino.__version__)}.sha256").is_file()
+
     def prepare(self, source: Source, precision: str, threads=None, fixed=None, callers=1):
         hint = "bf16" if precision.endswith("bf16") else "fp32"
         if precision.startswith("int8"):
