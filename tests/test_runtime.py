@@ -199,6 +199,21 @@ def test_auto_measures_once_keeps_the_winner_and_says_why(tmp_path, monkeypatch)
     assert all(e["machine"] == AVX2.describe() for e in kept.values())
 
 
+def test_a_check_on_the_loaded_model_runs_before_any_timing(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATTNSEG_CACHE", str(tmp_path))
+    calls = _fake_tuning(monkeypatch, {})
+    model = attnseg.create_model("segformer-tiny", num_classes=3).eval()
+    seen = []
+
+    def refuse(m):
+        seen.append(m)
+        raise LookupError("options do not fit")
+
+    with pytest.raises(LookupError):
+        attnseg.open(model, size=(64, 96), progress=None, check=refuse)
+    assert seen == [model] and calls == []  # refused before any candidate was timed or exported
+
+
 def test_a_kept_choice_that_is_no_longer_eligible_is_measured_again(tmp_path, monkeypatch):
     _installed("onnxruntime", "openvino")
     monkeypatch.setenv("ATTNSEG_CACHE", str(tmp_path))

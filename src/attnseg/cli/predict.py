@@ -141,7 +141,8 @@ def _segmenter(args):
     if args.model is None:
         raise CLIError("no --model given and no default model installed: pass --model NAME_OR_CHECKPOINT "
                        "(attnseg models lists the names)")
-    model = load_model_arg(args)  # -v: says what runs and why
+    model = load_model_arg(args, check=lambda m: _labels_fit(m, labels, args.model))  # -v: what runs and why
+    _labels_fit(model, labels, args.model)  # a graph file: known once opened
     check_onnx_size(model, args)
     try:
         seg = attnseg.Segmenter(model, size=args.size, inference=inference, device=args.device)
@@ -149,14 +150,18 @@ def _segmenter(args):
         raise CLIError(str(e)) from None
     kw, palette = {}, seg.palette
     if labels is not None:
-        if not is_language_driven(model):
-            raise CLIError(f"--labels needs a language-driven model (lseg-*); {args.model} has fixed classes")
         kw["labels"] = labels
         seg.class_names = labels
         palette = seg.palette_for_labels(labels)
-    elif is_language_driven(model) and not getattr(model, "default_labels", None):
-        raise CLIError("this LSeg model needs --labels \"sky, road, car, other\" (or --labels-file FILE)")
     return seg, palette, kw
+
+
+def _labels_fit(model, labels, name) -> None:
+    """--labels only for a language-driven model, and an LSeg model saved without class names needs them."""
+    if labels is not None and not is_language_driven(model):
+        raise CLIError(f"--labels needs a language-driven model (lseg-*); {name} has fixed classes")
+    if labels is None and is_language_driven(model) and not getattr(model, "default_labels", None):
+        raise CLIError("this LSeg model needs --labels \"sky, road, car, other\" (or --labels-file FILE)")
 
 
 class _Run:

@@ -80,14 +80,16 @@ def cache_root() -> Path:
 
 
 def weights_key(model, *extra) -> str:
-    """What a graph made from `model` depends on: its architecture, config, weights, attnseg's version and
-    `extra` (the converter's version, an ISR setting)."""
+    """What a graph made from `model` depends on: its architecture, config, weights, metadata (a graph carries
+    the working size, normalisation and class names: two models with the same weights and other metadata make
+    different graphs), attnseg's version and `extra` (the converter's version, an ISR setting)."""
     import torch
 
     from .. import __version__
 
+    meta = json.dumps(getattr(model, "meta", None), sort_keys=True, default=str)
     h = hashlib.sha256(repr((getattr(model, "variant", type(model).__name__), getattr(model, "config", None),
-                             __version__, *extra)).encode())
+                             meta, __version__, *extra)).encode())
     for k, t in model.state_dict().items():
         t = t.detach().cpu().contiguous()
         h.update(k.encode() + str(t.dtype).encode() + repr(tuple(t.shape)).encode())

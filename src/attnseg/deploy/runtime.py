@@ -23,7 +23,7 @@ class OpenError(ValueError):
 def open_model(source, backend: str = "auto", precision: str | None = None, threads: int | None = None,
                isr: str | None = None, device: str = "cpu", *, arch: str | None = None,
                options: dict | None = None, size: tuple[int, int] | None = None, verbose: bool = False,
-               progress=True, retune: bool = False, callers: int = 1, calibration=None):
+               progress=True, retune: bool = False, callers: int = 1, calibration=None, check=None):
     """A runnable model (`attnseg.Segmenter` takes it) with `backend`, `precision` and `choice` (one line: what
     runs and why).
 
@@ -37,11 +37,15 @@ def open_model(source, backend: str = "auto", precision: str | None = None, thre
     retune: measure again even if a choice is kept for this machine. callers: threads that will call the model
     at once (the video pipeline's workers). calibration: image files or folders; for a model without an
     accuracy record, makes int8 and bf16 eligible for auto where they label these images as fp32 does on at
-    least 99% of the pixels (deploy.calibrate; measured once, kept for these weights)."""
+    least 99% of the pixels (deploy.calibrate; measured once, kept for these weights). check: called with the
+    loaded PyTorch model before any export, conversion or timing, so that options that do not fit the model
+    fail at once (it raises)."""
     say = _printer(progress)
     if backend not in BACKEND_NAMES:
         raise OpenError(f"backend {backend!r}: expected one of {', '.join(BACKEND_NAMES)}")
     src = resolve(source, arch, options, device, isr, say)
+    if check is not None and src.module is not None:
+        check(src.module)
     if calibration is not None:
         _calibrate(src, calibration, threads)
     if threads:
