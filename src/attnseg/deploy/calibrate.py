@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .backends import BACKENDS, BackendError, Source
 from .backends.cpu import this_machine
-from .graphs import cache_root, file_sha256, keep_entry
+from .graphs import cache_root, digest_matches, file_sha256, keep_entry, write_digest
 from .tune import AGREEMENT, EXACT
 
 MAX_IMAGES = 32  # calibration images used (evenly spaced over those given)
@@ -134,18 +134,12 @@ def _int8_graph(src: Source, inputs, digest: str) -> Path | None:
     from .quantize import quantize_int8
 
     path = cache_root() / "int8" / f"{_key(src).replace(':', '-')}-{digest}.onnx"
-    check = path.with_suffix(".sha256")
-    try:
-        if path.is_file() and check.read_text().strip() == file_sha256(path):
-            return path
-    except OSError:
-        pass
+    if digest_matches(path):
+        return path
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         quantize_int8(src.module, path, [x.numpy() for x in inputs])
-        from ..io import atomic_write_text
-
-        atomic_write_text(check, file_sha256(path) + "\n")
+        write_digest(path)
     except OSError:
         return None  # a cache that cannot be written: the int8 candidates are left out
     return path
@@ -170,11 +164,7 @@ def kept(src: Source) -> None:
     int8 = entry.get("int8_onnx")
     if int8:
         path = Path(int8)
-        try:
-            whole = path.is_file() and path.with_suffix(".sha256").read_text().strip() == file_sha256(path)
-        except OSError:
-            whole = False
-        if whole:
+        if digest_matches(path):
             src.graphs = {**src.graphs, "int8.onnx": path}
         else:
             agreement.pop("onnx-int8", None)

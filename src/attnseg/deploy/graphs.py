@@ -109,11 +109,8 @@ def fp32_onnx(source) -> Path:
     path = _export_path(source)
     digest = path.with_suffix(".sha256")
     if path.is_file():
-        try:
-            if digest.read_text().strip() == file_sha256(path):
-                return path
-        except OSError:
-            pass
+        if digest_matches(path):
+            return path
         warnings.warn(f"cached graph {path} is damaged or incomplete; exporting again", GraphNote, stacklevel=2)
     source.say(f"exporting {source.name} to ONNX for the graph runtimes (once, 30-60 s on 2 cores; kept in "
                f"{path.parent})")
@@ -121,7 +118,7 @@ def fp32_onnx(source) -> Path:
     try:
         digest.unlink(missing_ok=True)
         export_onnx(source.module, path)
-        _write_digest(path, digest)
+        write_digest(path, digest)
     except OSError as e:
         import tempfile
 
@@ -168,7 +165,16 @@ def fp32_onnx_ready(source) -> bool:
     return path.is_file() and path.with_suffix(".sha256").is_file()
 
 
-def _write_digest(path: Path, digest: Path) -> None:
+def digest_matches(path: Path) -> bool:
+    """Whether a cache file is whole: it exists and matches the SHA-256 written beside it (PATH.sha256)."""
+    try:
+        return path.is_file() and path.with_suffix(".sha256").read_text().strip() == file_sha256(path)
+    except OSError:
+        return False
+
+
+def write_digest(path: Path, digest: Path | None = None) -> None:
+    """Write PATH's SHA-256 beside it (PATH.sha256, or `digest`), last, so a half-written entry has none."""
     from ..io import atomic_write_text
 
-    atomic_write_text(digest, file_sha256(path) + "\n")
+    atomic_write_text(digest or path.with_suffix(".sha256"), file_sha256(path) + "\n")
