@@ -147,6 +147,23 @@ def test_the_choice_key_names_the_machine_threads_size_and_weights():
     assert len({k, *others}) == 6
 
 
+def test_graph_caches_key_on_the_isr_factors_a_graph_bakes_in():
+    """The same weights under another ISR setting make another graph: the key every graph cache uses (exported
+    ONNX, converted OpenVINO, kept choices) differs, and returns when the setting is undone."""
+    from attnseg.deploy.graphs import weights_key
+    from attnseg.isr import apply, state
+
+    for name, setting in (("edaformer-tiny", "2,2,1,1:2,2,2"), ("edaformer-tiny", "1,1,1,1:1,2,1"),
+                          ("segformer-tiny", "2,1,1,1")):
+        torch.manual_seed(0)
+        model = attnseg.create_model(name, num_classes=3)
+        plain = weights_key(model, "x")
+        apply(model, setting)
+        assert weights_key(model, "x") != plain and max(state(model)) == 2, (name, setting)
+        apply(model, "1,1,1,1:1,1,1" if name.startswith("eda") else "1,1,1,1")
+        assert weights_key(model, "x") == plain and set(state(model)) == {1}
+
+
 def test_a_kept_choice_is_read_back_and_a_damaged_file_is_measured_again(tmp_path, monkeypatch):
     monkeypatch.setenv("ATTNSEG_CACHE", str(tmp_path))
     tune.keep_choice("k", {"choice": "onnx-int8", "images_per_s": {"onnx-int8": 3.0}, "when": 1})

@@ -69,6 +69,12 @@ def apply(model, setting: str | IsrSetting) -> IsrSetting:
     return s
 
 
+def state(model) -> tuple[int, ...]:
+    """The ISR factor every attention layer of `model` runs with now (empty for a model without ISR): what a graph
+    made from the model bakes in, so caches of exported and converted graphs key on it."""
+    return tuple(int(m.isr) for m in model.modules() if isinstance(getattr(m, "isr", None), int))
+
+
 def _parameters(model) -> set[str]:
     import inspect
 

@@ -78,8 +78,6 @@ def calibrate(src: Source, images, threads: int | None = None) -> dict:
     """Measure every reduced-precision candidate's pixel agreement with fp32 on `images` (paths or folders) for
     `src` (a PyTorch model without an accuracy record), keep it, and set `src.agreement` and, when the int8 graph
     was made, `src.graphs["int8.onnx"]`. Returns the kept entry."""
-    import torch
-
     from ..inference.segmenter import Segmenter
     from ..io import read_image
 

@@ -66,14 +66,23 @@ def graph_info(model: torch.nn.Module) -> dict:
 
 def export_onnx(model: torch.nn.Module, path: str | os.PathLike, dynamic: bool = True,
                 example_size: tuple[int, int] = (256, 320), opset: int = 20) -> Path:
+    """Write `model`'s ONNX graph to `path` (atomically; a full disk is one line): see `onnx_bytes`."""
+    from ..io import atomic_write_bytes
+
+    data = onnx_bytes(model, dynamic, example_size, opset)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_bytes(path, data)
+
+
+def onnx_bytes(model: torch.nn.Module, dynamic: bool = True, example_size: tuple[int, int] = (256, 320),
+               opset: int = 20) -> bytes:
+    """`model`'s ONNX graph (dynamo export, then TF-"same" padding folded), serialised in memory."""
     try:
-        import onnx
+        import onnx  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError as e:
         raise ImportError("ONNX export needs the onnx extra: pip install 'attnseg[onnx]'") from e
     model = model.eval()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     x = torch.randn(2 if dynamic else 1, 3, *example_size)  # batch 2 keeps the batch dim symbolic
     from ..models.lseg import is_language_driven
 
@@ -97,7 +106,6 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, dynamic: bool =
         args, names, graph = (x, text), ["images", "text_embeddings"], _LSegGraph(model).eval()
         if dynamic:
             shapes["text_embeddings"] = {0: "labels"}
-    from ..io import atomic_write_bytes
     from ..models.layers import export_forms
 
     quiet_exporter_logs()
@@ -113,7 +121,7 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, dynamic: bool =
     prog.model.metadata_props["attnseg"] = json.dumps(graph_info(model))
     proto = prog.model_proto
     fold_same_padding(proto)
-    return atomic_write_bytes(path, proto.SerializeToString())  # size-checked: a full disk is one line
+    return proto.SerializeToString()
 
 
 SAME_PAD_MODULE = f"{SameConv2d.__module__}.{SameConv2d.__qualname__}"  # the class torch.onnx records

@@ -82,14 +82,16 @@ def cache_root() -> Path:
 def weights_key(model, *extra) -> str:
     """What a graph made from `model` depends on: its architecture, config, weights, metadata (a graph carries
     the working size, normalisation and class names: two models with the same weights and other metadata make
-    different graphs), attnseg's version and `extra` (the converter's version, an ISR setting)."""
+    different graphs), the ISR factors it runs with (baked into a graph), attnseg's version and `extra` (the
+    converter's version)."""
     import torch
 
     from .. import __version__
+    from ..isr import state
 
     meta = json.dumps(getattr(model, "meta", None), sort_keys=True, default=str)
     h = hashlib.sha256(repr((getattr(model, "variant", type(model).__name__), getattr(model, "config", None),
-                             meta, __version__, *extra)).encode())
+                             meta, state(model), __version__, *extra)).encode())
     for k, t in model.state_dict().items():
         t = t.detach().cpu().contiguous()
         h.update(k.encode() + str(t.dtype).encode() + repr(tuple(t.shape)).encode())
@@ -104,7 +106,8 @@ def fp32_onnx(source) -> Path:
         return source.path
     if not source.isr and "fp32.onnx" in source.graphs:
         return source.graphs["fp32.onnx"]
-    from .export import export_onnx
+    from ..io import atomic_write_bytes
+    from .export import onnx_bytes
 
     path = _export_path(source)
     digest = path.with_suffix(".sha256")
@@ -115,19 +118,46 @@ def fp32_onnx(source) -> Path:
     source.say(f"exporting {source.name} to ONNX for the graph runtimes (once, 30-60 s on 2 cores; kept in "
                f"{path.parent})")
     t0 = time.perf_counter()
+    data = onnx_bytes(source.module)
     try:
         digest.unlink(missing_ok=True)
-        export_onnx(source.module, path)
+        atomic_write_bytes(path, data)  # size-checked
         write_digest(path, digest)
     except OSError as e:
-        import tempfile
-
-        warnings.warn(f"could not write the graph cache in {path.parent} ({e.strerror or e}); the graph is "
-                      "exported for this run only (set ATTNSEG_CACHE to a writable folder)", GraphNote, stacklevel=2)
-        path = Path(tempfile.mkdtemp(prefix="attnseg_onnx_")) / "model.onnx"
-        export_onnx(source.module, path)
+        cause = getattr(e, "cause", None) or e.strerror or e
+        warnings.warn(f"could not write the graph cache in {path.parent} ({cause}{free_space(path.parent)}); the "
+                      "graph is kept for this run only (set ATTNSEG_CACHE to a writable folder)", GraphNote,
+                      stacklevel=2)
+        path = atomic_write_bytes(_run_folder() / path.name, data)
     source.say(f"exported {source.name} in {time.perf_counter() - t0:.0f} s")
     return path
+
+
+def free_space(folder: Path) -> str:
+    """"; N MB free there" for a cache-write note (a failed write's own message may not say the disk is full)."""
+    import shutil
+
+    try:
+        return f"; {shutil.disk_usage(folder).free / 2**20:.1f} MB free there"
+    except OSError:
+        return ""
+
+
+_RUN_FOLDER: list[Path] = []
+
+
+def _run_folder() -> Path:
+    """A temp folder for graphs that could not be kept in the cache, made once per process and removed when it
+    exits."""
+    if not _RUN_FOLDER:
+        import atexit
+        import shutil
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp(prefix="attnseg_graphs_"))
+        atexit.register(shutil.rmtree, folder, True)
+        _RUN_FOLDER.append(folder)
+    return _RUN_FOLDER[0]
 
 
 def keep_entry(path: Path, key: str, entry: dict, limit: int = 256) -> None:
@@ -154,7 +184,7 @@ def keep_entry(path: Path, key: str, entry: dict, limit: int = 256) -> None:
 def _export_path(source) -> Path:
     import torch
 
-    return cache_root() / "onnx" / f"{weights_key(source.module, source.isr, torch.__version__)}.onnx"
+    return cache_root() / "onnx" / f"{weights_key(source.module, torch.__version__)}.onnx"
 
 
 def fp32_onnx_ready(source) -> bool:

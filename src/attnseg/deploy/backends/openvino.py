@@ -13,7 +13,6 @@ import contextlib
 import gc
 import json
 import os
-import shutil
 import threading
 import warnings
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 
 from ..export import graph_info
-from ..graphs import cache_root, file_sha256, weights_key
+from ..graphs import cache_root, file_sha256, fp32_onnx, fp32_onnx_ready, free_space, weights_key
 from .base import Backend, BackendError, GraphModel, Source
 from ...io import first_line
 from ...notes import Note
@@ -30,6 +29,11 @@ from ...models.layers import converting_for
 
 PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 MAX_SHAPES = 16  # distinct input shapes a compiled graph serves before it is compiled afresh (bounded memory)
+# Inputs with both sides under this run on a graph compiled for their shape alone (at most MAX_SHAPES kept): in the
+# dynamic graph, one run whose attention has a single key (EDAFormer and SegFormer at 32x32, or 32 x the ISR factor)
+# leaves the CPU plugin computing wrong results for every later, larger input (measured on OpenVINO 2026.4: a
+# softmax over one key followed by its matmul; logits off by up to 164 at 360x480 afterwards).
+SMALL_SIDE = 256
 
 
 def require_openvino():
@@ -81,6 +85,7 @@ class OpenVinoModel(GraphModel):
         self.max_shapes = max_shapes
         self._shapes: set = set()
         self._requests: dict[int, object] = {}  # one infer request per calling thread
+        self._small: dict[tuple, object] = {}  # input shapes -> graph compiled for them (small inputs, _run_small)
         self._running = 0  # infer calls in flight
         self._state = threading.Condition()
         self.compiled = core.compile_model(graph, "CPU", config)
@@ -88,6 +93,8 @@ class OpenVinoModel(GraphModel):
 
     def _run(self, feeds: dict) -> np.ndarray:
         shape = tuple(feeds["images"].shape)
+        if max(shape[-2:]) < SMALL_SIDE:
+            return self._run_small(shape, feeds)
         with self._state:
             if shape not in self._shapes:
                 self._count_shape(shape)
@@ -102,6 +109,28 @@ class OpenVinoModel(GraphModel):
             with self._state:
                 self._running -= 1
                 self._state.notify_all()
+
+    def _run_small(self, shape: tuple, feeds: dict) -> np.ndarray:
+        """A small input on a graph compiled for its shape (see SMALL_SIDE), never on the dynamic one."""
+        key = tuple(tuple(v.shape) for v in feeds.values())  # LSeg: the number of labels too
+        with self._state:
+            compiled = self._small.pop(key, None)
+            if compiled is None:
+                graph = self._graph.clone()
+                try:
+                    graph.reshape({graph.inputs[0]: ov_shape(shape), **{
+                        i: ov_shape(feeds[i.get_any_name()].shape) for i in graph.inputs[1:]}})
+                    compiled = self._core.compile_model(graph, "CPU", self._config)
+                except RuntimeError as e:
+                    raise ValueError(f"an input of {shape[-2]}x{shape[-1]} is too small for this graph in OpenVINO "
+                                     f"({first_line(e)[:120]}); use a larger --size, or --backend onnx or eager") \
+                        from None
+            self._small[key] = compiled  # most recently used last; the oldest goes past max_shapes
+            while len(self._small) > self.max_shapes:
+                self._small.pop(next(iter(self._small)))
+        req = compiled.create_infer_request()
+        req.infer(feeds)
+        return req.get_output_tensor(0).data.copy()
 
     def _count_shape(self, shape: tuple) -> None:
         """The CPU plugin keeps memory for every input shape a dynamic graph has run (compiled kernels and
@@ -119,6 +148,12 @@ class OpenVinoModel(GraphModel):
             self.recompiled += 1
             self._shapes.clear()
         self._shapes.add(shape)
+
+
+def ov_shape(shape) -> object:
+    import openvino
+
+    return openvino.PartialShape([int(d) for d in shape])
 
 
 def cache_dir() -> Path:
@@ -189,8 +224,7 @@ def _store(ov, graph, xml: Path) -> None:
     except (OSError, RuntimeError) as e:  # OpenVINO reports a failed write (e.g. a full disk) as RuntimeError
         cause = first_line(e)
         if not isinstance(e, OSError):  # its message ("iostream error") does not say why: the free space does
-            with contextlib.suppress(OSError):
-                cause += f"; {shutil.disk_usage(xml.parent).free / 2**20:.1f} MB free there"
+            cause += free_space(xml.parent)
         warnings.warn(f"could not write the conversion cache in {xml.parent} ({cause}); the converted "
                       "model runs, and the next run converts it again (set ATTNSEG_CACHE to a writable folder)",
                       CacheNote, stacklevel=4)
@@ -269,8 +303,8 @@ class OpenVinoBackend(Backend):
     def ready(self, source, precision):
         if precision.startswith("int8") or source.module is None or (not source.isr and "fp32.xml" in source.graphs):
             return True
-        if not source.isr and "fp32.onnx" in source.graphs and not _language_driven(source.module):
-            return True
+        if not _language_driven(source.module):
+            return fp32_onnx_ready(source)
         import openvino
 
         return (cache_dir() / f"{weights_key(source.module, openvino.__version__)}.sha256").is_file()
@@ -285,8 +319,10 @@ class OpenVinoBackend(Backend):
             graph = source.path
         elif not source.isr and "fp32.xml" in source.graphs:
             graph = source.graphs["fp32.xml"]  # shipped for LSeg, whose conversion takes ~35 s
-        elif not source.isr and "fp32.onnx" in source.graphs and not _language_driven(source.module):
-            graph = source.graphs["fp32.onnx"]  # reading the shipped graph takes well under a second
+        elif not _language_driven(source.module):
+            # the fp32 ONNX graph onnxruntime runs (shipped, or exported once into the cache): OpenVINO reads it in
+            # well under a second, and a model is exported once for both runtimes, not once each
+            graph = fp32_onnx(source)
         else:
             graph = source.module
         model = OpenVinoModel(graph, hint, threads, streams=callers, on_convert=lambda folder: source.say(
