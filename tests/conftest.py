@@ -13,8 +13,12 @@ CAMVID = SHARED_DATA / "camvid"
 ADE_SAMPLE = SHARED_DATA / "ade20k_sample"
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-# converted OpenVINO graphs are cached per model: a session's cache, never the user's ~/.cache
-os.environ.setdefault("ATTNSEG_CACHE", __import__("tempfile").mkdtemp(prefix="attnseg_test_cache_"))
+# converted OpenVINO graphs are cached per model: a session's cache, never the user's ~/.cache; made here, it is
+# removed when the session ends (graphs of a few hundred MB would otherwise pile up in the temp folder run by run)
+_SESSION_CACHE = None
+if "ATTNSEG_CACHE" not in os.environ:
+    _SESSION_CACHE = __import__("tempfile").mkdtemp(prefix="attnseg_test_cache_")
+    os.environ["ATTNSEG_CACHE"] = _SESSION_CACHE
 # datasets named without a root are looked for under $ATTNSEG_DATA (the shipped configs name none)
 os.environ.setdefault("ATTNSEG_DATA", str(SHARED_DATA))
 
@@ -37,6 +41,11 @@ def _signals_on_the_thread_stack():
     except (OSError, AttributeError):
         pass
     yield
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _SESSION_CACHE is not None:
+        shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

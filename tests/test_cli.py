@@ -46,7 +46,7 @@ def test_predict_skips_corrupt_file_and_exits_nonzero(tmp_path, tiny_ckpt, capsy
     Image.fromarray(rgb).save(inp / "good2.jpg")
     (inp / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     out = tmp_path / "out"
-    rc = main(["predict", str(inp), "--model", str(tiny_ckpt), "--out", str(out)])
+    rc = main(["predict", str(inp), "--model", str(tiny_ckpt), "--backend", "eager", "--out", str(out)])
     err = capsys.readouterr().err
     assert rc != 0 and "broken.png" in err
     assert sorted(p.name for p in out.iterdir()) == ["good1.png", "good1_overlay.jpg", "good2.png",
@@ -126,7 +126,8 @@ def test_yaml_alias_bomb_is_refused_with_a_bounded_message(tmp_path, capsys):
 def test_multipage_tiff_says_only_the_first_page_is_segmented(tmp_path, tiny_ckpt, capsys):
     pages = [Image.fromarray(np.full((40, 60, 3), 60 * i, np.uint8)) for i in range(3)]
     pages[0].save(tmp_path / "scan.tif", save_all=True, append_images=pages[1:])
-    rc = main(["predict", str(tmp_path / "scan.tif"), "--model", str(tiny_ckpt), "--out", str(tmp_path / "o")])
+    rc = main(["predict", str(tmp_path / "scan.tif"), "--model", str(tiny_ckpt), "--backend", "eager", "--out",
+               str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert rc == 0 and "scan.tif has 3 pages; only the first is segmented" in err, err
 
@@ -146,7 +147,8 @@ def test_same_size_images_run_in_batches(tmp_path, tiny_ckpt, monkeypatch, capsy
         return real(self, x, size, **kw)
 
     monkeypatch.setattr(attnseg.Segmenter, "batch_scores", spy)
-    assert main(["predict", str(inp), "--model", str(tiny_ckpt), "--out", str(tmp_path / "o"), "--batch", "4"]) == 0
+    assert main(["predict", str(inp), "--model", str(tiny_ckpt), "--backend", "eager", "--out", str(tmp_path / "o"),
+                 "--batch", "4"]) == 0
     assert sorted(calls) == [2, 4, 4] and len(list((tmp_path / "o").glob("*_overlay.jpg"))) == 11
     seg = attnseg.Segmenter(attnseg.load_model(tiny_ckpt))
     for i in (0, 9):

@@ -131,10 +131,12 @@ def test_score_of_predicted_label_maps_equals_eval(camvid_root, tmp_path, capsys
     imgs.mkdir()
     for line in (camvid_root / "test.txt").read_text().splitlines()[:2]:
         shutil.copy(camvid_root / line.split()[0], imgs)
-    assert main(["predict", str(imgs), "--model", str(m), "--size", "native", "--out", str(pred)]) == 0
+    assert main(["predict", str(imgs), "--model", str(m), "--backend", "eager", "--size", "native", "--out",
+                 str(pred)]) == 0
     split = ["--dataset", "camvid", "--data-root", str(camvid_root), "--split", "test"]
     assert main(["score", str(pred), *split, "--limit", "2", "--out", str(tmp_path / "s.json")]) == 0
-    assert main(["eval", "--model", str(m), *split, "--limit", "2", "--out", str(tmp_path / "e.json")]) == 0
+    assert main(["eval", "--model", str(m), "--backend", "eager", *split, "--limit", "2", "--out",
+                 str(tmp_path / "e.json")]) == 0
     s, e = (json.loads((tmp_path / f).read_text()) for f in ("s.json", "e.json"))
     assert s["images"] == 2 and s["pixels"] == e["pixels"] > 0
     assert s["mIoU"] == pytest.approx(e["mIoU"], abs=1e-4) and s["aAcc"] == pytest.approx(e["aAcc"], abs=1e-4)
@@ -158,20 +160,21 @@ def test_score_of_predicted_label_maps_equals_eval(camvid_root, tmp_path, capsys
 
 @pytest.mark.slow
 def test_tiny_segformer_overfits_four_camvid_images(camvid_root, tmp_path):
-    """Engine sanity check on real data: >= 90% pixel accuracy on 4 training images (about a minute on 2 cores)."""
+    """Engine sanity check on real data: >= 90% pixel accuracy on 4 training images, trained and scored at half
+    CamVid's resolution (measured 91.8%)."""
     import attnseg
     from attnseg.data import EvalTransform, build_dataset
     from attnseg.engine.evaluate import evaluate
     from attnseg.inference.modes import InferenceConfig
 
     sets = [f"data.root={camvid_root}", "model.name=segformer-tiny", "model.options.drop_path_rate=0.0",
-            "data.limit=4", "data.batch_size=4", "data.crop=[360, 480]", "data.scale=[480, 360]",
+            "data.limit=4", "data.batch_size=4", "data.crop=[180, 240]", "data.scale=[240, 180]",
             "data.ratio_range=[1.0, 1.0]", "data.flip=false", "data.photometric=false", "data.workers=0",
             "data.val_split=''", "train.iters=300", "train.log_interval=100", "optim.lr=2e-3",
             "optim.warmup_iters=20", "optim.head_lr_mult=1.0", f"train.work_dir={tmp_path}", "train.tensorboard=false"]
     train(load_config(None, sets), progress=False)
     model = attnseg.load_model(tmp_path / "final.safetensors")
-    ds = build_dataset("camvid", camvid_root, "train", EvalTransform())
+    ds = build_dataset("camvid", camvid_root, "train", EvalTransform(scale=(240, 180)))  # the scale trained at
     ds.samples = ds.samples[:4]
     m = evaluate(model, ds, InferenceConfig(), model.meta["mean"], model.meta["std"], progress=False)
     print(f"overfit pixel accuracy {100 * m['aAcc']:.2f}%")

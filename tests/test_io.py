@@ -55,7 +55,8 @@ def test_phone_jpeg_tag_6_gives_the_displayed_shape(tmp_path, tiny_ckpt):
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.fromarray(photo(40, 60)).save(tmp_path / "phone.jpg", exif=exif, quality=95)
-    assert main(["predict", str(tmp_path / "phone.jpg"), "--model", tiny_ckpt, "--out", str(tmp_path / "o")]) == 0
+    assert main(["predict", str(tmp_path / "phone.jpg"), "--model", tiny_ckpt, "--backend", "eager", "--out",
+                 str(tmp_path / "o")]) == 0
     assert Image.open(tmp_path / "o" / "phone.png").size == (40, 60)  # displayed: 40 wide, 60 high
 
 
@@ -100,7 +101,7 @@ def test_decompression_bomb_is_named_and_skipped(tmp_path, tiny_ckpt, capsys):
     Image.fromarray(photo()).save(d / "a_good.png")
     (d / "b_bomb.png").write_bytes(bomb_png())
     Image.fromarray(photo(seed=1)).save(d / "c_good.png")
-    rc = main(["predict", str(d), "--model", tiny_ckpt, "--out", str(tmp_path / "o")])
+    rc = main(["predict", str(d), "--model", tiny_ckpt, "--backend", "eager", "--out", str(tmp_path / "o")])
     captured = capsys.readouterr()
     assert rc == 1 and "b_bomb.png" in captured.err and "pixels" in captured.err
     assert "Traceback" not in captured.err
@@ -113,7 +114,8 @@ def test_prediction_outputs_get_the_umask_permissions(tmp_path, tiny_ckpt):
     Image.fromarray(photo()).save(tmp_path / "a.png")
     old = os.umask(0o022)
     try:
-        assert main(["predict", str(tmp_path / "a.png"), "--model", tiny_ckpt, "--out", str(tmp_path / "o")]) == 0
+        assert main(["predict", str(tmp_path / "a.png"), "--model", tiny_ckpt, "--backend", "eager", "--out",
+                     str(tmp_path / "o")]) == 0
     finally:
         os.umask(old)
     for p in (tmp_path / "o").iterdir():
