@@ -187,6 +187,9 @@ def test_predict_runs_at_the_working_size_and_upsamples_in_bands(tiny_ckpt):
     full = resize(s[None], (301, 409))[0]
     banded = upsample_argmax(s, (301, 409), band_pixels=5 * 409 * 7)  # 7 rows a band
     assert (banded == full.argmax(0).numpy()).mean() > 0.999  # equal but for float ties
+    whole = upsample_argmax(s, (301, 409))  # small enough to resize whole, by the two taps (video frames)
+    assert (whole == banded).mean() > 0.999 and (whole == full.argmax(0).numpy()).mean() > 0.999
+    assert np.array_equal(upsample_argmax(s, (301, 409), via=(301, 409)), whole)  # through the size itself
     assert attnseg.Segmenter(model, size="native").preprocess(rgb)[0].shape[-2:] == (300, 400)
 
 
