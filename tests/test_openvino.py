@@ -1,6 +1,6 @@
 """The OpenVINO backend: fp32 equal to eager PyTorch within float rounding (every family at any input size in
-test_export.py; LSeg with its labels here), bf16 agreeing with fp32 on real images, the converted-graph cache, `--backend auto`'s
-choice, and the one-line message without the extra. No timed assertions (speed: benchmarks/precision.py)."""
+test_export.py; LSeg with its labels here), bf16 agreeing with fp32 on real images, the converted-graph cache,
+`--backend auto`'s choice, and the one-line message without the extra. No timed assertions (speed: benchmarks/precision.py)."""
 import subprocess
 import sys
 from pathlib import Path

@@ -69,9 +69,7 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, dynamic: bool =
     """Write `model`'s ONNX graph to `path` (atomically; a full disk is one line): see `onnx_bytes`."""
     from ..io import atomic_write_bytes
 
-    data = onnx_bytes(model, dynamic, example_size, opset)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write_bytes(path, data)
+    return atomic_write_bytes(path, onnx_bytes(model, dynamic, example_size, opset))  # makes the folder
 
 
 def onnx_bytes(model: torch.nn.Module, dynamic: bool = True, example_size: tuple[int, int] = (256, 320),

@@ -5,7 +5,6 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..data.transforms import resize_pair
 from .modes import InferenceConfig, infer
@@ -234,9 +233,8 @@ def upsample_argmax(scores: torch.Tensor, size: tuple[int, int], band_pixels: in
         return class_index(scores).to(torch.int32).numpy()
     if via in (None, (H, W)) and k * H * W <= band_pixels:  # one resize, small enough to hold whole
         # the same resize by its two taps per axis, channels last (the class scores of a pixel side by side):
-        # 11 x 360 x 480 in 6.9 ms on one thread, against 12.0 ms through the matrices
-        up = F.interpolate(scores[None].contiguous(memory_format=torch.channels_last), (H, W), mode="bilinear",
-                           align_corners=False)[0]
+        # 11 x 360 x 480 in 5.8 ms on one thread, against 11.3 ms through the matrices
+        up = resize(scores[None].contiguous(memory_format=torch.channels_last), (H, W))[0]
         return class_index(up.permute(1, 2, 0), dim=-1).to(torch.int32).numpy()
     a_h = resize_matrix(h, H, via[0] if via else None)  # (H, h)
     a_w_t = resize_matrix(w, W, via[1] if via else None).t()  # (w, W)

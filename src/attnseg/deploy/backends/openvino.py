@@ -30,9 +30,9 @@ from ...models.layers import converting_for
 PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 MAX_SHAPES = 16  # distinct input shapes a compiled graph serves before it is compiled afresh (bounded memory)
 # Inputs with both sides under this run on a graph compiled for their shape alone (at most MAX_SHAPES kept): in the
-# dynamic graph, one run whose attention has a single key (EDAFormer and SegFormer at 32x32, or 32 x the ISR factor)
-# leaves the CPU plugin computing wrong results for every later, larger input (measured on OpenVINO 2026.4: a
-# softmax over one key followed by its matmul; logits off by up to 164 at 360x480 afterwards).
+# dynamic graph, one run whose attention has a single key leaves the CPU plugin computing wrong results for every
+# later, larger input (measured on OpenVINO 2026.4, a softmax over one key followed by its matmul: EDAFormer after
+# a 32x32 input, or 64x64 under ISR 2, off by up to 164 at 360x480; SegFormer after 32x32, by 0.002).
 SMALL_SIDE = 256
 
 
