@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -51,7 +52,7 @@ def video(clip: Path, model: str, out: Path, env: dict, threads: int) -> tuple[f
 
 def alone(model: str, size, env: dict, threads: int) -> float:
     r = call([sys.executable, "-m", "attnseg.cli", "benchmark", "--model", model, "--backend", "auto", "--size",
-              f"{size[0]}x{size[1]}", "--warmup", "5", "--iters", "40", "--json", "--threads", str(threads)], env)
+              f"{size[0]}x{size[1]}", "--warmup", "5", "--iters", "100", "--json", "--threads", str(threads)], env)
     return json.loads(r.stdout.strip().splitlines()[-1])["images_per_s"]
 
 
@@ -63,6 +64,13 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="video_fps_"))
+    try:
+        run(a, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the clip, the outputs and the graph cache
+
+
+def run(a: argparse.Namespace, tmp: Path) -> None:
     env = {**os.environ, "ATTNSEG_CACHE": str(tmp / "cache")}
     clip = tmp / "camvid_test.mp4"
     subprocess.run([sys.executable, str(ROOT / "scripts" / "camvid_clip.py"), a.data, str(clip)], check=True)

@@ -1,5 +1,6 @@
 """`Segmenter.segments`: the shape transformers' image-segmentation pipeline returns, for every kind of input a
-user has (path, URL, bytes, PIL, numpy, a list), equal to `predict`'s label map."""
+user has (path, URL, bytes, PIL, numpy, a list), equal to `predict`'s label map. Labels from low-resolution
+scores (`upsample_argmax`) against F.interpolate's full resize, and the normalised input against the formula."""
 import functools
 import http.server
 import threading
@@ -9,7 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import torch
+import torch.nn.functional as F
+
 import attnseg
+from attnseg.inference.segmenter import _labels_by_taps, resize_matrix, resize_taps, upsample_argmax
 from attnseg.io import ImageReadError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,3 +62,69 @@ def test_lseg_segments_name_the_labels_given():
     seg = attnseg.Segmenter(attnseg.load_model("lseg-effnet-lite0-camvid"))
     got = seg.segments(str(EXAMPLE), labels=["road", "sky", "other"])
     assert {e["label"] for e in got} <= {"road", "sky", "other"} and got
+
+
+def _full_resize(scores: torch.Tensor, size, via=None) -> torch.Tensor:
+    """F.interpolate's bilinear resize (align_corners=False), through `via` first: the reference."""
+    x = scores[None]
+    if via is not None:
+        x = F.interpolate(x, size=via, mode="bilinear", align_corners=False)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)[0]
+
+
+@pytest.mark.parametrize("n_in, n_out, via", [(12, 301, None), (90, 360, None), (7, 3, None), (50, 50, None),
+                                              (1, 9, None), (9, 1, None), (135, 360, 540), (30, 17, 90),
+                                              (5, 40, 3), (1, 7, 4)])
+def test_resize_taps_are_the_rows_of_the_resize_matrix(n_in, n_out, via):
+    index, weight = resize_taps(n_in, n_out, via)
+    a = np.zeros((n_out, n_in), np.float32)
+    for t in range(index.shape[1]):
+        np.add.at(a, (np.arange(n_out), index[:, t]), weight[:, t])
+    assert np.abs(a - resize_matrix(n_in, n_out, via).numpy()).max() < 1e-6
+    assert (weight >= 0).all() and np.allclose(weight.sum(1), 1, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape, size, via", [((11, 45, 60), (360, 480), None),
+                                              ((11, 135, 180), (360, 480), (540, 720)),
+                                              ((5, 12, 17), (301, 409), None), ((3, 40, 50), (100, 130), (80, 100)),
+                                              ((4, 30, 40), (20, 25), None)])
+def test_labels_are_the_full_resizes_argmax_wherever_a_class_leads(dtype, shape, size, via):
+    g = torch.Generator().manual_seed(0)
+    k, h, w = shape
+    smooth = _full_resize(torch.randn(k, 5, 6, generator=g, dtype=dtype), (h, w))  # a model's, class regions
+    noise = torch.randn(k, h, w, generator=g, dtype=dtype)  # a border at every pixel: the dense way
+    for scores in (smooth, noise):
+        full = _full_resize(scores.double(), size, via)
+        top2 = full.topk(2, dim=0).values
+        clear = ((top2[0] - top2[1]) > 1e-4).numpy()  # away from float ties
+        ref = full.argmax(0).numpy()
+        for got in (upsample_argmax(scores, size, via=via), upsample_argmax(scores, size, via=via, band_pixels=1)):
+            assert got.shape == size and got.dtype == np.int32
+            assert np.array_equal(got[clear], ref[clear])
+    if h * w >= 1000:  # a model's map (not 12 x 17, where each border opens a wide band): mostly read as is
+        assert _labels_by_taps(smooth, size, via) is not None
+    assert _labels_by_taps(noise, size, via) is None
+
+
+def test_labels_keep_nan_and_inf_where_the_full_resize_has_them():
+    x = _full_resize(torch.randn(4, 3, 3, generator=torch.Generator().manual_seed(0)), (20, 20))
+    x[1, 3, 3] = float("nan")
+    full = _full_resize(x, (80, 80))
+    top2 = torch.nan_to_num(full, nan=float("-inf")).topk(2, dim=0).values
+    clear = ((top2[0] - top2[1]) > 1e-4).numpy() | full.isnan().any(0).numpy()
+    got = _labels_by_taps(x, (80, 80), None)  # the NaN's window is resized; the rest read as before
+    assert got is not None and np.array_equal(got[clear], full.max(0).indices.numpy()[clear])  # NaN wins
+    assert (got[full.isnan().any(0).numpy()] == 1).all()
+    x[2, 7, 7] = float("inf")  # scores without a finite scale: the dense way
+    full = _full_resize(x, (80, 80))
+    assert _labels_by_taps(x, (80, 80), None) is None
+    assert np.array_equal(upsample_argmax(x, (80, 80)), full.max(0).indices.numpy())
+
+
+def test_preprocess_is_the_normalised_image(seg):
+    rgb = np.asarray(Image.open(EXAMPLE).convert("RGB"))
+    x, hw = seg.preprocess(rgb)
+    mean, std = (torch.tensor(seg.meta[k], dtype=torch.float32) for k in ("mean", "std"))
+    ref = ((torch.from_numpy(rgb.copy()).float() - mean) / std).permute(2, 0, 1)[None]
+    assert hw == (360, 480) and x.is_contiguous() and torch.equal(x, ref)

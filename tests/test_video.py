@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import attnseg
@@ -92,8 +93,10 @@ def test_phone_rotation_odd_sizes_and_onnx_backend(tmp_path, tiny_ckpt, capsys):
 
     odd = [(rng.random((45, 63, 3)) * 255).astype(np.uint8) for _ in range(3)]
     clip = write_clip(tmp_path / "odd.mkv", [np.pad(f, ((0, 1), (0, 1), (0, 0)), mode="edge") for f in odd])
+    threads = torch.get_num_threads()
     rc = main(["predict", str(clip), "--model", tiny_ckpt, "--out", str(tmp_path / "o2"), "--backend", "onnx"])
     assert rc == 0, capsys.readouterr().err
+    assert torch.get_num_threads() == threads  # one PyTorch thread while frames overlap in the runtime, then back
     assert len(decode(tmp_path / "o2" / "odd_overlay.mp4")) == 3
 
 

@@ -3,7 +3,8 @@
 Three stages run at once, connected by small bounded queues, so decoding and encoding overlap inference:
 
     reader thread   decode (PyAV/ffmpeg) -> RGB, display rotation applied (phone videos) -> normalised tensor
-    main thread     batches of frames -> the model's scores (eager, bf16 or an ONNX/int8 graph)
+    main thread     batches of frames -> the model's scores (eager or bf16); with a graph runtime (ONNX,
+                    int8, OpenVINO) a frame a call, 2-4 calls at once on one thread each
     writer thread   upsample + argmax -> overlay -> H.264 (libx264, yuv420p); with --save-masks one label
                     PNG per frame
 
@@ -62,17 +63,19 @@ def upright(rgb: np.ndarray, rotation: float) -> np.ndarray:
 
 
 class OverlayLUT:
-    """image * (1 - alpha) + colour[label] * alpha in 8.8 fixed point (a frame in ~1 ms; within 1 of float)."""
+    """image * (1 - alpha) + colour[label] * alpha in 8.8 fixed point, rounded (within 1 of float): a 480 x 360
+    frame in 0.5 ms (`np.take` gathers the colours 3x faster than indexing)."""
 
     def __init__(self, palette: list[list[int]], alpha: float):
         self.keep = np.uint16(round((1 - alpha) * 256))
-        self.colours = np.round(np.asarray(palette, np.float32) * alpha * 256).astype(np.uint16)
+        self.colours = np.round(np.asarray(palette, np.float32) * alpha * 256).astype(np.uint16) + np.uint16(128)
 
     def __call__(self, rgb: np.ndarray, label: np.ndarray) -> np.ndarray:
-        out = rgb.astype(np.uint16) * self.keep
-        out += self.colours[label]
-        out += 128
-        return (out >> 8).astype(np.uint8)
+        out = rgb.astype(np.uint16)
+        out *= self.keep
+        out += np.take(self.colours, label, axis=0)
+        out >>= 8
+        return out.astype(np.uint8)
 
 
 def _even(rgb: np.ndarray) -> np.ndarray:
@@ -90,6 +93,8 @@ def segment_video(seg, src, dst, masks_dir=None, batch: int = 4, alpha: float = 
     and, when `masks_dir` is given, DIR/000000.png ... (palette PNGs of class indices, one per frame).
     Returns {"frames", "seconds", "fps", "size"}; `progress(n)` is called as frames are written.
     """
+    import torch
+
     av = _require_av()
     from ..io import DEFAULT_MAX_PIXELS, atomic_write
 
@@ -112,11 +117,15 @@ def segment_video(seg, src, dst, masks_dir=None, batch: int = 4, alpha: float = 
     run = _Pipeline(av, seg, container, stream, src, palette or seg.palette, alpha, batch, workers, staged,
                     progress, crf, preset, kw)
     t0 = time.perf_counter()
+    torch_threads = torch.get_num_threads()
+    if workers > 1:  # the model runs in a graph runtime's own threads; PyTorch's (pre- and post-processing)
+        torch.set_num_threads(1)  # would only spin against them
     try:
         atomic_write(dst, run)
         if staged is not None:
             _replace_folder(staged, Path(masks_dir))
     finally:
+        torch.set_num_threads(torch_threads)
         if staged is not None and staged.exists():
             shutil.rmtree(staged, ignore_errors=True)
     seconds = time.perf_counter() - t0
@@ -274,8 +283,8 @@ class _Pipeline:
             items, done = self._next_batch()
             if not items:
                 break
-            if len({x.shape for _, x, _ in items}) > 1:  # the size changed mid-stream: one at a time
-                jobs = [(x, size, [i]) for i, (_, x, size) in enumerate(items)]
+            if pool or len({x.shape for _, x, _ in items}) > 1:  # overlapping calls, or the size changed
+                jobs = [(x, size, [i]) for i, (_, x, size) in enumerate(items)]  # mid-stream: a frame a call
             else:
                 jobs = [(torch.cat([x for _, x, _ in items]), items[0][2], list(range(len(items))))]
             for x, size, idx in jobs:

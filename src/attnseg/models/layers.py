@@ -106,13 +106,18 @@ def interp_matrix(n_in, n_out, dtype: torch.dtype = torch.float32, device=None) 
     """(n_out, n_in) matrix A with A @ v == 1-d linear resize of v (align_corners=False, no antialias),
     the same source positions as F.interpolate: s = max((i + 1/2) n_in / n_out - 1/2, 0), neighbours
     floor(s) and min(floor(s) + 1, n_in - 1) weighted 1 - frac(s) and frac(s). Sizes may be symbolic."""
+    i0, i1, frac = interp_taps(n_in, n_out, dtype, device)
+    j = torch.arange(n_in, dtype=dtype, device=device)[None, :]
+    return (1 - frac)[:, None] * (j == i0[:, None]).to(dtype) + frac[:, None] * (j == i1[:, None]).to(dtype)
+
+
+def interp_taps(n_in, n_out, dtype: torch.dtype = torch.float32, device=None):
+    """The two neighbours i0, i1 (as `dtype`) and the weight `frac` of i1 of every output of the 1-d linear resize
+    n_in -> n_out (align_corners=False, F.interpolate's source positions); the weight of i0 is 1 - frac."""
     i = torch.arange(n_out, dtype=dtype, device=device)
     src = ((i + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
     i0 = src.floor()
-    frac = src - i0
-    i1 = (i0 + 1).clamp(max=n_in - 1)
-    j = torch.arange(n_in, dtype=dtype, device=device)[None, :]
-    return (1 - frac)[:, None] * (j == i0[:, None]).to(dtype) + frac[:, None] * (j == i1[:, None]).to(dtype)
+    return i0, (i0 + 1).clamp(max=n_in - 1), src - i0
 
 
 def resize_sum(maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
