@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 import attnseg
 from attnseg.inference.segmenter import _labels_by_taps, resize_matrix, resize_taps, upsample_argmax
