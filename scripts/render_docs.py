@@ -169,7 +169,7 @@ def table_video_fps() -> str:
         ratio = statistics.median(r["fps"]) / statistics.median(r["images_per_s"])
         rows.append(f"| `{r['model']}` | {r.get('threads', m['cores'])} | {r['auto']} | {100 * miou:.2f}% | " + ", ".join(f"{v:.1f}" for v in r["fps"])
                     + f" | {', '.join(f'{v:.1f}' for v in r['images_per_s'])} at {r['size'][0]}x{r['size'][1]} | "
-                    f"{100 * ratio:.0f}% |")
+                    f"{100 * ratio:.1f}% |")
     m = run["machine"]
     return "\n".join(rows) + (f"\n\nMeasured on {m['cpu']} ({m['cores']} cores; {', '.join(m['flags'])}), "
                               f"{run['rounds']} rounds.")
