@@ -257,31 +257,33 @@ def _labels_by_taps(scores: torch.Tensor, size: tuple[int, int], via: tuple[int,
     """`upsample_argmax` for scores held whole, doing the resize only where it can change the answer.
 
     Each output pixel is a weighted mean (weights >= 0, summing to 1) of the scores in a small window of source
-    pixels: its taps along each axis (`resize_taps`). Where one class leads every other by more than `tol` at
-    every pixel of the window, it leads in the mean too, so that pixel's label is read from the low-resolution
-    argmax. `tol` (1e-5 of the largest |score|) is far above the float rounding of a mean of at most a few
+    pixels: its taps along each axis (`resize_taps`); the outputs whose taps start at the same source pixel form a
+    cell (4 x 4 pixels for a 4x upsampling) and share the window. Where one class leads every other by more than
+    `tol` at every pixel of the window, it leads in every mean of it too, so the cell's pixels take that class
+    from the low-resolution argmax. `tol` (1e-5 of the largest |score|) is far above the float rounding of a mean of at most a few
     dozen terms, so these labels are the ones the full resize gives. Only the other pixels (along class
     borders: 10-20% of a CamVid frame) are resized and compared, by their taps. Medians over 20 CamVid test
-    frames on one thread: SANet's 11 x 90 x 120 logits to 480 x 360 in 2.9 ms (3.9 resizing every pixel), the
-    default model's 11 x 135 x 180 through 720 x 540 to 480 x 360 in 4.9 ms (12.9 through the matrices).
+    frames on one thread: SANet's 11 x 90 x 120 logits to 480 x 360 in 2.0-2.3 ms (3.7 resizing every pixel),
+    the default model's 11 x 135 x 180 through 720 x 540 to 480 x 360 in 3.9-4.2 ms (11.9 through the matrices).
     None when more than a third of the pixels are open (noise-like scores): the dense ways are faster there."""
     k, h, w = scores.shape
     H, W = size
     iy, wy = resize_taps(h, H, via[0] if via else None)
     ix, wx = resize_taps(w, W, via[1] if via else None)
+    cell_y, in_y = _resize_cells(h, H, via[0] if via else None)
+    cell_x, in_x = _resize_cells(w, W, via[1] if via else None)
     top, lead = scores.max(0)  # NaN wins, as in class_index
     s, top = scores.numpy(), top.numpy()
     tol = 1e-5 * np.fmax(np.fmax.reduce(np.abs(top), axis=None), -np.fmin.reduce(s, axis=None))  # NaN skipped
     if not np.isfinite(tol):  # an inf score (or only NaN): no scale for "leads"
         return None
     alone = (s >= (top - tol)).sum(0, dtype=np.int16) == 1  # a NaN or a near tie: not alone
-    v = np.where(alone, lead.numpy(), -1).astype(np.int16)
-    lo, hi = v[iy].min(1), v[iy].max(1)  # over each output row's window: (H, w)
-    vmin, vmax = lo[:, ix[:, 0]], hi[:, ix[:, 0]]
-    for t in range(1, ix.shape[1]):
-        vmin, vmax = np.minimum(vmin, lo[:, ix[:, t]]), np.maximum(vmax, hi[:, ix[:, t]])
-    out = np.ascontiguousarray(vmin, dtype=np.int32)  # the gathers along W leave column-major arrays
-    pos = np.flatnonzero((vmin != vmax) | (vmin < 0))
+    v = np.where(alone, lead.numpy(), -1).astype(np.int32)
+    lo, hi = v[cell_y].min(1), v[cell_y].max(1)  # over the rows of each cell's window: (cells along H, w)
+    lo, hi = lo[:, cell_x].min(2), hi[:, cell_x].max(2)  # and its columns: (cells along H, cells along W)
+    cells = np.where((lo == hi) & (lo >= 0), lo, -1)  # the class every pixel of the cell takes, or -1: open
+    out = np.take(np.take(cells, in_y, axis=0), in_x, axis=1)  # (H, W)
+    pos = np.flatnonzero(out < 0)
     if pos.size > out.size // 3:
         return None
     if pos.size:
@@ -293,6 +295,16 @@ def _labels_by_taps(scores: torch.Tensor, size: tuple[int, int], via: tuple[int,
             vals += np.take(rows, base + ix[xs, t], axis=0) * wx[xs, t, None]
         out.reshape(-1)[pos] = vals.argmax(1)  # first maximum on ties, NaN wins
     return out
+
+
+@lru_cache(maxsize=32)
+def _resize_cells(n_in: int, n_out: int, via: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The cells of `resize_taps(n_in, n_out, via)`, the runs of outputs whose taps start at the same source
+    index (the taps' indices are consecutive from there, so a run shares them): each cell's taps (cells, T) and
+    each output's cell (n_out,)."""
+    index, _ = resize_taps(n_in, n_out, via)
+    starts = np.flatnonzero(np.r_[True, index[1:, 0] != index[:-1, 0]])
+    return index[starts], np.repeat(np.arange(starts.size), np.diff(np.r_[starts, n_out]))
 
 
 @lru_cache(maxsize=32)
