@@ -218,3 +218,11 @@ def test_a_rerun_on_a_shorter_clip_replaces_the_masks_folder_whole(tmp_path, tin
     assert sorted(p.name for p in (out / "clip_masks").iterdir()) == [f"{i:06d}.png" for i in range(3)]
     assert "the earlier run's 7 frame mask(s) replaced" in msg and "replaced 2 existing output(s)" in msg, msg
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging folder left
+
+
+def test_a_video_overlaps_one_thread_calls_only_in_a_graph_runtime():
+    from attnseg.inference.video import overlapping_calls
+
+    assert overlapping_calls("eager", 8) == 1  # one call with the model's own threads
+    assert [overlapping_calls("onnx", t) for t in (None, 1, 2, 3, 16)] == [2, 1, 2, 3, 4]
+    assert overlapping_calls("openvino", 2) == 2

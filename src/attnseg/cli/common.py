@@ -24,7 +24,7 @@ def is_language_driven(model) -> bool:
     return f(model)
 
 
-def load_model_arg(args, backend: str | None = None, check=None):
+def load_model_arg(args, backend: str | None = None, check=None, callers: int = 1):
     """The model --model names, opened by `attnseg.open` on --backend (or `backend`), --dtype, --isr, --threads
     and --device; what auto chose is said with -v. First-time work (timing the candidates, an export) is said
     on a terminal, or with -v. Every failure is one line. check: raises CLIError for options the loaded model
@@ -45,7 +45,7 @@ def load_model_arg(args, backend: str | None = None, check=None):
                            arch=getattr(args, "arch", None), options=over or None,
                            verbose=bool(getattr(args, "verbose", False)),
                            progress=bool(getattr(args, "verbose", False)) or sys.stderr.isatty(),
-                           callers=max(getattr(args, "video_workers", 1), 1), check=check)
+                           callers=callers, check=check)
         if is_language_driven(model):
             model.text_encoder  # noqa: B018 - built now: a missing extra is one line here, not a traceback later
     except IsrError as e:

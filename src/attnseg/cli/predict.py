@@ -17,7 +17,7 @@ from ..inference.outputs import output_files
 from ..inference.pipeline import PlanError, is_uri
 from ..pretrained import default_model
 from ..inference.segmenter import scaled_size
-from ..inference.video import VideoReadError, _require_av, is_video, segment_video, video_outputs
+from ..inference.video import VideoReadError, _require_av, is_video, overlapping_calls, segment_video, video_outputs
 from ..worksize import WorkSizeError
 from . import options
 from .common import (CLIError, check_device, check_onnx_size, check_out_dir, first_line,
@@ -59,7 +59,8 @@ def add_arguments(verb: str, p):
     options.add_engine(p, "images are segmented")
     options.add_overwrite(p, "--engine ray: redo images whose outputs an earlier run finished (default: skip "
                              "them, so running a stopped job again does only the rest)")
-    options.add_batch(p, 256, 4, "images of one size and video frames per forward pass (default 4); videos become "
+    options.add_batch(p, 256, 4, "images of one size and eager video frames per forward pass (default 4; a graph "
+                                 "runtime takes a frame a call, 2-4 calls at once); videos become "
                                  "NAME_overlay.mp4 (H.264, no audio) and need PyAV: pip install 'attnseg[video]'")
     return cmd_predict
 
@@ -81,14 +82,12 @@ def cmd_predict(args) -> int:
             _require_av()
         except ImportError as e:
             raise CLIError(f"{videos[0]}: {e}") from None
-        # frames overlap in a graph runtime: 2-4 calls at once with one thread each (onnxruntime without spinning,
-        # OpenVINO streams), so decoding, labels and encoding run in the gaps (SANet: 31.7 -> 39.8 frames/s)
-        args.video_workers = max(1, min(args.threads or 2, 4)) if args.backend != "eager" else 0
-    seg, palette, kw = _segmenter(args)
-    if getattr(seg.model, "backend", "eager") == "eager":  # auto chose eager: one caller, its own threads
-        args.video_workers = 0
+    calls = overlapping_calls(args.backend, args.threads) if videos else 1
+    seg, palette, kw = _segmenter(args, callers=calls)
+    calls = overlapping_calls(getattr(seg.model, "backend", "eager"), args.threads)  # auto may have chosen eager
     check_out_dir(out)
-    run = _Run(seg, palette, kw, args, quiet=len(plan) < 2 or not sys.stderr.isatty() or bool(videos))
+    run = _Run(seg, palette, kw, args, quiet=len(plan) < 2 or not sys.stderr.isatty() or bool(videos),
+               video_calls=calls)
     for f, base in tqdm(plan, unit="img", disable=run.quiet):
         if run.stopped is not None:
             break
@@ -134,7 +133,7 @@ def _predict_on_ray(args, plan, videos) -> int:
     return 130 if summary.interrupted else (1 if summary.failed else 0)
 
 
-def _segmenter(args):
+def _segmenter(args, callers: int = 1):
     """The model, labels and Segmenter the options name: (segmenter, palette, model keyword arguments)."""
     inference = inference_config(args)
     labels = read_labels(args)
@@ -144,7 +143,8 @@ def _segmenter(args):
     if args.model is None:
         raise CLIError("no --model given and no default model installed: pass --model NAME_OR_CHECKPOINT "
                        "(attnseg models lists the names)")
-    model = load_model_arg(args, check=lambda m: _labels_fit(m, labels, args.model))  # -v: what runs and why
+    model = load_model_arg(args, check=lambda m: _labels_fit(m, labels, args.model),  # -v: what runs and why
+                           callers=callers)
     _labels_fit(model, labels, args.model)  # a graph file: known once opened
     check_onnx_size(model, args)
     try:
@@ -172,8 +172,9 @@ class _Run:
     images (images of one size share a forward pass of at most BATCH_PIXELS pixels); every failure is one line
     and the others go on; a write that no later write can escape (a full disk) stops the run (`stopped`)."""
 
-    def __init__(self, seg, palette, kw, args, quiet: bool):
+    def __init__(self, seg, palette, kw, args, quiet: bool, video_calls: int = 1):
         self.seg, self.palette, self.kw, self.args, self.quiet = seg, palette, kw, args, quiet
+        self.video_calls = video_calls
         self.failed: list = []
         self.replaced = 0
         self.stopped: str | None = None
@@ -187,7 +188,7 @@ class _Run:
         if self.pending:
             self.flush()
         try:
-            self.replaced += _predict_video(self.seg, f, base, self.args, self.palette, self.kw)
+            self.replaced += _predict_video(self.seg, f, base, self.args, self.palette, self.kw, self.video_calls)
         except (VideoReadError, ImageReadError, WriteFailed, WorkSizeError, MemoryError, RuntimeError) as e:
             if isinstance(e, WriteFailed) and e.stop:
                 self.failed.append(f)
@@ -240,7 +241,7 @@ def _say_classes(item, label, seg) -> None:
     print(f"{item.src} -> {output_files(Path(item.base))[0]} ({desc})")
 
 
-def _predict_video(seg, f: Path, base: Path, args, palette, kw) -> int:
+def _predict_video(seg, f: Path, base: Path, args, palette, kw, calls: int = 1) -> int:
     """One video through the decode -> infer -> encode pipeline; prints frames/s; returns files replaced."""
     dst, masks = video_outputs(base)
     earlier = sum(1 for _ in masks.glob("*.png")) if args.save_masks and masks.is_dir() else None
@@ -248,7 +249,7 @@ def _predict_video(seg, f: Path, base: Path, args, palette, kw) -> int:
     with tqdm(unit="frame", desc=f.name, disable=not sys.stderr.isatty(), mininterval=0.5) as bar:
         r = segment_video(seg, f, dst, masks_dir=masks if args.save_masks else None, batch=args.batch,
                           alpha=args.alpha, palette=palette, max_pixels=args.max_pixels, progress=bar.update,
-                          workers=max(getattr(args, "video_workers", 1), 1), **kw)
+                          workers=calls, **kw)
     h, w = r["size"]
     print(f"{f} -> {dst}" + (f" and {masks}/" if args.save_masks else "") +
           f" ({r['frames']} frames of {w}x{h} in {r['seconds']:.1f} s: {r['fps']:.1f} frames/s end to end"

@@ -51,6 +51,13 @@ def _require_av():
     return av
 
 
+def overlapping_calls(backend: str, threads: int | None) -> int:
+    """How many model calls a video runs at once: on a graph runtime (onnxruntime without spinning, OpenVINO
+    streams) 2-4 with one thread each, so decoding, labels and encoding run in the gaps; eager PyTorch one, with
+    its own threads. `threads`: the model's threads (None: 2)."""
+    return max(1, min(threads or 2, 4)) if backend != "eager" else 1
+
+
 def video_outputs(base: Path) -> tuple[Path, Path]:
     """The overlay video and the folder of per-frame label PNGs written for one video."""
     return base.with_name(base.name + "_overlay.mp4"), base.with_name(base.name + "_masks")
