@@ -15,6 +15,7 @@ from PIL import Image
 import attnseg
 from attnseg.inference.segmenter import _labels_by_taps, resize_matrix, resize_taps, upsample_argmax
 from attnseg.io import ImageReadError
+from attnseg.models.layers import interp_matrix
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = sorted((ROOT / "examples").glob("camvid_test_*.png"))[0]
@@ -79,7 +80,9 @@ def test_resize_taps_are_the_rows_of_the_resize_matrix(n_in, n_out, via):
     a = np.zeros((n_out, n_in), np.float32)
     for t in range(index.shape[1]):
         np.add.at(a, (np.arange(n_out), index[:, t]), weight[:, t])
-    assert np.abs(a - resize_matrix(n_in, n_out, via).numpy()).max() < 1e-6
+    ref = interp_matrix(n_in, n_out) if via is None else interp_matrix(via, n_out) @ interp_matrix(n_in, via)
+    assert np.abs(a - ref.numpy()).max() < 1e-6  # F.interpolate's source positions, composed as matrices
+    assert np.abs(resize_matrix(n_in, n_out, via).numpy() - ref.numpy()).max() < 1e-6
     assert (weight >= 0).all() and np.allclose(weight.sum(1), 1, atol=1e-6)
 
 

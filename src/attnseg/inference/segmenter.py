@@ -11,7 +11,7 @@ from .modes import InferenceConfig, infer
 from ..meta import default_meta
 from .. import memory
 from ..io import MAX_LABELS, extend_palette, label_palette, to_rgb_array
-from ..models.layers import class_index, interp_matrix, interp_taps, resize
+from ..models.layers import class_index, interp_taps, resize
 
 BATCH_PIXELS = 16_000_000  # full-size pixels one batch holds at most (images, label maps, overlays)
 FALLBACK_SHORT_SIDE = 512  # a model whose checkpoint records no working size (official releases, hub ids)
@@ -231,11 +231,9 @@ def upsample_argmax(scores: torch.Tensor, size: tuple[int, int], band_pixels: in
     memory is K x band x W floats."""
     k, h, w = scores.shape
     H, W = size
-    via = tuple(via) if via is not None and tuple(via) != (h, w) else None
+    via = tuple(via) if via is not None and tuple(via) not in ((h, w), (H, W)) else None  # through itself: none
     if (h, w) == (H, W) and via is None:
         return class_index(scores).to(torch.int32).numpy()
-    if via == (H, W):
-        via = None
     if k * H * W <= band_pixels:  # small enough to hold whole
         out = _labels_by_taps(scores, size, via)  # None where class borders cover over a third of the image
         if out is not None:
@@ -243,8 +241,9 @@ def upsample_argmax(scores: torch.Tensor, size: tuple[int, int], band_pixels: in
         if via is None:  # one resize by its two taps per axis, channels last (a pixel's scores side by side)
             up = resize(scores[None].contiguous(memory_format=torch.channels_last), (H, W))[0]
             return class_index(up.permute(1, 2, 0), dim=-1).to(torch.int32).numpy()
-    a_h = resize_matrix(h, H, via[0] if via else None).to(scores.dtype)  # (H, h)
-    a_w_t = resize_matrix(w, W, via[1] if via else None).to(scores.dtype).t()  # (w, W)
+    via_h, via_w = via or (None, None)
+    a_h = resize_matrix(h, H, via_h).to(scores.dtype)  # (H, h)
+    a_w_t = resize_matrix(w, W, via_w).to(scores.dtype).t()  # (w, W)
     out = np.empty((H, W), np.int32)
     band = max(1, band_pixels // max(W * k, 1))
     for y0 in range(0, H, band):
@@ -260,18 +259,19 @@ def _labels_by_taps(scores: torch.Tensor, size: tuple[int, int], via: tuple[int,
     pixels: its taps along each axis (`resize_taps`); the outputs whose taps start at the same source pixel form a
     cell (4 x 4 pixels for a 4x upsampling) and share the window. Where one class leads every other by more than
     `tol` at every pixel of the window, it leads in every mean of it too, so the cell's pixels take that class
-    from the low-resolution argmax. `tol` (1e-5 of the largest |score|) is far above the float rounding of a mean of at most a few
-    dozen terms, so these labels are the ones the full resize gives. Only the other pixels (along class
+    from the low-resolution argmax. `tol` (1e-5 of the largest |score|) is far above the float rounding of a
+    mean of at most a few dozen terms, so these labels are the ones the full resize gives. Only the other pixels (along class
     borders: 10-20% of a CamVid frame) are resized and compared, by their taps. Medians over 20 CamVid test
     frames on one thread: SANet's 11 x 90 x 120 logits to 480 x 360 in 2.0-2.3 ms (3.7 resizing every pixel),
     the default model's 11 x 135 x 180 through 720 x 540 to 480 x 360 in 3.9-4.2 ms (11.9 through the matrices).
     None when more than a third of the pixels are open (noise-like scores): the dense ways are faster there."""
     k, h, w = scores.shape
     H, W = size
-    iy, wy = resize_taps(h, H, via[0] if via else None)
-    ix, wx = resize_taps(w, W, via[1] if via else None)
-    cell_y, in_y = _resize_cells(h, H, via[0] if via else None)
-    cell_x, in_x = _resize_cells(w, W, via[1] if via else None)
+    via_h, via_w = via or (None, None)
+    iy, wy = resize_taps(h, H, via_h)
+    ix, wx = resize_taps(w, W, via_w)
+    cell_y, in_y = _resize_cells(h, H, via_h)
+    cell_x, in_x = _resize_cells(w, W, via_w)
     top, lead = scores.max(0)  # NaN wins, as in class_index
     s, top = scores.numpy(), top.numpy()
     tol = 1e-5 * np.fmax(np.fmax.reduce(np.abs(top), axis=None), -np.fmin.reduce(s, axis=None))  # NaN skipped
@@ -309,9 +309,9 @@ def _resize_cells(n_in: int, n_out: int, via: int | None) -> tuple[np.ndarray, n
 
 @lru_cache(maxsize=32)
 def resize_taps(n_in: int, n_out: int, via: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The rows of `resize_matrix(n_in, n_out, via)` as taps: (n_out, T) source indices, consecutive from each
-    row's first, and their weights (T = 2 for one resize; through `via` up to 3 upsampling). O(n_out T) memory,
-    where the matrix takes O(n_out n_in)."""
+    """The 1-d bilinear resize n_in -> n_out (through `via` first) by taps: (n_out, T) source indices,
+    consecutive from each output's first, and their weights (T = 2 for one resize; through `via` up to 3
+    upsampling). O(n_out T) memory, where its matrix (`resize_matrix`) takes O(n_out n_in)."""
     def pairs(n_i: int, n_o: int):
         i0, i1, frac = interp_taps(n_i, n_o)
         return [(i0.long().numpy(), (1 - frac).numpy()), (i1.long().numpy(), frac.numpy())]
@@ -341,8 +341,12 @@ def resize_matrix(n_in: int, n_out: int, via: int | None = None) -> torch.Tensor
 
 
 def _resize_matrix(n_in: int, n_out: int, via: int | None) -> torch.Tensor:
-    a = interp_matrix(n_in, n_out) if via is None else interp_matrix(via, n_out) @ interp_matrix(n_in, via)
-    return a.contiguous()
+    index, weight = resize_taps(n_in, n_out, via)
+    a = torch.zeros(n_out, n_in)
+    rows = torch.arange(n_out)
+    for t in range(index.shape[1]):  # taps past the edge repeat the last index with weight 0
+        a.index_put_((rows, torch.from_numpy(index[:, t])), torch.from_numpy(weight[:, t]), accumulate=True)
+    return a
 
 
 _kept_resize_matrix = lru_cache(maxsize=32)(_resize_matrix)
