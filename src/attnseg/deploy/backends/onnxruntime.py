@@ -40,11 +40,11 @@ class OnnxModel(GraphModel):
             for dim, value in (("batch", 1), ("height", fixed[0]), ("width", fixed[1])):
                 so.add_free_dimension_override_by_name(dim, int(value))
         session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        meta = session.get_modelmeta().custom_metadata_map.get("attnseg")
+        custom = session.get_modelmeta().custom_metadata_map
         inputs = session.get_inputs()
-        self._setup(json.loads(meta) if meta else {}, [i.name for i in inputs], list(inputs[0].shape),
-                    session.get_outputs()[0].shape[1])
-        if "attnseg_quantization" in session.get_modelmeta().custom_metadata_map:
+        self._setup(json.loads(custom["attnseg"]) if custom.get("attnseg") else {}, [i.name for i in inputs],
+                    list(inputs[0].shape), session.get_outputs()[0].shape[1])
+        if "attnseg_quantization" in custom:
             self.precision = "int8"  # a QDQ graph from deploy.quantize
         if fixed:  # a pinned dynamic graph still takes any size: the others run in the dynamic session
             self.fixed_size = self.fixed_batch = None
