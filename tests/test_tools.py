@@ -83,6 +83,19 @@ def test_benchmark_and_flops_commands(capsys):
     assert "4 integers" in capsys.readouterr().err
 
 
+def test_benchmark_runs_and_reports_the_precision_asked(tmp_path, capsys):
+    """The weights are loaded as they are and run at --dtype: eagerly under autocast, or in a graph runtime
+    (the shipped SANet has an int8 graph)."""
+    torch.manual_seed(0)
+    ck = attnseg.save_model(attnseg.create_model("segformer-tiny", num_classes=5), tmp_path / "m.safetensors")
+    for model, backend, dtype in ((ck, "eager", "bf16"), ("sanet-effnet-lite0-camvid", "onnx", "int8")):
+        capsys.readouterr()
+        assert main(["benchmark", "--model", str(model), "--size", "64x64", "--iters", "1", "--warmup", "0",
+                     "--backend", backend, "--dtype", dtype, "--json"]) == 0
+        r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert (r["backend"], r["dtype"]) == (backend, dtype)
+
+
 def test_isr_sweep_writes_table_and_plot(camvid_root, tmp_path, capsys):
     m = attnseg.create_model("edaformer-tiny", num_classes=11)
     ck = attnseg.save_model(m, tmp_path / "m.safetensors")

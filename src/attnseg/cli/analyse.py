@@ -215,6 +215,7 @@ def cmd_benchmark(args) -> int:
     graph = str(args.model).endswith((".onnx", ".xml"))
     model = None if graph else model_from_name_or_source(args, fixed_labels=True)
     run, dtype = args.backend, args.dtype or "fp32"
+    precision = dtype  # eager and compile: benchmark_model runs the fp32 weights at dtype (autocast)
     if run in ("eager", "compile") and not graph:
         apply_isr_arg(model, args)
     else:  # a graph runtime, or auto's choice: opened as predict opens it
@@ -227,13 +228,13 @@ def cmd_benchmark(args) -> int:
         except (ValueError, OSError, ImportError, RuntimeError) as e:
             raise CLIError(first_line(e)) from None
         print(model.choice, file=sys.stderr)
+        precision = getattr(model, "precision", None) or dtype
         run, dtype = "eager", "bf16" if amp_dtype(model) is not None else "fp32"  # graphs: called as they are
     try:
         r = benchmark_model(model, args.size, args.batch, dtype, run, args.device, args.warmup, args.iters)
     except ValueError as e:
         raise CLIError(str(e)) from None
     backend = getattr(model, "backend", args.backend) if args.backend != "compile" else "compile"
-    precision = getattr(model, "precision", None) or dtype
     r.update(model=args.model, size=f"{args.size[0]}x{args.size[1]}", batch=args.batch, dtype=precision,
              backend=backend, device=args.device, threads=torch.get_num_threads(), isr=args.isr,
              machine=machine_record(torch.get_num_threads()))

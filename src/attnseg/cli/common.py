@@ -24,11 +24,11 @@ def is_language_driven(model) -> bool:
     return f(model)
 
 
-def load_model_arg(args, backend: str | None = None, check=None, callers: int = 1):
+def load_model_arg(args, backend: str | None = None, check=None, callers: int = 1, precision: str | None = None):
     """The model --model names, opened by `attnseg.open` on --backend (or `backend`), --dtype, --isr, --threads
     and --device; what auto chose is said with -v. First-time work (timing the candidates, an export) is said
     on a terminal, or with -v. Every failure is one line. check: raises CLIError for options the loaded model
-    does not take, before any slow first-time work."""
+    does not take, before any slow first-time work. precision: instead of --dtype (the weights as loaded: fp32)."""
     import sys
 
     from ..deploy.runtime import open_model
@@ -40,7 +40,7 @@ def load_model_arg(args, backend: str | None = None, check=None, callers: int = 
         raise CLIError(f"--model {args.model}: file not found")
     try:
         model = open_model(args.model, backend=backend or getattr(args, "backend", "eager"),
-                           precision=getattr(args, "dtype", None), threads=getattr(args, "threads", None),
+                           precision=precision or getattr(args, "dtype", None), threads=getattr(args, "threads", None),
                            isr=getattr(args, "isr", None), device=getattr(args, "device", "cpu"),
                            arch=getattr(args, "arch", None), options=over or None,
                            verbose=bool(getattr(args, "verbose", False)),
@@ -205,7 +205,7 @@ def model_from_name_or_source(args, fixed_labels: bool = False):
         model = attnseg.create_model(args.model, **({"num_classes": args.num_classes}
                                                     if has_classifier(args.model) else {}))
     else:
-        model = load_model_arg(args, backend="eager")
+        model = load_model_arg(args, backend="eager", precision="fp32")  # --dtype is the caller's to apply
     if fixed_labels:
         from ..models.lseg import FixedLabels, LSeg
 
