@@ -132,6 +132,24 @@ def test_command_lines_live_in_the_cli():
     assert offenders == [], f"argparse outside cli/: {offenders}"
 
 
+def test_the_parsed_options_are_read_never_written():
+    """The CLI turns its namespace into values it passes on (a default model, a backend's choice); it never writes
+    them back onto `args` for a later reader to find."""
+    written = []
+    for p in SRC.rglob("*.py"):
+        for n in ast.walk(ast.parse(p.read_text())):
+            targets = (n.targets if isinstance(n, ast.Assign) else [n.target] if isinstance(n, (ast.AugAssign,
+                                                                                                  ast.AnnAssign))
+                       else [])
+            hits = [t for t in targets if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name)
+                    and t.value.id == "args"]
+            if (isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setattr" and n.args
+                    and isinstance(n.args[0], ast.Name) and n.args[0].id == "args"):
+                hits.append(n)
+            written += [f"{p.relative_to(SRC).as_posix()}:{h.lineno}" for h in hits]
+    assert written == [], f"options written onto the namespace: {written}"
+
+
 def test_no_development_path_is_a_default():
     offenders = [p.relative_to(SRC).as_posix() for p in SRC.rglob("*.py")
                  if "../shared" in p.read_text() or "shared/data" in p.read_text()]

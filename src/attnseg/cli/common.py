@@ -24,11 +24,13 @@ def is_language_driven(model) -> bool:
     return f(model)
 
 
-def load_model_arg(args, backend: str | None = None, check=None, callers: int = 1, precision: str | None = None):
+def load_model_arg(args, backend: str | None = None, check=None, callers: int = 1, precision: str | None = None,
+                   source=None):
     """The model --model names, opened by `attnseg.open` on --backend (or `backend`), --dtype, --isr, --threads
     and --device; what auto chose is said with -v. First-time work (timing the candidates, an export) is said
     on a terminal, or with -v. Every failure is one line. check: raises CLIError for options the loaded model
-    does not take, before any slow first-time work. precision: instead of --dtype (the weights as loaded: fp32)."""
+    does not take, before any slow first-time work. precision: instead of --dtype (the weights as loaded: fp32).
+    source: instead of --model (predict's default model when none is given)."""
     import sys
 
     from ..deploy.runtime import open_model
@@ -36,10 +38,11 @@ def load_model_arg(args, backend: str | None = None, check=None, callers: int = 
 
     over = {"text_encoder": args.text_encoder} if getattr(args, "text_encoder", None) else {}
     over.update(model_options(getattr(args, "model_option", [])))
-    if str(args.model).endswith((".onnx", ".xml")) and not Path(args.model).is_file():
-        raise CLIError(f"--model {args.model}: file not found")
+    source = args.model if source is None else source
+    if str(source).endswith((".onnx", ".xml")) and not Path(source).is_file():
+        raise CLIError(f"--model {source}: file not found")
     try:
-        model = open_model(args.model, backend=backend or getattr(args, "backend", "eager"),
+        model = open_model(source, backend=backend or getattr(args, "backend", "eager"),
                            precision=precision or getattr(args, "dtype", None), threads=getattr(args, "threads", None),
                            isr=getattr(args, "isr", None), device=getattr(args, "device", "cpu"),
                            arch=getattr(args, "arch", None), options=over or None,
@@ -72,12 +75,12 @@ def model_options(items: list[str]) -> dict:
     return out
 
 
-def check_onnx_size(model, args) -> None:
+def check_onnx_size(model, args, name=None) -> None:
     """A fixed-size graph runs one input size: whole images are resized to it (Segmenter.working_size); slide
-    windows must be that size."""
+    windows must be that size. name: the model's name in the message (default --model)."""
     fixed = getattr(model, "fixed_size", None)
     if fixed and getattr(args, "mode", "whole") == "slide" and tuple(args.crop) != fixed:
-        raise CLIError(f"{args.model} is a fixed-size graph ({fixed[0]}x{fixed[1]}); use --crop "
+        raise CLIError(f"{args.model if name is None else name} is a fixed-size graph ({fixed[0]}x{fixed[1]}); use --crop "
                        f"{fixed[0]}x{fixed[1]} or export with --dynamic")
 
 

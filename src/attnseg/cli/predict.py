@@ -1,7 +1,6 @@
 """`attnseg predict`: images, folders and videos in; label maps, overlays and overlay videos out."""
 from __future__ import annotations
 
-import copy
 import sys
 from pathlib import Path
 
@@ -116,8 +115,7 @@ def _predict_on_ray(args, plan, videos) -> int:
     if videos:
         raise CLIError(f"{videos[0]}: --engine ray segments images; predict videos without it")
     check_out_dir(Path(args.out))
-    _segmenter(copy.copy(args))  # every option checked once, here, before the cluster starts; each actor builds
-    # its own from the options as given (building resolves some of them in place, e.g. bakes --isr into a graph)
+    _segmenter(args)  # every option checked once, here, before the cluster starts; each actor builds its own
     workers, threads = start_ray(args, f"{len(plan)} image(s)")
     with tqdm(total=len(plan), unit="img", disable=not sys.stderr.isatty()) as bar:
         def done(row):
@@ -139,14 +137,14 @@ def _segmenter(args, callers: int = 1):
     labels = read_labels(args)
     if labels is not None and len(labels) > MAX_LABELS:
         raise CLIError(f"--labels: {len(labels)} labels; at most {MAX_LABELS} (label maps are one byte per pixel)")
-    args.model = args.model or default_model()
-    if args.model is None:
+    source = args.model or default_model()
+    if source is None:
         raise CLIError("no --model given and no default model installed: pass --model NAME_OR_CHECKPOINT "
                        "(attnseg models lists the names)")
-    model = load_model_arg(args, check=lambda m: _labels_fit(m, labels, args.model),  # -v: what runs and why
-                           callers=callers)
-    _labels_fit(model, labels, args.model)  # a graph file: known once opened
-    check_onnx_size(model, args)
+    model = load_model_arg(args, check=lambda m: _labels_fit(m, labels, source),  # -v: what runs and why
+                           callers=callers, source=source)
+    _labels_fit(model, labels, source)  # a graph file: known once opened
+    check_onnx_size(model, args, source)
     try:
         seg = attnseg.Segmenter(model, size=args.size, inference=inference, device=args.device)
     except ValueError as e:
