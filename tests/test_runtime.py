@@ -276,6 +276,9 @@ def test_every_backend_runs_the_same_function_behind_one_interface():
     other = torch.randn(1, 3, 32, 64)  # another size: the dynamic session
     with torch.no_grad():
         torch.testing.assert_close(fixed(other), model(other), rtol=1e-4, atol=1e-4)
+    shared = BACKENDS["onnx"].prepare(runtime.resolve(model), "fp32", 4, callers=2)  # a video's two calls at once
+    assert shared.session.get_session_options().intra_op_num_threads == 2
+    torch.testing.assert_close(shared(x), want, rtol=1e-4, atol=1e-4)
 
 
 def test_the_shipped_graphs_match_the_shipped_weights_and_their_digests():

@@ -220,9 +220,19 @@ def test_a_rerun_on_a_shorter_clip_replaces_the_masks_folder_whole(tmp_path, tin
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging folder left
 
 
-def test_a_video_overlaps_one_thread_calls_only_in_a_graph_runtime():
+def test_a_video_overlaps_calls_that_share_the_threads_only_in_a_graph_runtime():
+    from attnseg.deploy.backends.onnxruntime import call_threads
     from attnseg.inference.video import overlapping_calls
 
     assert overlapping_calls("eager", 8) == 1  # one call with the model's own threads
-    assert [overlapping_calls("onnx", t) for t in (None, 1, 2, 3, 16)] == [2, 1, 2, 3, 4]
+    assert [overlapping_calls("onnx", t) for t in (1, 2, 3, 16)] == [1, 2, 3, 4]
     assert overlapping_calls("openvino", 2) == 2
+    before = torch.get_num_threads()
+    try:  # no --threads: PyTorch's, one per core by default (a 16-core machine runs 4 calls of 4 threads)
+        torch.set_num_threads(16)
+        assert (overlapping_calls("onnx", None), call_threads(None, 4)) == (4, 4)
+        torch.set_num_threads(2)
+        assert (overlapping_calls("onnx", None), call_threads(None, 2)) == (2, 1)
+    finally:
+        torch.set_num_threads(before)
+    assert [call_threads(t, c) for t, c in ((8, 4), (3, 2), (2, 4), (6, 1), (None, 1))] == [2, 1, 1, 6, None]

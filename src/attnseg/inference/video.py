@@ -4,7 +4,7 @@ Three stages run at once, connected by small bounded queues, so decoding and enc
 
     reader thread   decode (PyAV/ffmpeg) -> RGB, display rotation applied (phone videos) -> normalised tensor
     main thread     batches of frames -> the model's scores (eager or bf16); with a graph runtime (ONNX,
-                    int8, OpenVINO) a frame a call, 2-4 calls at once on one thread each
+                    int8, OpenVINO) a frame a call, up to 4 calls at once sharing the model's threads
     writer thread   upsample + argmax -> overlay -> H.264 (libx264, yuv420p); with --save-masks one label
                     PNG per frame
 
@@ -53,9 +53,14 @@ def _require_av():
 
 def overlapping_calls(backend: str, threads: int | None) -> int:
     """How many model calls a video runs at once: on a graph runtime (onnxruntime without spinning, OpenVINO
-    streams) 2-4 with one thread each, so decoding, labels and encoding run in the gaps; eager PyTorch one, with
-    its own threads. `threads`: the model's threads (None: 2)."""
-    return max(1, min(threads or 2, 4)) if backend != "eager" else 1
+    streams) one per thread up to 4, the threads shared among them (`attnseg.open(callers=)`), so decoding,
+    labels and encoding run in the gaps; eager PyTorch one, with its own threads. `threads`: the model's threads
+    (None: PyTorch's, by default one per core)."""
+    if backend == "eager":
+        return 1
+    import torch
+
+    return max(1, min(threads or torch.get_num_threads(), 4))
 
 
 def video_outputs(base: Path) -> tuple[Path, Path]:

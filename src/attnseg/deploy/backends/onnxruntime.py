@@ -67,6 +67,17 @@ class OnnxModel(GraphModel):
         return self.session.run(None, feeds)[0]
 
 
+def call_threads(threads: int | None, callers: int) -> int | None:
+    """onnxruntime's threads for each of `callers` calls at once: the model's threads (None: PyTorch's, one per
+    core by default) shared among them, at least one each; their pools do not spin, so the calls overlap each
+    other and the work around them (a video's decoding and encoding). One caller: `threads` as given."""
+    if callers <= 1:
+        return threads
+    import torch
+
+    return max(1, (threads or torch.get_num_threads()) // callers)
+
+
 def _options(ort, threads, spinning):
     so = ort.SessionOptions()
     if threads:
@@ -100,8 +111,7 @@ class OnnxBackend(Backend):
         path = _int8_graph(source) if precision == "int8" else fp32_onnx(source)
         if path is None:
             raise BackendError(self.unsupported(precision, None, source) or "no graph")
-        # several callers: one non-spinning thread per call, so calls overlap each other and the decoding
-        model = OnnxModel(path, 1 if callers > 1 else threads, spinning=callers <= 1, fixed=fixed)
+        model = OnnxModel(path, call_threads(threads, callers), spinning=callers <= 1, fixed=fixed)
         if precision == "int8" and model.precision != "int8":
             raise BackendError(f"{path} is not an int8 graph")
         return model
