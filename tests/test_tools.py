@@ -94,6 +94,9 @@ def test_benchmark_runs_and_reports_the_precision_asked(tmp_path, capsys):
                      "--backend", backend, "--dtype", dtype, "--json"]) == 0
         r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert (r["backend"], r["dtype"]) == (backend, dtype)
+    assert main(["benchmark", "--model", str(ck), "--backend", "eager", "--dtype", "int8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--backend onnx or openvino" in err and "Traceback" not in err, err
 
 
 def test_isr_sweep_writes_table_and_plot(camvid_root, tmp_path, capsys):

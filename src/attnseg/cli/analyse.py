@@ -213,8 +213,11 @@ def cmd_benchmark(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     graph = str(args.model).endswith((".onnx", ".xml"))
-    model = None if graph else model_from_name_or_source(args, fixed_labels=True)
     run, dtype = args.backend, args.dtype or "fp32"
+    if run in ("eager", "compile") and not graph and dtype.startswith("int8"):
+        raise CLIError(f"--backend {run} --dtype {dtype}: PyTorch runs fp32, bf16 or fp16 (CUDA); {dtype} runs in a "
+                       "graph runtime: --backend onnx or openvino")
+    model = None if graph else model_from_name_or_source(args, fixed_labels=True)
     precision = dtype  # eager and compile: benchmark_model runs the fp32 weights at dtype (autocast)
     if run in ("eager", "compile") and not graph:
         apply_isr_arg(model, args)
