@@ -255,6 +255,11 @@ def test_explicit_backends_and_their_one_line_errors():
     pytest.importorskip("onnxruntime")
     with pytest.raises(runtime.OpenError, match="no int8 graph"):
         attnseg.open(model, backend="onnx", precision="int8")
+    from attnseg.deploy.graphs import GRAPHS_DIR
+
+    ir = GRAPHS_DIR / "sanet-effnet-lite0-camvid.int8.xml"
+    with pytest.raises(runtime.OpenError, match="is an OpenVINO IR: it runs with --backend openvino"):
+        attnseg.open(ir, backend="onnx")  # onnxruntime would fail to parse it
 
 
 @pytest.mark.slow

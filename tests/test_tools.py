@@ -1,4 +1,5 @@
 """Tools: ONNX export + onnxruntime backend, benchmark, flops and isr-sweep commands."""
+import importlib.util
 import json
 
 import pytest
@@ -67,6 +68,12 @@ def test_cli_export_predict_and_benchmark_onnx(tmp_path, capsys):
     assert main(["benchmark", "--model", str(tmp_path / "m.onnx"), "--size", "64x64", "--iters", "2", "--json"]) == 0
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert r["backend"] == "onnx" and r["median_ms"] > 0
+    if importlib.util.find_spec("openvino"):  # a backend asked for is the one that runs the graph
+        assert main(["benchmark", "--model", str(tmp_path / "m.onnx"), "--size", "64x64", "--iters", "1", "--json",
+                     "--backend", "openvino"]) == 0
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["backend"] == "openvino"
+    assert main(["benchmark", "--model", str(tmp_path / "m.onnx"), "--backend", "compile"]) == 2
+    assert "is a graph: run it with --backend onnx, openvino or auto" in capsys.readouterr().err
 
 
 def test_benchmark_and_flops_commands(capsys):

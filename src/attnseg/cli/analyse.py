@@ -214,6 +214,9 @@ def cmd_benchmark(args) -> int:
         torch.set_num_threads(args.threads)
     graph = str(args.model).endswith((".onnx", ".xml"))
     run, dtype = args.backend, args.dtype or "fp32"
+    if graph and run == "compile":
+        raise CLIError(f"--backend compile compiles a PyTorch model; {args.model} is a graph: run it with --backend "
+                       "onnx, openvino or auto")
     if run in ("eager", "compile") and not graph and dtype.startswith("int8"):
         raise CLIError(f"--backend {run} --dtype {dtype}: PyTorch runs fp32, bf16 or fp16 (CUDA); {dtype} runs in a "
                        "graph runtime: --backend onnx or openvino")
@@ -225,7 +228,7 @@ def cmd_benchmark(args) -> int:
         from ..deploy.runtime import open_model
 
         try:
-            model = open_model(args.model if graph else model, backend="auto" if graph else run,
+            model = open_model(args.model if graph else model, backend="auto" if graph and run == "eager" else run,
                                precision=args.dtype, threads=args.threads, isr=None if graph else args.isr,
                                size=tuple(args.size), progress=sys.stderr.isatty())
         except (ValueError, OSError, ImportError, RuntimeError) as e:

@@ -96,7 +96,9 @@ class OnnxBackend(Backend):
 
     def unsupported(self, precision, machine, source):
         why = super().unsupported(precision, machine, source)
-        if why is None and precision == "int8" and not _int8_graph(source):
+        if why is None and source.module is None and source.path is not None and source.path.suffix != ".onnx":
+            why = f"{source.path.name} is an OpenVINO IR: it runs with --backend openvino (or auto)"
+        elif why is None and precision == "int8" and not _int8_graph(source):
             why = "no int8 graph: one is shipped with the trained models, or made with `attnseg export --quantize int8`"
         return why
 
