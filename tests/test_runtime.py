@@ -5,6 +5,7 @@ timing itself is replaced where a test needs a winner (speed: benchmarks/auto_ba
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -258,8 +259,39 @@ def test_explicit_backends_and_their_one_line_errors():
     from attnseg.deploy.graphs import GRAPHS_DIR
 
     ir = GRAPHS_DIR / "sanet-effnet-lite0-camvid.int8.xml"
-    with pytest.raises(runtime.OpenError, match="is an OpenVINO IR: it runs with --backend openvino"):
+    with pytest.raises(runtime.OpenError, match="is an OpenVINO IR, which runs with --backend openvino"):
         attnseg.open(ir, backend="onnx")  # onnxruntime would fail to parse it
+
+
+def test_a_graph_file_that_is_not_one_attnseg_runs_is_one_line_in_every_runtime(tmp_path):
+    """Random bytes, an empty file, an .xml that is no IR, an IR without inputs and a valid ONNX graph that is
+    not a segmentation model: each is refused with one line naming the file, in every runtime that is asked."""
+    _installed("onnxruntime", "openvino", "onnx")
+    import onnx
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "junk.onnx").write_bytes(b"\x01" + rng.integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    (tmp_path / "junk.xml").write_bytes(rng.integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    (tmp_path / "bare.xml").write_text('<?xml version="1.0"?><net name="x" version="11"><layers></layers></net>')
+    a, b = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [2]) for n in "ab")
+    onnx.save(helper.make_model(helper.make_graph([helper.make_node("Identity", ["a"], ["b"])], "g", [a], [b]),
+                                opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "foreign.onnx"))
+    want = {"junk.onnx": {"onnx": "onnxruntime cannot load junk.onnx", "openvino": "junk.onnx is not an ONNX graph"},
+            "empty.onnx": {"onnx": "onnxruntime cannot load empty.onnx", "openvino": "empty.onnx holds no ONNX graph"},
+            "junk.xml": {"onnx": "an .xml graph is an OpenVINO IR", "openvino": "junk.xml is not an OpenVINO IR"},
+            "bare.xml": {"onnx": "an .xml graph is an OpenVINO IR",
+                         "openvino": "bare.xml is not a segmentation graph attnseg can run (its inputs: none"},
+            "foreign.onnx": {"onnx": "foreign.onnx is not a segmentation graph attnseg can run (its inputs: a;",
+                             "openvino": "foreign.onnx is not a segmentation graph attnseg can run (its inputs: a;"}}
+    for name, by_backend in want.items():
+        for backend in ("auto", "onnx", "openvino"):
+            expect = by_backend["openvino" if backend == "auto" and name.endswith(".xml") else
+                                "onnx" if backend == "auto" else backend]
+            with pytest.raises(runtime.OpenError) as e:
+                attnseg.open(tmp_path / name, backend=backend, progress=None)
+            assert expect in str(e.value) and "\n" not in str(e.value), (name, backend, str(e.value))
 
 
 @pytest.mark.slow

@@ -45,6 +45,17 @@ class BackendError(RuntimeError):
     """A backend cannot run this source at this precision here; the message is one line."""
 
 
+def check_graph_io(path, input_names: list[str], image_dims: list | None, output_dims: list | None) -> None:
+    """Raise BackendError unless a loaded graph is one attnseg runs: an `images` input (batch, 3, height, width)
+    and scores (batch, classes, height, width) out. Dims are ints, or None/str where dynamic."""
+    fixed3 = image_dims is not None and len(image_dims) == 4 and (image_dims[1] == 3 or not isinstance(image_dims[1],
+                                                                                                     int))
+    if not (fixed3 and output_dims is not None and len(output_dims) == 4):
+        raise BackendError(f"{Path(path).name} is not a segmentation graph attnseg can run (its inputs: "
+                           f"{', '.join(input_names) or 'none'}; it takes `images` (batch, 3, height, width) and gives "
+                           "scores (batch, classes, height, width)): write one with `attnseg export`")
+
+
 class Backend:
     """One runtime. Subclasses set `name`, `precisions` and `library`, and implement `prepare`."""
 

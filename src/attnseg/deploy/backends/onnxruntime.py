@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
+from pathlib import Path
 
 import numpy as np
 
-from .base import Backend, BackendError, GraphModel, Source
+from .base import Backend, BackendError, GraphModel, Source, check_graph_io
 
 
 class OnnxModel(GraphModel):
@@ -39,11 +41,17 @@ class OnnxModel(GraphModel):
         if fixed:
             for dim, value in (("batch", 1), ("height", fixed[0]), ("width", fixed[1])):
                 so.add_free_dimension_override_by_name(dim, int(value))
-        session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        try:
+            session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime's own exception types: not a graph it can load
+            raise BackendError(f"onnxruntime cannot load {Path(path).name}: {_reason(e)}; write a graph with "
+                               "`attnseg export`") from None
         custom = session.get_modelmeta().custom_metadata_map
-        inputs = session.get_inputs()
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        images = next((list(i.shape) for i in inputs if i.name == "images"), None)
+        check_graph_io(path, [i.name for i in inputs], images, list(outputs[0].shape) if outputs else None)
         self._setup(json.loads(custom["attnseg"]) if custom.get("attnseg") else {}, [i.name for i in inputs],
-                    list(inputs[0].shape), session.get_outputs()[0].shape[1])
+                    images, outputs[0].shape[1])
         if "attnseg_quantization" in custom:
             self.precision = "int8"  # a QDQ graph from deploy.quantize
         if fixed:  # a pinned dynamic graph still takes any size: the others run in the dynamic session
@@ -65,6 +73,12 @@ class OnnxModel(GraphModel):
                 if self.session is None:
                     self.session = self._dynamic()
         return self.session.run(None, feeds)[0]
+
+
+def _reason(e: Exception) -> str:
+    """onnxruntime's message without its code prefix and the path it repeats."""
+    line = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", str(e).strip().splitlines()[0] if str(e).strip() else "")
+    return line.rpartition(" failed:")[2].strip().rstrip(".") or type(e).__name__
 
 
 def call_threads(threads: int | None, callers: int) -> int | None:
@@ -97,7 +111,7 @@ class OnnxBackend(Backend):
     def unsupported(self, precision, machine, source):
         why = super().unsupported(precision, machine, source)
         if why is None and source.module is None and source.path is not None and source.path.suffix != ".onnx":
-            why = f"{source.path.name} is an OpenVINO IR: it runs with --backend openvino (or auto)"
+            why = f"{source.path.name}: an .xml graph is an OpenVINO IR, which runs with --backend openvino (or auto)"
         elif why is None and precision == "int8" and not _int8_graph(source):
             why = "no int8 graph: one is shipped with the trained models, or made with `attnseg export --quantize int8`"
         return why
@@ -128,5 +142,9 @@ def _int8_graph(source: Source):
 def _is_int8(path) -> bool:
     import onnx
 
-    meta = {p.key for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    try:
+        meta = {p.key for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    except Exception as e:  # protobuf's DecodeError, or a file that cannot be read
+        raise BackendError(f"{Path(path).name} is not an ONNX graph ({type(e).__name__}): write one with "
+                           "`attnseg export`") from None
     return "attnseg_quantization" in meta

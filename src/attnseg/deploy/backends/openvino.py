@@ -22,7 +22,7 @@ import torch
 
 from ..export import graph_info
 from ..graphs import cache_root, file_sha256, fp32_onnx, fp32_onnx_ready, free_space, weights_key
-from .base import Backend, BackendError, GraphModel, Source
+from .base import Backend, BackendError, GraphModel, Source, check_graph_io
 from ...io import first_line
 from ...notes import Note
 from ...models.layers import converting_for
@@ -65,14 +65,18 @@ class OpenVinoModel(GraphModel):
         if isinstance(source, torch.nn.Module):
             graph, info = _cached_graph(ov, core, source, on_convert), graph_info(source)
         else:
-            graph = core.read_model(str(source))
+            graph = _read_graph(core, Path(source))
             info = _graph_info(Path(source), graph)
             if (info.get("quantization") or {}).get("precision") == "int8":
                 self.precision = "int8"  # weights and activations int8 where NNCF put them; the hint rules the rest
         names = [i.get_any_name() for i in graph.inputs]
-        dims = [d.get_length() if d.is_static else None for d in graph.inputs[0].get_partial_shape()]
-        out = graph.outputs[0].get_partial_shape()
-        self._setup(info, names, dims, out[1].get_length() if out[1].is_static else None)
+        shape = {i.get_any_name(): [d.get_length() if d.is_static else None for d in i.get_partial_shape()]
+                 for i in graph.inputs}
+        images = shape.get("images", next(iter(shape.values()), None))  # an IR may name its input otherwise
+        out = list(graph.outputs[0].get_partial_shape()) if graph.outputs else None
+        check_graph_io(source if not isinstance(source, torch.nn.Module) else "the converted model", names, images,
+                       out)
+        self._setup(info, names, images, out[1].get_length() if out[1].is_static else None)
         config = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision],
                   "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT"}
         if streams > 1:
@@ -265,6 +269,36 @@ def _trace(ov, model, x, lseg: bool):
         return ov.Core().read_model(str(export.export_onnx(model, Path(tmp) / "model.onnx")))
 
 
+def _read_graph(core, path: Path):
+    """OpenVINO's model of an IR or ONNX file, or BackendError in one line: an .xml must be an IR document (its
+    root <net>), checked first so that OpenVINO does not try every frontend on it."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if path.suffix == ".xml" and b"<net" not in head:
+        raise BackendError(f"{path.name} is not an OpenVINO IR (an XML file whose root is <net>): write one with "
+                           "`attnseg export --format openvino`")
+    if path.suffix == ".onnx" and head[:1] != b"\x08":  # ONNX files open with their ir_version field; if not, ask
+        _check_onnx_file(path)  # onnx before OpenVINO tries its other frontends (and prints their parse errors)
+    try:
+        return core.read_model(str(path))
+    except RuntimeError as e:  # OpenVINO's message: "Exception from <source file>:" lines, then the reason
+        lines = [x.strip() for x in str(e).splitlines() if x.strip() and not x.startswith("Exception from")]
+        reason = (lines[-1] if lines else first_line(e)).split(" Available frontends")[0]
+        raise BackendError(f"OpenVINO cannot read {path.name}: {reason}") from None
+
+
+def _check_onnx_file(path: Path) -> None:
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError
+        raise BackendError(f"{path.name} is not an ONNX graph ({type(e).__name__}): write one with `attnseg export`"
+                           ) from None
+    if not proto.graph.node:
+        raise BackendError(f"{path.name} holds no ONNX graph: write one with `attnseg export`")
+
+
 def _graph_info(path: Path, graph=None) -> dict:
     """The attnseg metadata of a graph: an IR's runtime info (`attnseg`, written by the int8 export), else that of
     the .onnx graph (or of the .onnx beside an IR)."""
@@ -278,9 +312,12 @@ def _graph_info(path: Path, graph=None) -> dict:
         return {}
     import onnx
 
-    proto = onnx.load(str(onnx_path), load_external_data=False)
-    meta = {p.key: p.value for p in proto.metadata_props}.get("attnseg")
-    return json.loads(meta) if meta else {}
+    try:
+        proto = onnx.load(str(onnx_path), load_external_data=False)
+        meta = {p.key: p.value for p in proto.metadata_props}.get("attnseg")
+        return json.loads(meta) if meta else {}
+    except Exception:  # a damaged or foreign .onnx: the graph runs without attnseg's metadata
+        return {}
 
 
 class OpenVinoBackend(Backend):
