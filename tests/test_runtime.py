@@ -263,7 +263,7 @@ def test_explicit_backends_and_their_one_line_errors():
         attnseg.open(ir, backend="onnx")  # onnxruntime would fail to parse it
 
 
-def test_a_graph_file_that_is_not_one_attnseg_runs_is_one_line_in_every_runtime(tmp_path):
+def test_a_graph_file_that_is_not_one_attnseg_runs_is_one_line_in_every_runtime(tmp_path, capsys):
     """Random bytes, an empty file, an .xml that is no IR, an IR without inputs and a valid ONNX graph that is
     not a segmentation model: each is refused with one line naming the file, in every runtime that is asked."""
     _installed("onnxruntime", "openvino", "onnx")
@@ -292,6 +292,11 @@ def test_a_graph_file_that_is_not_one_attnseg_runs_is_one_line_in_every_runtime(
             with pytest.raises(runtime.OpenError) as e:
                 attnseg.open(tmp_path / name, backend=backend, progress=None)
             assert expect in str(e.value) and "\n" not in str(e.value), (name, backend, str(e.value))
+    from attnseg.cli import main
+
+    assert main(["tune", str(tmp_path / "foreign.onnx")]) == 2  # every candidate fails the same way: said once
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.count("is not a segmentation graph") == 1 and "every candidate failed" not in err, err
 
 
 @pytest.mark.slow

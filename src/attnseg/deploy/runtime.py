@@ -217,6 +217,9 @@ def measure_candidates(src: Source, cands, skipped, threads, size, precision, sa
     rows, winner = tune(src, cands, threads, size, _timing_kwargs(src))
     ok = [(c, ips) for c, ips in rows if isinstance(ips, float)]
     if not ok:
+        reasons = {str(r).removeprefix("BackendError: ") for _, r in rows}
+        if len(reasons) == 1:  # the same reason everywhere (a file no runtime can run): said once
+            raise OpenError(f"{src.name}: {reasons.pop()}")
         raise OpenError(f"{src.name}: every candidate failed ({'; '.join(f'{c}: {r}' for c, r in rows)})")
     entry = {"choice": str(ok[0][0]), "images_per_s": {str(c): (round(r, 2) if isinstance(r, float) else r)
                                                        for c, r in rows},
