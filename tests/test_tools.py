@@ -76,13 +76,23 @@ def test_cli_export_predict_and_benchmark_onnx(tmp_path, capsys):
     assert "is a graph: run it with --backend onnx, openvino or auto" in capsys.readouterr().err
 
 
-def test_benchmark_and_flops_commands(capsys):
+def test_benchmark_and_flops_commands(tmp_path, capsys):
     assert main(["benchmark", "--model", "segformer-tiny", "--size", "64x96", "--iters", "2", "--warmup", "1",
                  "--json"]) == 0
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert r["images_per_s"] > 0 and r["p90_ms"] >= r["median_ms"] and r["peak_mem_mb"] > 0
     assert main(["benchmark", "--model", "segformer-tiny", "--size", "64x64", "--iters", "1", "--backend",
                  "compile"]) == 0
+    capsys.readouterr()
+    assert main(["benchmark", "--model", "segformer-tiny", "--size", "8x8", "--iters", "1"]) == 2  # below its kernels
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: an input of 8x8: the model cannot run on it") and "\n" not in err, err
+    assert main(["flops", "--model", "segformer-tiny", "--size", "8x8"]) == 2
+    assert main(["export", "--model", "segformer-tiny", "--size", "8x8", "--out", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("error: --size 8x8: segformer-tiny cannot run on it") and len(err) == 2, err
+    assert err[1].startswith("error: cannot export segformer-tiny: it does not run on an input of 8x8"), err
+    assert not (tmp_path / "m.onnx").exists()
     assert main(["flops", "--model", "edaformer-t", "--size", "512x512"]) == 0
     out = capsys.readouterr().out
     assert "GFLOPs" in out and "5.59" in out

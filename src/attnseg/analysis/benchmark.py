@@ -7,6 +7,8 @@ import time
 
 import torch
 
+from ..io import first_line
+
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
@@ -60,7 +62,11 @@ def benchmark_model(model, size: tuple[int, int], batch: int = 1, dtype: str = "
     sync = torch.cuda.synchronize if dev.type == "cuda" else None
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    times = time_fn(run, warmup, iters, sync)
+    try:
+        times = time_fn(run, warmup, iters, sync)
+    except RuntimeError as e:  # an input too small for the model's kernels, or more memory than the machine has
+        raise ValueError(f"an input of {size[0]}x{size[1]}: the model cannot run on it ({first_line(e)}); use a "
+                         "larger --size, or a smaller one if it ran out of memory") from None
     res = summarize(times, batch)
     res["peak_mem_mb"] = (torch.cuda.max_memory_allocated(dev) / 2**20) if dev.type == "cuda" else peak_rss_mb()
     res["peak_mem_kind"] = "cuda max allocated" if dev.type == "cuda" else "process peak RSS"

@@ -200,7 +200,11 @@ def _isr_sweep_arguments(p):
 def cmd_flops(args) -> int:
     model = model_from_name_or_source(args, fixed_labels=True)
     apply_isr_arg(model, args)
-    r = count_flops(model, args.size, paper=not args.as_run)
+    try:
+        r = count_flops(model, args.size, paper=not args.as_run)
+    except RuntimeError as e:  # an input below the model's kernels
+        raise CLIError(f"--size {args.size[0]}x{args.size[1]}: {args.model} cannot run on it ({first_line(e)}); use a "
+                       "larger --size") from None
     print(f"{args.model} at {args.size[0]}x{args.size[1]}" + (f", ISR {args.isr}" if args.isr else "") + ":")
     print(f"  GFLOPs (multiply-accumulates, as the papers count): {r['gmacs']:.2f}")
     print(f"  parameters: {r['params_m']:.2f}M")

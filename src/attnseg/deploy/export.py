@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -72,6 +73,16 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, dynamic: bool =
     return atomic_write_bytes(path, onnx_bytes(model, dynamic, example_size, opset))  # makes the folder
 
 
+def _eager_failure(graph, args) -> str | None:
+    """Why the model itself fails on the example input (None when it runs): asked only after an export failed."""
+    try:
+        with torch.no_grad():
+            graph(*args)
+    except Exception as e:
+        return next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)[:300]
+    return None
+
+
 def onnx_bytes(model: torch.nn.Module, dynamic: bool = True, example_size: tuple[int, int] = (256, 320),
                opset: int = 20) -> bytes:
     """`model`'s ONNX graph (dynamo export, then TF-"same" padding folded), serialised in memory."""
@@ -113,9 +124,15 @@ def onnx_bytes(model: torch.nn.Module, dynamic: bool = True, example_size: tuple
             prog = torch.onnx.export(graph, args, dynamo=True, input_names=names, output_names=["logits"],
                                      dynamic_shapes=shapes, opset_version=opset, optimize=True, verbose=False)
     except Exception as e:
+        name = getattr(model, "variant", type(model).__name__)
+        why = _eager_failure(graph, args)  # the exporter's own message is about its trace, not the cause
+        if why is not None:
+            raise ExportError(f"cannot export {name}: it does not run on an input of {x.shape[2]}x{x.shape[3]} "
+                              f"({why}); export at a larger --size") from None
         first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-        raise ExportError(f"cannot export {getattr(model, 'variant', type(model).__name__)} to ONNX"
-                          f"{' with dynamic shapes' if dynamic else ''}: {type(e).__name__}: {first[:300]}") from e
+        first = re.sub(r"\x1b\[[0-9;]*m", "", first)  # the exporter colours its messages
+        raise ExportError(f"cannot export {name} to ONNX{' with dynamic shapes' if dynamic else ''}: "
+                          f"{type(e).__name__}: {first[:300]}") from e
     prog.model.metadata_props["attnseg"] = json.dumps(graph_info(model))
     proto = prog.model_proto
     fold_same_padding(proto)
