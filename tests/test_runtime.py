@@ -253,6 +253,9 @@ def test_explicit_backends_and_their_one_line_errors():
         attnseg.open(model, backend="tensorrt")
     with pytest.raises(runtime.OpenError, match="nothing.onnx: file not found"):
         attnseg.open("nothing.onnx")
+    for threads in (10**6, 0, -2, 2.5):  # a million threads asked of onnxruntime crashed it allocating 41 GB
+        with pytest.raises(runtime.OpenError, match=r"threads .*: expected an integer in 1\.\.1024"):
+            attnseg.open(model, backend="onnx", threads=threads)
     pytest.importorskip("onnxruntime")
     with pytest.raises(runtime.OpenError, match="no int8 graph"):
         attnseg.open(model, backend="onnx", precision="int8")

@@ -1,5 +1,5 @@
-"""The working size: bounds on what a model input may be after resizing (no torch here: the CLI's parser
-reads the defaults)."""
+"""The working size: bounds on what a model input may be after resizing, and on the threads it runs on (no torch
+here: the CLI's parser reads the defaults)."""
 from __future__ import annotations
 
 import math
@@ -8,6 +8,8 @@ from dataclasses import dataclass
 MAX_WORK_PIXELS = 4_194_304  # 2048 x 2048: what one forward pass may take (the default model peaks ~1.8 GB there)
 MAX_WORK_SIDE = 8192  # the longest side a model input may have
 MIN_WORK_SIDE = 32  # the shortest: SegFormer's stage-1 reduction needs 8 tokens (32 pixels) on each side
+MAX_THREADS = 1024  # the threads a model may run on: runtimes keep state per thread (onnxruntime asked for a
+# million tried to allocate 41 GB and crashed)
 
 
 class WorkSizeError(ValueError):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from ..worksize import MAX_WORK_PIXELS, MAX_WORK_SIDE, MIN_WORK_SIDE, parse_short_side
+from ..worksize import MAX_THREADS, MAX_WORK_PIXELS, MAX_WORK_SIDE, MIN_WORK_SIDE, parse_short_side
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -50,7 +50,7 @@ def int_range(lo: int, hi: int | None = None):
     def parse(s: str) -> int:
         v = _number(s, int)
         if v < lo or (hi is not None and v > hi):
-            raise argparse.ArgumentTypeError(f"{v} is out of range; expected an integer in [{lo}, {hi if hi else 'inf'})")
+            raise argparse.ArgumentTypeError(f"{v} is out of range; expected an integer in {lo}..{hi if hi else 'inf'}")
         return v
     return parse
 
@@ -137,7 +137,7 @@ def add_json(p, help: str = "also print the result as one JSON line") -> None:
 
 
 def add_threads(p) -> None:
-    p.add_argument("--threads", type=int_range(1, 1024), default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--threads", type=int_range(1, MAX_THREADS), default=None, help="CPU threads (default: torch's)")
 
 
 def add_isr(p, help: str = "inference spatial reduction ENC[:DEC], e.g. 2,2,1,1:2,2,2") -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .backends import BACKENDS, BackendError, Source
 from .backends.cpu import this_machine
+from ..worksize import MAX_THREADS
 from .tune import (NOT_READY, Candidate, candidates, choice_key, choices_file, keep_choice, machine_line,
                    read_choice, recorded, tune)
 
@@ -41,6 +42,9 @@ def open_model(source, backend: str = "auto", precision: str | None = None, thre
     loaded PyTorch model before any export, conversion or timing, so that options that do not fit the model
     fail at once (it raises)."""
     say = _printer(progress)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or not 1 <= threads <= MAX_THREADS):
+        raise OpenError(f"threads {threads!r}: expected an integer in 1..{MAX_THREADS} (None: the runtime's default)")
     if backend not in BACKEND_NAMES:
         raise OpenError(f"backend {backend!r}: expected one of {', '.join(BACKEND_NAMES)}")
     src = resolve(source, arch, options, device, isr, say)
