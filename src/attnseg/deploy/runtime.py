@@ -30,7 +30,7 @@ def open_model(source, backend: str = "auto", precision: str | None = None, thre
 
     source: a registered or shipped name, a checkpoint (file, folder, hub id), an .onnx or OpenVINO .xml graph,
     or a PyTorch model. backend: auto (default), eager, onnx or openvino. precision: fp32, bf16, int8 or
-    int8-bf16 (None: fp32, or auto's choice). threads: the runtime's threads (None: its default). isr: an ISR
+    int8-bf16 (None: fp32, or auto's choice). threads: the runtime's threads, 1..1024 (None: its default). isr: an ISR
     setting (EDAFormer), applied to the model or baked into its graph. device: cpu, or cuda[:N] (eager).
     arch/options: `load_model`'s architecture name and model options. size: (h, w) auto times at (default: a
     4:3 image at the model's working size). verbose: say what auto chose and why on stderr. progress: True
