@@ -85,6 +85,14 @@ def test_fixed_size_onnx_says_so(tmp_path, tiny_ckpt, capsys):
 
 def test_export_and_eval_out_naming_a_folder(tmp_path, tiny_ckpt, capsys, camvid_root):
     one_line_error(capsys, main(["export", "--model", tiny_ckpt, "--out", str(tmp_path)]), "is a folder")
+    # attnseg knows a graph by its suffix: an ONNX graph named .xml would later be read as an OpenVINO IR
+    for name in ("m.xml", "m.txt"):
+        one_line_error(capsys, main(["export", "--model", tiny_ckpt, "--out", str(tmp_path / name)]),
+                       "an ONNX graph is written as NAME.onnx")
+    (tmp_path / "g.onnx").write_bytes(b"\x08\x01")
+    one_line_error(capsys, main(["export", "--model", str(tmp_path / "g.onnx"), "--out", str(tmp_path / "h.onnx")]),
+                   "is already a graph")
+    assert not [p for p in tmp_path.iterdir() if p.suffix in (".xml", ".txt") or p.name == "h.onnx"]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     m3 = attnseg.save_model(attnseg.create_model("segformer-tiny", num_classes=11), tmp_path / "m11.safetensors")
     one_line_error(capsys, main(["eval", "--model", str(m3), "--dataset", "camvid", "--data-root", str(camvid_root),

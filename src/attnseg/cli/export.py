@@ -2,6 +2,8 @@
 graphs of either calibrated on real images (onnxruntime QDQ, or NNCF for OpenVINO)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..deploy import export as onnx_export
 from ..data import DatasetError, EvalTransform, build_dataset
 from ..io import WriteFailed
@@ -35,6 +37,10 @@ def add_arguments(verb: str, p):
 
 def cmd_export(args) -> int:
     check_file_out(args.out)
+    if str(args.model).endswith((".onnx", ".xml")):
+        raise CLIError(f"--model {args.model} is already a graph: export takes a model name or checkpoint")
+    if args.format != "openvino" and Path(args.out).suffix != ".onnx":  # attnseg knows a graph by its suffix
+        raise CLIError(f"--out {args.out}: an ONNX graph is written as NAME.onnx (--format openvino writes NAME.xml)")
     model = model_from_name_or_source(args)
     apply_isr_arg(model, args)
     if args.format == "openvino":
