@@ -37,12 +37,18 @@ def summarize(times: list[float], batch: int) -> dict:
     return {"median_ms": 1000 * med, "p90_ms": 1000 * p90, "images_per_s": batch / med, "runs": len(s)}
 
 
-def benchmark_model(model, size: tuple[int, int], batch: int = 1, dtype: str = "fp32", backend: str = "eager",
-                    device: str = "cpu", warmup: int = 3, iters: int = 10, model_kwargs: dict | None = None) -> dict:
+def eager_dtype(dtype: str) -> torch.dtype:
+    """The torch dtype PyTorch runs a model at for `dtype`; ValueError naming the graph runtimes for the others."""
     dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
     if dt is None:
         raise ValueError(f"--dtype {dtype}: PyTorch runs fp32, bf16 or fp16 (CUDA); {dtype} runs in a graph runtime "
                          "(--backend onnx or openvino)")
+    return dt
+
+
+def benchmark_model(model, size: tuple[int, int], batch: int = 1, dtype: str = "fp32", backend: str = "eager",
+                    device: str = "cpu", warmup: int = 3, iters: int = 10, model_kwargs: dict | None = None) -> dict:
+    dt = eager_dtype(dtype)
     dev = torch.device(device)
     if dt is torch.float16 and dev.type == "cpu":
         raise ValueError("fp16 inference is for CUDA; on CPU use --dtype bf16")

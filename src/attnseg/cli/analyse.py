@@ -18,8 +18,9 @@ from ..inference.modes import InferenceConfig
 from ..io import IMAGE_EXTENSIONS, ImageReadError, atomic_write_text, read_image
 from ..meta import meta_from
 from ..analysis import label_study, text_table
-from ..analysis.benchmark import benchmark_model
+from ..analysis.benchmark import benchmark_model, eager_dtype
 from ..deploy.backends.cpu import record as machine_record
+from ..deploy.graphs import is_graph_file
 from ..analysis.corruptions import CORRUPTIONS
 from ..analysis.erf import compute_erf, plot_erf, square_sides
 from ..analysis.explain import explain, save_maps
@@ -216,14 +217,16 @@ def cmd_flops(args) -> int:
 def cmd_benchmark(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    graph = str(args.model).endswith((".onnx", ".xml"))
+    graph = is_graph_file(args.model)
     run, dtype = args.backend, args.dtype or "fp32"
     if graph and run == "compile":
         raise CLIError(f"--backend compile compiles a PyTorch model; {args.model} is a graph: run it with --backend "
                        "onnx, openvino or auto")
-    if run in ("eager", "compile") and not graph and dtype.startswith("int8"):
-        raise CLIError(f"--backend {run} --dtype {dtype}: PyTorch runs fp32, bf16 or fp16 (CUDA); {dtype} runs in a "
-                       "graph runtime: --backend onnx or openvino")
+    if run in ("eager", "compile") and not graph:
+        try:
+            eager_dtype(dtype)  # before anything loads
+        except ValueError as e:
+            raise CLIError(f"--backend {run} {e}") from None
     model = None if graph else model_from_name_or_source(args, fixed_labels=True)
     precision = dtype  # eager and compile: benchmark_model runs the fp32 weights at dtype (autocast)
     if run in ("eager", "compile") and not graph:

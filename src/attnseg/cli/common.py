@@ -33,13 +33,14 @@ def load_model_arg(args, backend: str | None = None, check=None, callers: int = 
     source: instead of --model (predict's default model when none is given)."""
     import sys
 
+    from ..deploy.graphs import is_graph_file
     from ..deploy.runtime import open_model
     from ..isr import IsrError
 
     over = {"text_encoder": args.text_encoder} if getattr(args, "text_encoder", None) else {}
     over.update(model_options(getattr(args, "model_option", [])))
     source = args.model if source is None else source
-    if str(source).endswith((".onnx", ".xml")) and not Path(source).is_file():
+    if is_graph_file(source) and not Path(source).is_file():
         raise CLIError(f"--model {source}: file not found")
     try:
         model = open_model(source, backend=backend or getattr(args, "backend", "eager"),

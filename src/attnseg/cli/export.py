@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..deploy import export as onnx_export
+from ..deploy.graphs import is_graph_file
 from ..data import DatasetError, EvalTransform, build_dataset
 from ..io import WriteFailed
 from ..deploy.quantize import calibration_inputs, default_fp32_ops, quantize_int8
@@ -37,7 +38,7 @@ def add_arguments(verb: str, p):
 
 def cmd_export(args) -> int:
     check_file_out(args.out)
-    if str(args.model).endswith((".onnx", ".xml")):
+    if is_graph_file(args.model):
         raise CLIError(f"--model {args.model} is already a graph: export takes a model name or checkpoint")
     if args.format != "openvino" and Path(args.out).suffix != ".onnx":  # attnseg knows a graph by its suffix
         raise CLIError(f"--out {args.out}: an ONNX graph is written as NAME.onnx (--format openvino writes NAME.xml)")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from ..io import first_line
 from ..meta import META_KEYS
 from ..models.efficientnet import SameConv2d
 
@@ -79,7 +80,7 @@ def _eager_failure(graph, args) -> str | None:
         with torch.no_grad():
             graph(*args)
     except Exception as e:
-        return next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)[:300]
+        return first_line(e)[:300]
     return None
 
 
@@ -129,8 +130,7 @@ def onnx_bytes(model: torch.nn.Module, dynamic: bool = True, example_size: tuple
         if why is not None:
             raise ExportError(f"cannot export {name}: it does not run on an input of {x.shape[2]}x{x.shape[3]} "
                               f"({why}); export at a larger --size") from None
-        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-        first = re.sub(r"\x1b\[[0-9;]*m", "", first)  # the exporter colours its messages
+        first = re.sub(r"\x1b\[[0-9;]*m", "", first_line(e))  # the exporter colours its messages
         raise ExportError(f"cannot export {name} to ONNX{' with dynamic shapes' if dynamic else ''}: "
                           f"{type(e).__name__}: {first[:300]}") from e
     prog.model.metadata_props["attnseg"] = json.dumps(graph_info(model))

@@ -32,6 +32,14 @@ class GraphNote(Note):
     """A shipped or cached graph was not used (damaged, made from other weights, cache not writable)."""
 
 
+GRAPH_SUFFIXES = (".onnx", ".xml")  # an ONNX graph, an OpenVINO IR: attnseg knows a graph file by its suffix
+
+
+def is_graph_file(source) -> bool:
+    """Whether `source` names a graph file (run in a graph runtime) rather than a model name or checkpoint."""
+    return str(source).endswith(GRAPH_SUFFIXES)
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

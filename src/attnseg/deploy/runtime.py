@@ -90,11 +90,11 @@ def resolve(source, arch=None, options=None, device="cpu", isr=None, say=None) -
     """What `source` is: a loaded PyTorch model (with its shipped graphs and accuracy record) or a graph file."""
     import torch
 
-    from .graphs import file_sha256, shipped_graphs, weights_key
+    from .graphs import file_sha256, is_graph_file, shipped_graphs, weights_key
 
     if isinstance(source, torch.nn.Module):
         module, name = source.eval(), str(getattr(source, "source", None) or getattr(source, "variant", "model"))
-    elif str(source).endswith((".onnx", ".xml")):
+    elif is_graph_file(source):
         path = Path(source)
         if not path.is_file():
             raise OpenError(f"{source}: file not found")

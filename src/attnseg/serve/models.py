@@ -5,6 +5,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..deploy.graphs import is_graph_file
 from ..inference.modes import InferenceConfig
 from ..isr import accepted as isr_accepted, apply as apply_isr
 from ..worksize import MAX_WORK_PIXELS, WorkLimit
@@ -66,7 +67,7 @@ def load_models(sources: list[str], backend: str = "eager", threads: int | None 
         name = Path(src).stem if (Path(src).exists() and src not in attnseg.list_pretrained()) else src
         if name in out:
             raise ValueError(f"two models would be served as {name!r}; rename one of the files")
-        module = src if str(src).endswith((".onnx", ".xml")) else attnseg.load_model(src)
+        module = src if is_graph_file(src) else attnseg.load_model(src)
         run = "eager" if backend == "auto" and not isinstance(module, str) and isr_accepted(module) else backend
         model = attnseg.open(module, backend=run, precision=dtype, threads=threads, verbose=verbose)
         settings = isr_accepted(model) if model.backend == "eager" else []  # the grid's settings it takes

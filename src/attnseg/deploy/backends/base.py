@@ -45,6 +45,18 @@ class BackendError(RuntimeError):
     """A backend cannot run this source at this precision here; the message is one line."""
 
 
+def read_onnx(path):
+    """The ONNX proto of a graph file, without its external weights; BackendError in one line for a file that is
+    not one."""
+    import onnx
+
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError, or a file that cannot be read
+        raise BackendError(f"{Path(path).name} is not an ONNX graph ({type(e).__name__}): write one with "
+                           "`attnseg export`") from None
+
+
 def check_graph_io(path, input_names: list[str], image_dims: list | None, output_dims: list | None) -> None:
     """Raise BackendError unless a loaded graph is one attnseg runs: an `images` input (batch, 3, height, width)
     and scores (batch, classes, height, width) out. Dims are ints, or None/str where dynamic."""

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Backend, BackendError, GraphModel, Source, check_graph_io
+from ...io import first_line
+from .base import Backend, BackendError, GraphModel, Source, check_graph_io, read_onnx
 
 
 class OnnxModel(GraphModel):
@@ -77,7 +78,7 @@ class OnnxModel(GraphModel):
 
 def _reason(e: Exception) -> str:
     """onnxruntime's message without its code prefix and the path it repeats."""
-    line = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", str(e).strip().splitlines()[0] if str(e).strip() else "")
+    line = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", first_line(e))
     return line.rpartition(" failed:")[2].strip().rstrip(".") or type(e).__name__
 
 
@@ -140,11 +141,4 @@ def _int8_graph(source: Source):
 
 
 def _is_int8(path) -> bool:
-    import onnx
-
-    try:
-        meta = {p.key for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    except Exception as e:  # protobuf's DecodeError, or a file that cannot be read
-        raise BackendError(f"{Path(path).name} is not an ONNX graph ({type(e).__name__}): write one with "
-                           "`attnseg export`") from None
-    return "attnseg_quantization" in meta
+    return "attnseg_quantization" in {p.key for p in read_onnx(path).metadata_props}

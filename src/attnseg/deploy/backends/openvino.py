@@ -22,7 +22,7 @@ import torch
 
 from ..export import graph_info
 from ..graphs import cache_root, file_sha256, fp32_onnx, fp32_onnx_ready, free_space, weights_key
-from .base import Backend, BackendError, GraphModel, Source, check_graph_io
+from .base import Backend, BackendError, GraphModel, Source, check_graph_io, read_onnx
 from ...io import first_line
 from ...notes import Note
 from ...models.layers import converting_for
@@ -270,33 +270,22 @@ def _trace(ov, model, x, lseg: bool):
 
 
 def _read_graph(core, path: Path):
-    """OpenVINO's model of an IR or ONNX file, or BackendError in one line: an .xml must be an IR document (its
-    root <net>), checked first so that OpenVINO does not try every frontend on it."""
+    """OpenVINO's model of an IR or ONNX file, or BackendError in one line. A file that does not look like its
+    kind (an .xml without <net>, an .onnx that does not open with its ir_version field) is checked before
+    OpenVINO sees it, which would try every frontend on it and print their parse errors."""
     with open(path, "rb") as f:
         head = f.read(4096)
     if path.suffix == ".xml" and b"<net" not in head:
         raise BackendError(f"{path.name} is not an OpenVINO IR (an XML file whose root is <net>): write one with "
                            "`attnseg export --format openvino`")
-    if path.suffix == ".onnx" and head[:1] != b"\x08":  # ONNX files open with their ir_version field; if not, ask
-        _check_onnx_file(path)  # onnx before OpenVINO tries its other frontends (and prints their parse errors)
+    if path.suffix == ".onnx" and head[:1] != b"\x08" and not read_onnx(path).graph.node:
+        raise BackendError(f"{path.name} holds no ONNX graph: write one with `attnseg export`")
     try:
         return core.read_model(str(path))
     except RuntimeError as e:  # OpenVINO's message: "Exception from <source file>:" lines, then the reason
         lines = [x.strip() for x in str(e).splitlines() if x.strip() and not x.startswith("Exception from")]
         reason = (lines[-1] if lines else first_line(e)).split(" Available frontends")[0]
         raise BackendError(f"OpenVINO cannot read {path.name}: {reason}") from None
-
-
-def _check_onnx_file(path: Path) -> None:
-    import onnx
-
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # protobuf's DecodeError
-        raise BackendError(f"{path.name} is not an ONNX graph ({type(e).__name__}): write one with `attnseg export`"
-                           ) from None
-    if not proto.graph.node:
-        raise BackendError(f"{path.name} holds no ONNX graph: write one with `attnseg export`")
 
 
 def _graph_info(path: Path, graph=None) -> dict:
@@ -310,10 +299,8 @@ def _graph_info(path: Path, graph=None) -> dict:
     onnx_path = path if path.suffix == ".onnx" else path.with_suffix(".onnx")
     if not onnx_path.is_file():
         return {}
-    import onnx
-
     try:
-        proto = onnx.load(str(onnx_path), load_external_data=False)
+        proto = read_onnx(onnx_path)
         meta = {p.key: p.value for p in proto.metadata_props}.get("attnseg")
         return json.loads(meta) if meta else {}
     except Exception:  # a damaged or foreign .onnx: the graph runs without attnseg's metadata
